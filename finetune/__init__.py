@@ -1,0 +1,1 @@
+"""graft's finetune package."""

@@ -1,0 +1,1 @@
+"""graft's graph layer: the DuckDB store, ingestion, snapshots, semcons, focus and provenance."""

@@ -1,0 +1,242 @@
+"""Every SQL statement graft runs, as named constants; only graph/store.py executes them."""
+
+# Migrations are applied once, in order, and never edited: a schema change is a new entry.
+MIGRATIONS: list[str] = [
+    # 1: the store
+    """
+    CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+    CREATE SEQUENCE batch_ids START 1;
+    CREATE TABLE batches (
+        id INTEGER PRIMARY KEY,
+        kind VARCHAR NOT NULL,            -- links | particles | tokens | vault | extract | curator
+        source VARCHAR NOT NULL,          -- the file or folder as given
+        digest VARCHAR NOT NULL,          -- BLAKE3 of the input bytes: re-ingesting is a no-op
+        rows BIGINT NOT NULL,
+        created TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    CREATE TABLE particles (
+        particle VARCHAR PRIMARY KEY,
+        name VARCHAR,
+        aliases VARCHAR[],
+        text VARCHAR,
+        props JSON,                       -- fields of the input row graft does not use
+        batch INTEGER NOT NULL
+    );
+    CREATE TABLE neurons (neuron VARCHAR PRIMARY KEY, batch INTEGER NOT NULL);
+    CREATE TABLE tokens (
+        id BIGINT PRIMARY KEY,            -- u32 in the .graph record format
+        name VARCHAR NOT NULL UNIQUE,
+        rho DOUBLE NOT NULL DEFAULT 1,    -- w = amount * rho
+        declared BOOLEAN NOT NULL         -- false: first seen in a link, not from a token table
+    );
+    CREATE TABLE cyberlinks (
+        seq BIGINT NOT NULL,              -- append order; a snapshot is every link with seq <= its max_seq
+        neuron VARCHAR NOT NULL,
+        src VARCHAR NOT NULL,             -- "from" in files
+        dst VARCHAR NOT NULL,             -- "to" in files
+        token VARCHAR NOT NULL,
+        amount VARCHAR NOT NULL,          -- exact canonical decimal of any size (see README)
+        amount_f DOUBLE NOT NULL,         -- the same as float64, for the matrices
+        valence TINYINT NOT NULL,
+        time BIGINT NOT NULL,
+        origin VARCHAR NOT NULL,          -- ingest | extract | curator
+        cycle INTEGER,
+        batch INTEGER NOT NULL
+    );
+    CREATE TABLE snapshots (
+        id VARCHAR PRIMARY KEY,           -- BLAKE3 of the canonical serialisation of its links
+        max_seq BIGINT NOT NULL,
+        links BIGINT NOT NULL,
+        created TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    """,
+]
+
+SCHEMA_VERSION_CREATE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+SCHEMA_VERSION_GET = "SELECT coalesce(max(version), 0) FROM schema_version"
+SCHEMA_VERSION_ADD = "INSERT INTO schema_version VALUES (?)"
+
+META_GET = "SELECT value FROM meta WHERE key = ?"
+META_SET = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
+
+BATCH_BY_DIGEST = "SELECT id, source FROM batches WHERE digest = ? AND kind = ?"
+BATCH_ADD = """
+    INSERT INTO batches (id, kind, source, digest, rows) VALUES (nextval('batch_ids'), ?, ?, ?, ?)
+    RETURNING id
+"""
+MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM cyberlinks"
+
+# -- staging: every field read as text so nothing is lost before validation ----------------
+LINK_FIELDS = ("neuron", "from", "to", "token", "amount", "valence", "time")
+LINK_OPTIONAL = ("semcon",)
+
+STAGE_JSONL = """
+    CREATE OR REPLACE TEMP TABLE {stage} AS
+    SELECT row_number() OVER () AS row, *, NULL::BIGINT AS token_id
+    FROM read_json(?, format = 'newline_delimited', columns = {columns}, maximum_object_size = 1073741824)
+"""
+STAGE_CSV = """
+    CREATE OR REPLACE TEMP TABLE {stage} AS
+    SELECT row_number() OVER () AS row, *
+    FROM read_csv(?, header = true, delim = ',', quote = '"', escape = '"', columns = {columns},
+                  auto_detect = false, strict_mode = true)
+"""
+STAGE_PARQUET = """
+    CREATE OR REPLACE TEMP TABLE {stage} AS
+    SELECT file_row_number + 1 AS row, * EXCLUDE (file_row_number)
+    FROM read_parquet(?, file_row_number = true)
+"""
+STAGE_ARROW = "CREATE OR REPLACE TEMP TABLE {stage} AS SELECT * FROM {view}"
+STAGE_COLUMNS = "SELECT column_name FROM (DESCRIBE {stage})"
+STAGE_AS_TEXT = """
+    CREATE OR REPLACE TEMP TABLE {stage} AS SELECT row, {casts}, NULL::BIGINT AS token_id FROM {stage}
+"""
+STAGE_SEMCONS = 'SELECT row, "from", "to", semcon FROM {stage} WHERE semcon IS NOT NULL ORDER BY row'
+
+DROP_TEMP = "DROP TABLE IF EXISTS {stage}"
+
+# One row per bad value: (row, field, value, expected). Regexes mirror graph/ids.py.
+LINK_CHECKS = """
+    SELECT row, field, value, expected FROM (
+        SELECT row, 'neuron' AS field, neuron AS value, 'a non-empty string' AS expected
+          FROM {stage} WHERE neuron IS NULL OR trim(neuron) = ''
+        UNION ALL
+        SELECT row, 'from', "from", $pexp FROM {stage}
+          WHERE "from" IS NULL OR NOT regexp_full_match("from", $pre)
+        UNION ALL
+        SELECT row, 'to', "to", $pexp FROM {stage}
+          WHERE "to" IS NULL OR NOT regexp_full_match("to", $pre)
+        UNION ALL
+        SELECT row, 'token', token, 'a non-empty token name' FROM {stage}
+          WHERE token IS NULL OR trim(token) = ''
+        UNION ALL
+        SELECT row, 'token', token, 'a token in the store''s token table (' || $tokens || ')'
+          FROM {stage} WHERE $strict AND token IS NOT NULL AND trim(token) <> ''
+                         AND token NOT IN (SELECT name FROM tokens)
+        UNION ALL
+        SELECT row, 'amount', amount,
+               CASE WHEN regexp_full_match(amount, '-[0-9]+') THEN 'a non-negative amount (stake cannot be negative)'
+                    ELSE 'a non-negative integer' END
+          FROM {stage} WHERE amount IS NULL OR NOT regexp_full_match(amount, '[0-9]+')
+        UNION ALL
+        SELECT row, 'valence', valence, 'one of -1, 0, 1' FROM {stage}
+          WHERE valence IS NULL OR valence NOT IN ('-1', '0', '1')
+        UNION ALL
+        SELECT row, 'time', time, 'a non-negative integer below 2^63 (block height or unix time)'
+          FROM {stage} WHERE time IS NULL OR NOT regexp_full_match(time, '[0-9]{{1,18}}')
+        UNION ALL
+        SELECT row, 'semcon', semcon, 'a particle id or a semcon name' FROM {stage}
+          WHERE semcon IS NOT NULL AND trim(semcon) = ''
+    )
+    ORDER BY row, field
+"""
+
+# -- writing ---------------------------------------------------------------------------
+INSERT_LINKS = """
+    INSERT INTO cyberlinks
+    SELECT $base + row, neuron, "from", "to", token, amount_c, CAST(amount_c AS DOUBLE),
+           CAST(valence AS TINYINT), CAST(time AS BIGINT), $origin, $cycle, $batch
+    FROM (SELECT *, coalesce(nullif(ltrim(amount, '0'), ''), '0') AS amount_c FROM {stage})
+"""
+# A link row's optional semcon writes the label link semcon -> axon(from, to), same stake.
+INSERT_LABELS = """
+    INSERT INTO cyberlinks
+    SELECT $base + s.row, s.neuron, l.semcon_id, l.axon, s.token, s.amount_c,
+           CAST(s.amount_c AS DOUBLE), CAST(s.valence AS TINYINT), CAST(s.time AS BIGINT),
+           $origin, $cycle, $batch
+    FROM (SELECT *, coalesce(nullif(ltrim(amount, '0'), ''), '0') AS amount_c FROM {stage}) s
+    JOIN label_view l USING (row)
+"""
+INSERT_NAMED_PARTICLES = """
+    INSERT INTO particles (particle, name, aliases, text, props, batch)
+    SELECT particle, name, [], NULL, NULL, $batch FROM name_view
+    WHERE particle NOT IN (SELECT particle FROM particles)
+"""
+INSERT_NEURONS = """
+    INSERT INTO neurons SELECT DISTINCT neuron, $batch FROM {stage}
+    WHERE neuron NOT IN (SELECT neuron FROM neurons)
+"""
+# New token names get the next free ids, unless the input (.graph) names the id itself.
+INSERT_NEW_TOKENS = """
+    INSERT INTO tokens
+    SELECT coalesce(token_id,
+                    greatest((SELECT coalesce(max(id) + 1, 0) FROM tokens),
+                             (SELECT coalesce(max(token_id) + 1, 0) FROM {stage}))
+                    + row_number() OVER (ORDER BY token_id NULLS FIRST, name) - 1),
+           name, 1, false
+    FROM (SELECT token AS name, any_value(token_id) AS token_id FROM {stage}
+          WHERE token NOT IN (SELECT name FROM tokens) GROUP BY token)
+"""
+
+UPSERT_PARTICLES = """
+    INSERT OR REPLACE INTO particles
+    SELECT particle, name, aliases, text, CAST(props AS JSON), $batch FROM particle_view
+"""
+UPSERT_TOKENS = """
+    INSERT INTO tokens
+    SELECT coalesce(v.id, t.id,
+                    (SELECT coalesce(max(id) + 1, 0) FROM tokens)
+                    + row_number() OVER (PARTITION BY v.id IS NULL AND t.id IS NULL ORDER BY v.name) - 1),
+           v.name, v.rho, true
+    FROM token_view v LEFT JOIN tokens t ON t.name = v.name
+    ON CONFLICT (name) DO UPDATE SET rho = excluded.rho, declared = true
+"""
+# A declared id must not belong to another token, nor differ from the id a token already has.
+TOKEN_ID_CLASH = """
+    SELECT v.name, t.name, v.id FROM token_view v JOIN tokens t
+      ON (t.id = v.id AND t.name <> v.name) OR (t.name = v.name AND t.id <> v.id)
+"""
+
+# -- snapshots ---------------------------------------------------------------------------
+# Canonical order: chronological, then by content. It fixes both the snapshot hash and the
+# first-appearance order of particles, so two stores holding the same links agree on both.
+CANONICAL_ORDER = "time, src, dst, neuron, token, valence, amount"
+SNAPSHOT_CANONICAL = f"""
+    SELECT concat_ws(chr(9), time, src, dst, neuron, token, valence, amount) || chr(10) AS line
+    FROM cyberlinks WHERE seq <= $max_seq ORDER BY {CANONICAL_ORDER}
+"""
+SNAPSHOT_ADD = "INSERT INTO snapshots (id, max_seq, links) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+SNAPSHOT_GET = "SELECT id, max_seq, links, CAST(created AS VARCHAR) FROM snapshots WHERE id LIKE ? || '%'"
+SNAPSHOT_LATEST = """
+    SELECT id, max_seq, links, CAST(created AS VARCHAR) FROM snapshots ORDER BY max_seq DESC, created DESC LIMIT 1
+"""
+SNAPSHOT_BY_SEQ = "SELECT id, max_seq, links, CAST(created AS VARCHAR) FROM snapshots WHERE max_seq = ?"
+SNAPSHOT_LIST = "SELECT id, max_seq, links, CAST(created AS VARCHAR) FROM snapshots ORDER BY max_seq"
+LINK_COUNT_UPTO = "SELECT count(*) FROM cyberlinks WHERE seq <= ?"
+
+# Every link of a snapshot in canonical order, with its effective stake w = amount·ρ when
+# valence is +1, else 0 (negative valence is clipped, DESIGN §1). `axon` is computed here
+# for sha256 stores with hex ids (vectorised); other ids get it in Python.
+SNAPSHOT_LINKS = f"""
+    SELECT l.seq, l.neuron, l.src, l.dst, l.token, l.amount,
+           CASE WHEN l.valence = 1 THEN l.amount_f * coalesce(t.rho, 1) ELSE 0 END AS w,
+           l.valence, l.time, l.origin,
+           CASE WHEN $sha256 AND length(l.src) = 64 AND length(l.dst) = 64
+                     AND regexp_full_match(l.src || l.dst, '[0-9a-f]+')
+                THEN lower(sha256(unhex(l.src) || unhex(l.dst))) END AS axon
+    FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token
+    WHERE l.seq <= $max_seq
+    ORDER BY l.time, l.src, l.dst, l.neuron, l.token, l.valence, l.amount
+"""
+
+# -- stats ---------------------------------------------------------------------------------
+STATS_COUNTS = """
+    SELECT
+      (SELECT count(*) FROM (SELECT particle FROM particles UNION SELECT src FROM cyberlinks
+                             UNION SELECT dst FROM cyberlinks)) AS particles,
+      (SELECT count(*) FROM cyberlinks) AS links,
+      (SELECT count(DISTINCT neuron) FROM cyberlinks) AS neurons,
+      (SELECT count(*) FROM tokens) AS tokens,
+      (SELECT count(*) FROM batches) AS batches,
+      (SELECT count(*) FROM snapshots) AS snapshots,
+      (SELECT count(*) FROM particles WHERE text IS NOT NULL AND text <> '') AS particles_with_text
+"""
+NAMES_OF = "SELECT particle, name FROM particles WHERE particle IN (SELECT particle FROM id_view)"
+
+# -- export --------------------------------------------------------------------------------
+EXPORT_LINKS = """
+    SELECT l.neuron, l.src AS "from", l.dst AS "to", l.token, t.id AS token_id, l.amount,
+           l.valence, l.time
+    FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token
+    WHERE l.seq <= $max_seq ORDER BY l.time, l.src, l.dst, l.neuron, l.token, l.valence, l.amount
+"""

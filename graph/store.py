@@ -1,0 +1,116 @@
+"""The graph store: one DuckDB file, versioned migrations, and the only module that runs SQL."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from graph import sql
+from graph.errors import GraftError
+from graph.ids import HASHES
+
+DEFAULT_DB = "graft.duckdb"
+
+
+def default_path() -> str:
+    """The store path: $GRAFT_DB, else ./graft.duckdb."""
+    return os.environ.get("GRAFT_DB") or DEFAULT_DB
+
+
+class Store:
+    """A graft store in one DuckDB file. Use as a context manager, or call close()."""
+
+    def __init__(self, path: str | os.PathLike = ":memory:", *, create: bool = True,
+                 hash_name: str = "sha256", read_only: bool = False):
+        """Open (and migrate) the store at `path`.
+
+        Args:
+            path: the DuckDB file; ":memory:" for a throwaway store.
+            create: when False, a missing file is an error rather than a new store.
+            hash_name: the content hash a new store declares (sha256 or blake3); an existing
+                store keeps the hash it declared.
+            read_only: open without write access (several readers may share a file).
+        """
+        self.path = str(path)
+        if self.path != ":memory:" and not create and not Path(self.path).exists():
+            raise GraftError(f"{self.path}: no graft store here; run `graft init` or pass --db")
+        if hash_name not in HASHES:
+            raise GraftError(f"hash {hash_name!r} is not one of {HASHES}")
+        try:
+            self.con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.Error as exc:
+            raise GraftError(f"{self.path}: cannot open the store: {exc}") from exc
+        if not read_only:
+            self._migrate(hash_name)
+        self.hash_name = self.meta("hash") or hash_name
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _migrate(self, hash_name: str) -> None:
+        self.execute(sql.SCHEMA_VERSION_CREATE)
+        have = self.scalar(sql.SCHEMA_VERSION_GET)
+        for version, script in enumerate(sql.MIGRATIONS[have:], start=have + 1):
+            with self.transaction():
+                self.con.execute(script).fetchall()
+                self.execute(sql.SCHEMA_VERSION_ADD, [version])
+                if version == 1:
+                    self.execute(sql.META_SET, ["hash", hash_name])
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """BEGIN … COMMIT, or ROLLBACK on any exception: writes are all-or-nothing."""
+        self.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+        except BaseException:
+            self.execute("ROLLBACK")
+            raise
+        self.execute("COMMIT")
+
+    # -- small accessors --------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        rows = self.query(sql.META_GET, [key])
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.execute(sql.META_SET, [key, value])
+
+    def query(self, statement: str, params: list | dict | None = None) -> list[tuple]:
+        """Run one statement from graph.sql and return all rows."""
+        return self.con.execute(statement, params or []).fetchall()
+
+    def arrow(self, statement: str, params: list | dict | None = None) -> pa.Table:
+        """Run one statement from graph.sql and return an Arrow table."""
+        return self.con.sql(statement, params=params or None).to_arrow_table()
+
+    def arrow_batches(self, statement: str, params: list | dict | None = None,
+                      rows: int = 1 << 17) -> pa.RecordBatchReader:
+        """Stream a result as Arrow record batches of about `rows` rows."""
+        return self.con.sql(statement, params=params or None).to_arrow_reader(rows)
+
+    def scalar(self, statement: str, params: list | dict | None = None):
+        """The first column of the first row (results are always fetched to the end:
+        DuckDB refuses new work on a connection with an unfinished result)."""
+        return self.con.execute(statement, params or []).fetchall()[0][0]
+
+    def execute(self, statement: str, params: list | dict | None = None) -> None:
+        self.con.execute(statement, params or []).fetchall()
+
+    def register(self, name: str, table: pa.Table) -> None:
+        """Expose an Arrow table to SQL under `name` (for staging and id lists)."""
+        self.con.register(name, table)
+
+    def unregister(self, name: str) -> None:
+        self.con.unregister(name)

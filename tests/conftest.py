@@ -1,0 +1,63 @@
+"""Shared test fixtures: throwaway stores, the tiny named graphs, and ../shared when present."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from graph.ids import particle_of_text  # noqa: E402
+from graph.store import Store  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "data" / "fixtures"
+SHARED = REPO.parent / "shared"
+CYBERWIKI = SHARED / "data" / "cyberwiki"
+
+needs_cyberwiki = pytest.mark.skipif(not (CYBERWIKI / "train_links.jsonl").exists(),
+                                     reason="../shared/data/cyberwiki is not beside this clone")
+
+
+def pid(name: str) -> str:
+    """The particle id of a name (sha256 of its UTF-8 bytes), as the fixtures use."""
+    return particle_of_text(name)
+
+
+def link(src: str, dst: str, **over) -> dict:
+    """A valid link row between two named particles; keyword arguments override fields."""
+    row = {"neuron": "tester", "from": pid(src), "to": pid(dst), "token": "link",
+           "amount": 1, "valence": 1, "time": 1}
+    row.update(over)
+    return row
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """Write rows (dicts, or raw strings written as they are) one per line."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    with Store(tmp_path / "test.duckdb") as s:
+        yield s
+
+
+def table_counts(store: Store) -> dict:
+    """Row counts of every table: 'the store is unchanged' means these are equal."""
+    tables = ("cyberlinks", "particles", "neurons", "tokens", "batches", "snapshots", "meta")
+    return {t: store.scalar(f"SELECT count(*) FROM {t}") for t in tables}
+
+
+def ingest_fixture(store: Store, name: str) -> None:
+    """Ingest data/fixtures/NAME.particles.jsonl and NAME.links.jsonl into `store`."""
+    from graph.ingest import ingest_links
+    from graph.ingest_rows import ingest_particles
+    ingest_particles(store, [FIXTURES / f"{name}.particles.jsonl"])
+    ingest_links(store, [FIXTURES / f"{name}.links.jsonl"])
