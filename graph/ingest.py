@@ -6,8 +6,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import blake3
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from graph import formats, ids, sql
 from graph.errors import GraftError, IngestError, Problem, shorten
@@ -73,6 +75,7 @@ def ingest_links(store: Store, paths: Sequence[str | Path], *, fmt: str | None =
         raise GraftError(f"origin {origin!r} is not one of {ORIGINS}")
     results: list[IngestResult] = []
     staged: list[Staged] = []
+    stages: list[str] = []
     problems: list[Problem] = []
     total = 0
     seen: set[str] = set()
@@ -92,6 +95,7 @@ def ingest_links(store: Store, paths: Sequence[str | Path], *, fmt: str | None =
             seen.add(digest)
             say(f"reading {path}")
             stage = f"stage_links_{i}"
+            stages.append(stage)
             found, count = _stage_links(store, path, formats.detect_format(path, fmt), stage)
             problems += found
             total += count
@@ -107,39 +111,105 @@ def ingest_links(store: Store, paths: Sequence[str | Path], *, fmt: str | None =
                 result.batch, result.labels = _write_links(store, item, origin, cycle)
         return results
     finally:
-        for item in staged:
-            store.execute(sql.DROP_TEMP.format(stage=item.stage))
+        for stage in stages:
+            store.execute(sql.DROP_TEMP.format(stage=stage))
+
+
+def ingest_link_rows(store: Store, rows: list[dict], *, source: str, kind: str = "links",
+                     origin: str = "ingest", cycle: int | None = None,
+                     particles: list[dict] | None = None) -> IngestResult:
+    """Ingest links (and optionally particles) made in Python, with the same checks as files.
+
+    Used by the vault importer and the loop (accepted proposals). The batch's identity is
+    the BLAKE3 of the rows' canonical JSON, so the same rows twice are a no-op.
+
+    Args:
+        rows: link dicts with the file fields (neuron, from, to, token, amount, valence,
+            time, optional semcon).
+        source: what to call the input in errors and in the batches table.
+        kind: the batch kind recorded (links, vault, extract, curator).
+        particles: particle dicts (particle/name/aliases/text/…) written in the same
+            transaction.
+
+    Raises:
+        IngestError: every bad value, with `source`, the 1-based row and the field.
+    """
+    from graph.ingest_rows import particle_table, write_particles  # (import cycle)
+    payload = json.dumps([rows, particles or []], sort_keys=True, default=str).encode()
+    digest = blake3.blake3(payload).hexdigest()
+    done = store.query(sql.BATCH_BY_DIGEST, [digest, kind])
+    if done:
+        return IngestResult(source, 0, skipped=f"already ingested as batch {done[0][0]}")
+    problems: list[Problem] = []
+    table = None
+    if particles:
+        table, problems = particle_table(store, source, list(enumerate(particles, start=1)))
+    stage = "stage_rows"
+    text = {c: [_as_text(r.get(c)) for r in rows] for c in TEXT_COLUMNS}
+    arrow = pa.table({"row": pa.array(range(1, len(rows) + 1), pa.int64()),
+                      **{c: pa.array(v, pa.string()) for c, v in text.items()},
+                      "token_id": pa.nulls(len(rows), pa.int64())})
+    try:
+        store.register("rows_view", arrow)
+        store.execute(sql.STAGE_ARROW.format(stage=stage, view="rows_view"))
+        store.unregister("rows_view")
+        if rows:
+            found, total = _check_links(store, Path(source), "rows", stage)
+            problems += found
+        if problems:
+            raise IngestError(problems[:PROBLEM_CAP], total=len(problems))
+        result = IngestResult(source, len(rows))
+        with store.transaction():
+            if rows:
+                result.batch, result.labels = _write_links(
+                    store, Staged(source, digest, stage, len(rows)), origin, cycle, kind=kind)
+            if table is not None:
+                batch = result.batch or store.scalar(sql.BATCH_ADD, [kind, source, digest, 0])
+                write_particles(store, table, batch)
+                result.batch = batch
+        return result
+    finally:
+        store.execute(sql.DROP_TEMP.format(stage=stage))
+
+
+def _as_text(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list, bool, float)):
+        return json.dumps(value)  # never valid where an integer or id is expected
+    return str(value)
 
 
 def _stage_links(store: Store, path: Path, fmt: str, stage: str) -> tuple[list[Problem], int]:
     """Read one file into a temp table of text columns and return (problems, total)."""
     name = str(path)
-    if fmt == "graph":
-        table, problems = formats.read_graph_records(path)
-        if problems:
-            return problems, len(problems)
-        table = _resolve_token_ids(store, table)
-        store.register("graph_view", table)
-        store.execute(sql.STAGE_ARROW.format(stage=stage, view="graph_view"))
-        store.unregister("graph_view")
-    else:
-        try:
-            if fmt == "jsonl":
-                columns = {c: "VARCHAR" for c in TEXT_COLUMNS}
-                store.execute(sql.STAGE_JSONL.format(stage=stage, columns=columns), [name])
-            elif fmt == "csv":
-                header = formats.csv_header(path)
-                columns = {c: "VARCHAR" for c in header} if header else {}
-                if not header:
-                    raise _ReadFailed()
-                store.execute(sql.STAGE_CSV.format(stage=stage, columns=columns), [name])
-            else:
-                store.execute(sql.STAGE_PARQUET.format(stage=stage), [name])
-        except (_ReadFailed, Exception) as exc:  # noqa: BLE001 - any reader failure is re-diagnosed
-            return _diagnose(path, fmt, exc)
-        missing = _missing_columns(store, path, stage, fmt)
-        if missing:
-            return missing, len(missing)
+    try:
+        if fmt == "graph":
+            table, problems = formats.read_graph_records(path)
+            if problems:
+                return problems, len(problems)
+            store.register("graph_view", _resolve_token_ids(store, table))
+            store.execute(sql.STAGE_ARROW.format(stage=stage, view="graph_view"))
+            store.unregister("graph_view")
+        elif fmt == "jsonl":
+            columns = {c: "VARCHAR" for c in TEXT_COLUMNS}
+            store.execute(sql.STAGE_JSONL.format(stage=stage, columns=columns), [name])
+        else:
+            have = formats.csv_header(path) if fmt == "csv" else pq.read_schema(path).names
+            if not have:
+                raise _ReadFailed("no header")
+            missing = [Problem(name, 1 if fmt == "csv" else 0, col, "no such column",
+                               f"a column named '{col}'")
+                       for col in sql.LINK_FIELDS if col not in have]
+            if missing:
+                return missing, len(missing)
+            select = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' if c in have
+                               else f'NULL::VARCHAR AS "{c}"' for c in TEXT_COLUMNS)
+            statement = sql.STAGE_CSV if fmt == "csv" else sql.STAGE_PARQUET
+            columns = {c: "VARCHAR" for c in have}
+            store.execute(statement.format(stage=stage, select=select, columns=columns), [name])
+    except Exception as exc:  # noqa: BLE001 - any reader failure is re-diagnosed line by line
+        return _diagnose(path, fmt, exc)
     if store.scalar(f"SELECT count(*) FROM {stage}") == 0:
         return [Problem(name, 0, "", "an empty file", "at least one link")], 1
     return _check_links(store, path, fmt, stage)
@@ -166,22 +236,6 @@ def _diagnose(path: Path, fmt: str, exc: Exception) -> tuple[list[Problem], int]
     return problems, total
 
 
-def _missing_columns(store: Store, path: Path, stage: str, fmt: str) -> list[Problem]:
-    have = {r[0] for r in store.query(sql.STAGE_COLUMNS.format(stage=stage))}
-    if fmt == "jsonl":
-        return []  # JSONL columns always exist; a missing key shows up as NULL per row
-    line = 1 if fmt == "csv" else 0
-    problems = [Problem(str(path), line, col, "no such column", f"a column named '{col}'")
-                for col in sql.LINK_FIELDS if col not in have]
-    if not problems:
-        optional = [c for c in sql.LINK_OPTIONAL if c in have]
-        casts = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in sql.LINK_FIELDS)
-        casts += "".join(f', CAST("{c}" AS VARCHAR) AS "{c}"' for c in optional)
-        casts += "".join(f', NULL::VARCHAR AS "{c}"' for c in sql.LINK_OPTIONAL if c not in have)
-        store.execute(sql.STAGE_AS_TEXT.format(stage=stage, casts=casts))
-    return problems
-
-
 def _resolve_token_ids(store: Store, table: pa.Table) -> pa.Table:
     """.graph records name tokens by u32 id: map known ids to names, new ids to str(id)."""
     known = dict(store.query("SELECT id, name FROM tokens"))
@@ -197,10 +251,11 @@ def _check_links(store: Store, path: Path, fmt: str, stage: str) -> tuple[list[P
     tokens = ", ".join(r[0] for r in store.query("SELECT name FROM tokens ORDER BY id LIMIT 20"))
     params = {"pre": ids.PARTICLE_RE, "pexp": ids.PARTICLE_EXPECTED, "strict": strict,
               "tokens": tokens}
+    quick = {k: params[k] for k in ("pre", "strict")}
+    if not store.scalar(sql.LINK_ANY_BAD.format(stage=stage), quick):
+        return [], 0
     check = sql.LINK_CHECKS.format(stage=stage)
     total = store.scalar(f"SELECT count(*) FROM ({check})", params)
-    if not total:
-        return [], 0
     bad = store.query(f"{check} LIMIT {PROBLEM_CAP}", params)
     lines = _line_map(path, fmt)
     problems = [Problem(str(path), int(lines[row - 1]) if lines is not None else row, fld,
@@ -218,9 +273,10 @@ def _line_map(path: Path, fmt: str) -> np.ndarray | None:
     return None  # Parquet rows and .graph records are numbered as they are
 
 
-def _write_links(store: Store, item: Staged, origin: str, cycle: int | None) -> tuple[int, int]:
-    """Write one staged file inside the caller's transaction; returns (batch id, labels)."""
-    batch = store.scalar(sql.BATCH_ADD, ["links", item.source, item.digest, item.rows])
+def _write_links(store: Store, item: Staged, origin: str, cycle: int | None,
+                 kind: str = "links") -> tuple[int, int]:
+    """Write one staged input inside the caller's transaction; returns (batch id, labels)."""
+    batch = store.scalar(sql.BATCH_ADD, [kind, item.source, item.digest, item.rows])
     base = store.scalar(sql.MAX_SEQ)
     params = {"base": base, "origin": origin, "cycle": cycle, "batch": batch}
     store.execute(sql.INSERT_LINKS.format(stage=item.stage), params)

@@ -27,7 +27,7 @@ def ingest_particles(store: Store, paths: Sequence[str | Path], *, fmt: str | No
     Raises:
         IngestError: every bad value with file, line and field; nothing is written.
     """
-    return _ingest(store, paths, fmt, "particles", _particle_rows, _write_particles, say)
+    return _ingest(store, paths, fmt, "particles", particle_table, _write_particles, say)
 
 
 def ingest_tokens(store: Store, paths: Sequence[str | Path], *, fmt: str | None = None,
@@ -66,7 +66,8 @@ def _ingest(store, paths, fmt, kind, parse, write, say) -> list[IngestResult]:
     return results
 
 
-def _particle_rows(store: Store, path: Path, rows: list[tuple[int, dict]]):
+def particle_table(store: Store, path: Path | str, rows: list[tuple[int, dict]]) -> tuple[pa.Table, list[Problem]]:
+    """Validate particle rows [(line, dict)] into an Arrow table; the last row for an id wins."""
     problems: list[Problem] = []
     out: dict[str, dict] = {}  # last row for a particle wins
     for line, row in rows:
@@ -120,6 +121,11 @@ def _aliases(value) -> list[str]:
 
 
 def _write_particles(store: Store, table: pa.Table, batch: int, path: Path) -> None:
+    write_particles(store, table, batch)
+
+
+def write_particles(store: Store, table: pa.Table, batch: int) -> None:
+    """Upsert a validated particle table (inside the caller's transaction)."""
     store.register("particle_view", table)
     try:
         store.execute(sql.UPSERT_PARTICLES, {"batch": batch})

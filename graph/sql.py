@@ -75,26 +75,36 @@ STAGE_JSONL = """
     SELECT row_number() OVER () AS row, *, NULL::BIGINT AS token_id
     FROM read_json(?, format = 'newline_delimited', columns = {columns}, maximum_object_size = 1073741824)
 """
+# CSV and Parquet: {select} casts the link fields to text and fills absent optional ones.
 STAGE_CSV = """
     CREATE OR REPLACE TEMP TABLE {stage} AS
-    SELECT row_number() OVER () AS row, *
+    SELECT row_number() OVER () AS row, {select}, NULL::BIGINT AS token_id
     FROM read_csv(?, header = true, delim = ',', quote = '"', escape = '"', columns = {columns},
                   auto_detect = false, strict_mode = true)
 """
 STAGE_PARQUET = """
     CREATE OR REPLACE TEMP TABLE {stage} AS
-    SELECT file_row_number + 1 AS row, * EXCLUDE (file_row_number)
+    SELECT file_row_number + 1 AS row, {select}, NULL::BIGINT AS token_id
     FROM read_parquet(?, file_row_number = true)
 """
 STAGE_ARROW = "CREATE OR REPLACE TEMP TABLE {stage} AS SELECT * FROM {view}"
-STAGE_COLUMNS = "SELECT column_name FROM (DESCRIBE {stage})"
-STAGE_AS_TEXT = """
-    CREATE OR REPLACE TEMP TABLE {stage} AS SELECT row, {casts}, NULL::BIGINT AS token_id FROM {stage}
-"""
 STAGE_SEMCONS = 'SELECT row, "from", "to", semcon FROM {stage} WHERE semcon IS NOT NULL ORDER BY row'
 
 DROP_TEMP = "DROP TABLE IF EXISTS {stage}"
 
+# One scan that says whether anything is wrong; LINK_CHECKS then names every bad value.
+LINK_ANY_BAD = """
+    SELECT count(*) FROM {stage}
+    WHERE neuron IS NULL OR trim(neuron) = ''
+       OR "from" IS NULL OR NOT regexp_full_match("from", $pre)
+       OR "to" IS NULL OR NOT regexp_full_match("to", $pre)
+       OR token IS NULL OR trim(token) = ''
+       OR ($strict AND token NOT IN (SELECT name FROM tokens))
+       OR amount IS NULL OR NOT regexp_full_match(amount, '[0-9]+')
+       OR valence IS NULL OR valence NOT IN ('-1', '0', '1')
+       OR time IS NULL OR NOT regexp_full_match(time, '[0-9]{{1,18}}')
+       OR (semcon IS NOT NULL AND trim(semcon) = '')
+"""
 # One row per bad value: (row, field, value, expected). Regexes mirror graph/ids.py.
 LINK_CHECKS = """
     SELECT row, field, value, expected FROM (

@@ -206,3 +206,19 @@ def test_sql_axon_matches_python_axon(store, tmp_path):
     table = snapshot_links(store, take_snapshot(store))
     for row in table.to_pylist():
         assert row["axon"] == axon(row["src"], row["dst"])
+
+
+def test_rows_from_python_are_checked_like_files(store):
+    from graph.ingest import ingest_link_rows
+    bad = [GOOD[0], link("a", "b", amount=1.5)]
+    with pytest.raises(IngestError) as info:
+        ingest_link_rows(store, bad, source="proposals")
+    [problem] = info.value.problems
+    assert (problem.file, problem.line, problem.field) == ("proposals", 2, "amount")
+    assert store.scalar("SELECT count(*) FROM cyberlinks") == 0
+    particles = [{"name": "a", "text": "first"}, {"name": "b"}]
+    result = ingest_link_rows(store, GOOD, source="vault", kind="vault", particles=particles)
+    assert result.rows == 3 and result.batch == 1
+    assert store.query("SELECT text FROM particles WHERE particle = ?", [pid("a")]) == [("first",)]
+    again = ingest_link_rows(store, GOOD, source="vault", kind="vault", particles=particles)
+    assert again.skipped.startswith("already ingested")
