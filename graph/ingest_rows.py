@@ -175,3 +175,22 @@ def _write_tokens(store: Store, table: pa.Table, batch: int, path: Path) -> None
     finally:
         store.unregister("token_view")
     store.set_meta("token_table", "set")
+
+
+def import_vault(store: Store, root: Path, flavor: str, *, neuron: str = "vault",
+                 time: int | None = None, say: Say = _quiet) -> dict:
+    """Read a Logseq/Obsidian vault and write its particles and links in one batch.
+
+    Returns:
+        {"particles", "links", "batch", "skipped"} — skipped says why nothing was written
+        (the same vault content was imported before).
+    """
+    from graph.ingest import ingest_link_rows
+    from graph.vault import read_vault
+    say(f"reading {flavor} vault {root}")
+    vault = read_vault(Path(root), flavor, neuron=neuron, hash_name=store.hash_name, time=time)
+    say(f"writing {len(vault.particles)} particles and {len(vault.links)} links")
+    result = ingest_link_rows(store, vault.links, source=str(root), kind="vault",
+                              particles=vault.particles)
+    return {"particles": len(vault.particles), "links": len(vault.links),
+            "batch": result.batch, "skipped": result.skipped}

@@ -1,0 +1,154 @@
+"""The `graft` command line: one subcommand per stage, thin wrappers over the packages."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from graph.errors import GraftError, IngestError
+from graph.store import Store, default_path
+
+
+def _say(message: str) -> None:
+    print(f"graft: {message}", file=sys.stderr, flush=True)
+
+
+def _open(args, *, create: bool = False) -> Store:
+    return Store(args.db, create=create)
+
+
+def _emit(args, payload: dict, text: str) -> None:
+    print(json.dumps(payload, indent=2, ensure_ascii=False) if args.json else text)
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_init(args) -> None:
+    existed = Path(args.db).exists()
+    with Store(args.db, hash_name=args.hash) as store:
+        _emit(args, {"db": args.db, "hash": store.hash_name, "created": not existed},
+              f"{'opened' if existed else 'created'} {args.db} (hash {store.hash_name})")
+
+
+def cmd_ingest(args) -> None:
+    from graph import ingest, ingest_rows
+    run = {"links": ingest.ingest_links, "particles": ingest_rows.ingest_particles,
+           "tokens": ingest_rows.ingest_tokens}[args.kind]
+    with _open(args, create=True) as store:
+        results = run(store, args.files, fmt=args.format, say=_say)
+    payload = {"results": [r.__dict__ for r in results]}
+    lines = [f"{r.source}: skipped ({r.skipped})" if r.skipped else
+             f"{r.source}: {r.rows} {args.kind} as batch {r.batch}"
+             + (f" (+{r.labels} label links)" if r.labels else "") for r in results]
+    _emit(args, payload, "\n".join(lines))
+
+
+def cmd_import_vault(args) -> None:
+    from graph.ingest_rows import import_vault
+    with _open(args, create=True) as store:
+        result = import_vault(store, Path(args.dir), args.flavor, neuron=args.neuron,
+                                    time=args.time, say=_say)
+    _emit(args, result, f"{args.dir}: {result['particles']} particles, {result['links']} links"
+          + (f" (skipped: {result['skipped']})" if result.get("skipped") else ""))
+
+
+def cmd_stats(args) -> None:
+    from graph import stats
+    with Store(args.db, create=False, read_only=True) as store:
+        result = stats.graph_stats(store, top=args.top)
+    _emit(args, result, stats.format_stats(result))
+
+
+def cmd_snapshot(args) -> None:
+    from graph import snapshot
+    if args.list:
+        with Store(args.db, create=False, read_only=True) as store:
+            snaps = snapshot.list_snapshots(store)
+        _emit(args, {"snapshots": [s.__dict__ for s in snaps]},
+              "\n".join(f"{s.id}  links={s.links}  max_seq={s.max_seq}  {s.created}" for s in snaps)
+              or "no snapshots")
+        return
+    with _open(args) as store:
+        snap = snapshot.take_snapshot(store)
+    _emit(args, snap.__dict__, f"snapshot {snap.id} ({snap.links} links)")
+
+
+def cmd_export(args) -> None:
+    from graph import export
+    with Store(args.db, create=False, read_only=True) as store:
+        n = export.export_links(store, Path(args.out), fmt=args.format, snapshot_ref=args.snapshot)
+    _emit(args, {"out": args.out, "links": n}, f"wrote {n} links to {args.out}")
+
+
+def cmd_demo(args) -> None:
+    from loop import demo
+    demo.run_demo(args.db, say=_say)
+
+
+# -- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graft", description=__doc__)
+    parser.add_argument("--db", default=default_path(),
+                        help="the store (a DuckDB file); default $GRAFT_DB or ./graft.duckdb")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("init", cmd_init, "create (or open) a store")
+    p.add_argument("--hash", choices=["sha256", "blake3"], default="sha256",
+                   help="the content hash the new store declares for names and axons")
+
+    p = command("ingest", cmd_ingest, "ingest links, particles or tokens (all or nothing)")
+    p.add_argument("kind", choices=["links", "particles", "tokens"])
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--format", choices=["jsonl", "csv", "parquet", "graph"],
+                   help="override the format read from the extension")
+
+    p = command("import", cmd_import_vault, "import a Logseq or Obsidian vault")
+    p.add_argument("what", choices=["vault"])
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--flavor", choices=["logseq", "obsidian"], required=True)
+    p.add_argument("--neuron", default="vault", help="who signs the imported links")
+    p.add_argument("--time", type=int, help="link time for every page (default: file mtime)")
+
+    p = command("stats", cmd_stats, "counts, focus and degrees of the store")
+    p.add_argument("--top", type=int, default=10, help="how many top particles by focus")
+
+    p = command("snapshot", cmd_snapshot, "take an immutable, content-addressed snapshot")
+    p.add_argument("--list", action="store_true", help="list snapshots instead")
+
+    p = command("export", cmd_export, "export a snapshot's links")
+    p.add_argument("what", choices=["links"])
+    p.add_argument("out", metavar="FILE")
+    p.add_argument("--format", choices=["jsonl", "graph"], default="jsonl")
+    p.add_argument("--snapshot", default=None, help="snapshot id or prefix (default: all links)")
+
+    command("demo", cmd_demo, "build the default data, ingest it, print stats")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except IngestError as exc:
+        lines = str(exc).splitlines()
+        print(f"graft: error: {lines[0]}", file=sys.stderr)
+        for line in lines[1:]:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    except GraftError as exc:
+        print(f"graft: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("graft: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

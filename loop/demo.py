@@ -1,0 +1,31 @@
+"""`graft demo`: the main job on the default data every fresh machine has offline."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from graph import stats
+from graph.docs_graph import build_docs_graph
+from graph.ingest import ingest_links
+from graph.ingest_rows import ingest_particles
+from graph.snapshot import take_snapshot
+from graph.store import Store
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "generated" / "numpy-docs"
+
+
+def run_demo(db: str, say: Callable[[str], None] = print, data_dir: Path = DATA_DIR) -> dict:
+    """Build the numpy/scipy docs graph, ingest it into `db`, snapshot it and print stats."""
+    say(f"building the default data (numpy/scipy docstrings) in {data_dir}")
+    summary = build_docs_graph(data_dir)
+    say(f"default data: {summary}")
+    with Store(db) as store:
+        for result in ingest_particles(store, [data_dir / "particles.jsonl"], say=say):
+            say(f"particles: {result.skipped or f'{result.rows} rows as batch {result.batch}'}")
+        for result in ingest_links(store, [data_dir / "links.jsonl"], say=say):
+            say(f"links: {result.skipped or f'{result.rows} rows (+{result.labels} label links) as batch {result.batch}'}")
+        snap = take_snapshot(store)
+        say(f"snapshot {snap.id} ({snap.links} links)")
+        result = stats.graph_stats(store)
+    print(stats.format_stats(result))
+    return result
