@@ -10,9 +10,10 @@ HASHES = ("sha256", "blake3")
 ZERO = "0" * 64  # ⊥: the default semcon, the all-zero particle
 
 # A 32-byte digest as 64 lowercase hex chars, or an external id kept verbatim: an IPFS
-# CIDv0 (base58btc "Qm" + 44 chars) or a CIDv1 in base32 ("b" + lowercase base32).
+# CIDv0 (base58btc "Qm" + 44 chars) or a sha2-256 CIDv1 in base32 ("b" + 58 chars). No
+# valid CID is 64 chars long, which lets SQL tell hex ids apart by length alone.
 HEX_RE = r"^[0-9a-f]{64}$"
-CID_RE = r"^(Qm[1-9A-HJ-NP-Za-km-z]{44}|b[a-z2-7]{58,})$"
+CID_RE = r"^(Qm[1-9A-HJ-NP-Za-km-z]{44}|b[a-z2-7]{58})$"
 PARTICLE_RE = f"{HEX_RE}|{CID_RE}"
 PARTICLE_EXPECTED = "64 lowercase hex chars (a 32-byte digest) or an IPFS CID (Qm…/b…)"
 _PARTICLE = re.compile(PARTICLE_RE)

@@ -1,4 +1,11 @@
-"""Ingest cyberlinks, particles and tokens: validate every row first, then write all or nothing."""
+"""Ingest cyberlinks: read every input, write them all in one transaction — or none.
+
+Each input becomes a relation of text columns (row, neuron, from, to, token, amount,
+valence, time, semcon, token_id): a temp table for JSONL, CSV, .graph and rows made in
+Python, the file itself for Parquet (columnar, cheap to read twice). Validation runs inside
+the INSERT, so valid data is read once; the first bad row aborts the transaction and the
+inputs are then checked in full, so every problem is reported with its line.
+"""
 from __future__ import annotations
 
 import json
@@ -7,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import blake3
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,16 +27,24 @@ PROBLEM_CAP = 50
 ORIGINS = ("ingest", "extract", "curator")
 TEXT_COLUMNS = (*sql.LINK_FIELDS, *sql.LINK_OPTIONAL)
 
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
 
 @dataclass
 class Staged:
-    """One validated input, staged as a temp table of text columns, waiting to be written."""
+    """One input, readable by SQL as `relation` (a temp table or a Parquet subquery)."""
 
     source: str
     digest: str
-    stage: str
+    relation: str
     rows: int
-    labels: int = 0
+    fmt: str = "rows"
+    params: dict = field(default_factory=dict)
+    temp: bool = True
 
 
 @dataclass
@@ -40,21 +56,12 @@ class IngestResult:
     batch: int | None = None          # None when skipped
     labels: int = 0                   # label links written for rows with a semcon
     skipped: str = ""                 # why nothing was written ("already ingested as batch 3")
-    extra: dict = field(default_factory=dict)
 
 
-Say = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
-
-
-# -- links -----------------------------------------------------------------------------------
 def ingest_links(store: Store, paths: Sequence[str | Path], *, fmt: str | None = None,
                  origin: str = "ingest", cycle: int | None = None,
                  say: Say = _quiet) -> list[IngestResult]:
-    """Validate every link file, then write them all in one transaction — or none.
+    """Validate and write every link file in one transaction — or none.
 
     Args:
         store: the open store.
@@ -75,16 +82,13 @@ def ingest_links(store: Store, paths: Sequence[str | Path], *, fmt: str | None =
         raise GraftError(f"origin {origin!r} is not one of {ORIGINS}")
     results: list[IngestResult] = []
     staged: list[Staged] = []
-    stages: list[str] = []
     problems: list[Problem] = []
-    total = 0
     seen: set[str] = set()
     try:
         for i, raw_path in enumerate(paths):
             path = Path(raw_path)
             if not path.is_file():
                 problems.append(Problem(str(path), 0, "", "no such file", "a readable file"))
-                total += 1
                 continue
             digest = formats.file_digest(path)
             done = store.query(sql.BATCH_BY_DIGEST, [digest, "links"])
@@ -94,25 +98,18 @@ def ingest_links(store: Store, paths: Sequence[str | Path], *, fmt: str | None =
                 continue
             seen.add(digest)
             say(f"reading {path}")
-            stage = f"stage_links_{i}"
-            stages.append(stage)
-            found, count = _stage_links(store, path, formats.detect_format(path, fmt), stage)
+            item, found = _stage(store, path, formats.detect_format(path, fmt), digest, i)
             problems += found
-            total += count
-            if not count:
-                n = store.scalar(f"SELECT count(*) FROM {stage}")
-                staged.append(Staged(str(path), digest, stage, n))
-                results.append(IngestResult(str(path), n))
+            if item is not None:
+                staged.append(item)
+                results.append(IngestResult(str(path), item.rows))
         if problems:
-            raise IngestError(problems[:PROBLEM_CAP], total=total)
+            raise IngestError(problems[:PROBLEM_CAP], total=len(problems))
         say(f"writing {sum(s.rows for s in staged)} links")
-        with store.transaction():
-            for item, result in zip(staged, [r for r in results if not r.skipped]):
-                result.batch, result.labels = _write_links(store, item, origin, cycle)
+        _write_all(store, staged, [r for r in results if not r.skipped], origin, cycle, "links")
         return results
     finally:
-        for stage in stages:
-            store.execute(sql.DROP_TEMP.format(stage=stage))
+        _drop(store, staged)
 
 
 def ingest_link_rows(store: Store, rows: list[dict], *, source: str, kind: str = "links",
@@ -140,36 +137,26 @@ def ingest_link_rows(store: Store, rows: list[dict], *, source: str, kind: str =
     done = store.query(sql.BATCH_BY_DIGEST, [digest, kind])
     if done:
         return IngestResult(source, 0, skipped=f"already ingested as batch {done[0][0]}")
-    problems: list[Problem] = []
-    table = None
-    if particles:
-        table, problems = particle_table(store, source, list(enumerate(particles, start=1)))
-    stage = "stage_rows"
-    text = {c: [_as_text(r.get(c)) for r in rows] for c in TEXT_COLUMNS}
-    arrow = pa.table({"row": pa.array(range(1, len(rows) + 1), pa.int64()),
-                      **{c: pa.array(v, pa.string()) for c, v in text.items()},
+    table, problems = (particle_table(store, source, list(enumerate(particles, start=1)))
+                       if particles else (None, []))
+    if problems:
+        raise IngestError(problems[:PROBLEM_CAP], total=len(problems))
+    text = {c: pa.array([_as_text(r.get(c)) for r in rows], pa.string()) for c in TEXT_COLUMNS}
+    arrow = pa.table({"row": pa.array(range(1, len(rows) + 1), pa.int64()), **text,
                       "token_id": pa.nulls(len(rows), pa.int64())})
+    item = _stage_arrow(store, arrow, Staged(source, digest, "stage_rows", len(rows)))
+    result = IngestResult(source, len(rows))
     try:
-        store.register("rows_view", arrow)
-        store.execute(sql.STAGE_ARROW.format(stage=stage, view="rows_view"))
-        store.unregister("rows_view")
-        if rows:
-            found, total = _check_links(store, Path(source), "rows", stage)
-            problems += found
-        if problems:
-            raise IngestError(problems[:PROBLEM_CAP], total=len(problems))
-        result = IngestResult(source, len(rows))
-        with store.transaction():
-            if rows:
-                result.batch, result.labels = _write_links(
-                    store, Staged(source, digest, stage, len(rows)), origin, cycle, kind=kind)
+        def particles_too() -> None:
             if table is not None:
                 batch = result.batch or store.scalar(sql.BATCH_ADD, [kind, source, digest, 0])
                 write_particles(store, table, batch)
                 result.batch = batch
+        _write_all(store, [item] if rows else [], [result] if rows else [], origin, cycle,
+                   kind, also=particles_too)
         return result
     finally:
-        store.execute(sql.DROP_TEMP.format(stage=stage))
+        _drop(store, [item])
 
 
 def _as_text(value) -> str | None:
@@ -180,60 +167,76 @@ def _as_text(value) -> str | None:
     return str(value)
 
 
-def _stage_links(store: Store, path: Path, fmt: str, stage: str) -> tuple[list[Problem], int]:
-    """Read one file into a temp table of text columns and return (problems, total)."""
-    name = str(path)
+# -- reading ----------------------------------------------------------------------------------
+def _stage(store: Store, path: Path, fmt: str, digest: str, i: int) -> tuple[Staged | None, list[Problem]]:
+    """Make one file readable as a relation of text columns, or say why it cannot be."""
+    name, stage = str(path), f"stage_links_{i}"
+    item = Staged(name, digest, stage, 0, fmt)
     try:
         if fmt == "graph":
             table, problems = formats.read_graph_records(path)
             if problems:
-                return problems, len(problems)
-            store.register("graph_view", _resolve_token_ids(store, table))
-            store.execute(sql.STAGE_ARROW.format(stage=stage, view="graph_view"))
-            store.unregister("graph_view")
+                return None, problems
+            item = _stage_arrow(store, _resolve_token_ids(store, table), item)
         elif fmt == "jsonl":
             columns = {c: "VARCHAR" for c in TEXT_COLUMNS}
             store.execute(sql.STAGE_JSONL.format(stage=stage, columns=columns), [name])
         else:
             have = formats.csv_header(path) if fmt == "csv" else pq.read_schema(path).names
             if not have:
-                raise _ReadFailed("no header")
+                raise GraftError("no header")
             missing = [Problem(name, 1 if fmt == "csv" else 0, col, "no such column",
                                f"a column named '{col}'")
                        for col in sql.LINK_FIELDS if col not in have]
             if missing:
-                return missing, len(missing)
+                return None, missing
             select = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' if c in have
                                else f'NULL::VARCHAR AS "{c}"' for c in TEXT_COLUMNS)
-            statement = sql.STAGE_CSV if fmt == "csv" else sql.STAGE_PARQUET
-            columns = {c: "VARCHAR" for c in have}
-            store.execute(statement.format(stage=stage, select=select, columns=columns), [name])
+            if fmt == "csv":
+                columns = {c: "VARCHAR" for c in have}
+                store.execute(sql.STAGE_CSV.format(stage=stage, select=select, columns=columns), [name])
+            else:
+                item.relation = sql.PARQUET_RELATION.format(select=select)
+                item.params, item.temp = {"path": name}, False
+                item.rows = pq.read_metadata(path).num_rows
     except Exception as exc:  # noqa: BLE001 - any reader failure is re-diagnosed line by line
-        return _diagnose(path, fmt, exc)
-    if store.scalar(f"SELECT count(*) FROM {stage}") == 0:
-        return [Problem(name, 0, "", "an empty file", "at least one link")], 1
-    return _check_links(store, path, fmt, stage)
+        return None, _diagnose(path, fmt, exc)
+    if item.temp:
+        item.rows = store.scalar(f"SELECT count(*) FROM {item.relation}")
+    if item.rows == 0:
+        _drop(store, [item])
+        return None, [Problem(name, 0, "", "an empty file", "at least one link")]
+    return item, []
 
 
-class _ReadFailed(Exception):
-    pass
+def _stage_arrow(store: Store, table: pa.Table, item: Staged) -> Staged:
+    store.register("arrow_view", table)
+    try:
+        store.execute(sql.STAGE_ARROW.format(stage=item.relation, view="arrow_view"))
+    finally:
+        store.unregister("arrow_view")
+    item.rows = table.num_rows
+    return item
 
 
-def _diagnose(path: Path, fmt: str, exc: Exception) -> tuple[list[Problem], int]:
+def _drop(store: Store, staged: list[Staged]) -> None:
+    for item in staged:
+        if item.temp:
+            store.execute(sql.DROP_TEMP.format(stage=item.relation))
+
+
+def _diagnose(path: Path, fmt: str, exc: Exception) -> list[Problem]:
     """DuckDB stopped at the first bad byte; find every bad line with the exact scanners."""
+    problems: list[Problem] = []
     if fmt == "jsonl":
-        problems, total = formats.jsonl_problems(path, PROBLEM_CAP)
+        problems, _ = formats.jsonl_problems(path, PROBLEM_CAP)
     elif fmt == "csv":
-        problems, total = formats.csv_problems(path, PROBLEM_CAP)
-        if not formats.csv_header(path) and not total:
-            problems, total = [Problem(str(path), 0, "", "an empty file or no header",
-                                       "a header row naming the fields")], 1
-    else:
-        problems, total = [], 0
-    if not total:
-        problems, total = [Problem(str(path), 0, "", shorten(str(exc).splitlines()[0], 200),
-                                   f"a readable {fmt} file")], 1
-    return problems, total
+        problems, _ = formats.csv_problems(path, PROBLEM_CAP)
+        if not problems and not formats.csv_header(path):
+            problems = [Problem(str(path), 0, "", "an empty file or no header",
+                                "a header row naming the fields")]
+    return problems or [Problem(str(path), 0, "", shorten(str(exc).splitlines()[0], 200),
+                                f"a readable {fmt} file")]
 
 
 def _resolve_token_ids(store: Store, table: pa.Table) -> pa.Table:
@@ -242,26 +245,34 @@ def _resolve_token_ids(store: Store, table: pa.Table) -> pa.Table:
     token_ids = table.column("token_id").to_numpy()
     uniq, inverse = np.unique(token_ids, return_inverse=True)
     names = np.array([known.get(int(t), str(int(t))) for t in uniq], dtype=object)
-    return (table.append_column("token", pa.array(names[inverse], type=pa.string()))
-                 .append_column("semcon", pa.nulls(len(table), pa.string())))
+    return table.select(["row", "neuron", "from", "to"]).append_column(
+        "token", pa.array(names[inverse], type=pa.string())).append_column(
+        "amount", table.column("amount")).append_column(
+        "valence", table.column("valence")).append_column(
+        "time", table.column("time")).append_column(
+        "semcon", pa.nulls(len(table), pa.string())).append_column(
+        "token_id", table.column("token_id"))
 
 
-def _check_links(store: Store, path: Path, fmt: str, stage: str) -> tuple[list[Problem], int]:
-    strict = store.meta("token_table") == "set"
+# -- checking -----------------------------------------------------------------------------------
+def _check_params(store: Store) -> dict:
     tokens = ", ".join(r[0] for r in store.query("SELECT name FROM tokens ORDER BY id LIMIT 20"))
-    params = {"pre": ids.PARTICLE_RE, "pexp": ids.PARTICLE_EXPECTED, "strict": strict,
-              "tokens": tokens}
-    quick = {k: params[k] for k in ("pre", "strict")}
-    if not store.scalar(sql.LINK_ANY_BAD.format(stage=stage), quick):
-        return [], 0
-    check = sql.LINK_CHECKS.format(stage=stage)
+    return {"pre": ids.PARTICLE_RE, "pexp": ids.PARTICLE_EXPECTED,
+            "strict": store.meta("token_table") == "set", "tokens": tokens}
+
+
+def _problems(store: Store, item: Staged) -> tuple[list[Problem], int]:
+    """Every bad value of one staged input (first PROBLEM_CAP) and how many there are."""
+    params = {**_check_params(store), **item.params}
+    check = sql.LINK_CHECKS.format(stage=item.relation)
     total = store.scalar(f"SELECT count(*) FROM ({check})", params)
+    if not total:
+        return [], 0
     bad = store.query(f"{check} LIMIT {PROBLEM_CAP}", params)
-    lines = _line_map(path, fmt)
-    problems = [Problem(str(path), int(lines[row - 1]) if lines is not None else row, fld,
-                        "missing" if value is None else shorten(value), expected)
-                for row, fld, value, expected in bad]
-    return problems, total
+    lines = _line_map(Path(item.source), item.fmt)
+    return [Problem(item.source, int(lines[row - 1]) if lines is not None else row, fld,
+                    "missing" if value is None else shorten(value), expected)
+            for row, fld, value, expected in bad], total
 
 
 def _line_map(path: Path, fmt: str) -> np.ndarray | None:
@@ -270,25 +281,51 @@ def _line_map(path: Path, fmt: str) -> np.ndarray | None:
         return formats.jsonl_line_numbers(path)
     if fmt == "csv":
         return formats.csv_line_numbers(path)
-    return None  # Parquet rows and .graph records are numbered as they are
+    return None  # Parquet rows, .graph records and Python rows are numbered as they are
+
+
+# -- writing ------------------------------------------------------------------------------------
+def _write_all(store: Store, staged: list[Staged], results: list[IngestResult], origin: str,
+               cycle: int | None, kind: str, also: Callable[[], None] | None = None) -> None:
+    """One transaction for every input; on a bad row, roll back and report them all."""
+    try:
+        for item in staged:
+            params = {**_check_params(store), **item.params}
+            if store.scalar(sql.BAD_IDS.format(stage=item.relation), params):
+                raise duckdb.InvalidInputException("bad particle ids")
+        with store.transaction():
+            for item, result in zip(staged, results):
+                result.batch, result.labels = _write_links(store, item, origin, cycle, kind)
+            if also is not None:
+                also()
+    except duckdb.Error as exc:
+        problems, total = [], 0
+        for item in staged:
+            found, count = _problems(store, item)
+            problems += found
+            total += count
+        if not total:
+            raise
+        raise IngestError(problems[:PROBLEM_CAP], total=total) from exc
 
 
 def _write_links(store: Store, item: Staged, origin: str, cycle: int | None,
-                 kind: str = "links") -> tuple[int, int]:
-    """Write one staged input inside the caller's transaction; returns (batch id, labels)."""
+                 kind: str) -> tuple[int, int]:
+    """Write one input inside the caller's transaction; returns (batch id, labels)."""
     batch = store.scalar(sql.BATCH_ADD, [kind, item.source, item.digest, item.rows])
     base = store.scalar(sql.MAX_SEQ)
-    params = {"base": base, "origin": origin, "cycle": cycle, "batch": batch}
-    store.execute(sql.INSERT_LINKS.format(stage=item.stage), params)
+    params = {**_check_params(store), **item.params, "base": base, "origin": origin,
+              "cycle": cycle, "batch": batch}
+    store.execute(sql.INSERT_LINKS.format(stage=item.relation), params)
     labels = _write_labels(store, item, {**params, "base": base + item.rows})
-    store.execute(sql.INSERT_NEW_TOKENS.format(stage=item.stage))
-    store.execute(sql.INSERT_NEURONS.format(stage=item.stage), {"batch": batch})
+    store.execute(sql.INSERT_NEW_TOKENS.format(stage=item.relation), item.params)
+    store.execute(sql.INSERT_NEURONS.format(stage=item.relation), {**item.params, "batch": batch})
     return batch, labels
 
 
 def _write_labels(store: Store, item: Staged, params: dict) -> int:
     """Rows with a `semcon` get a label link semcon → axon(from, to) with the same stake."""
-    rows = store.arrow(sql.STAGE_SEMCONS.format(stage=item.stage))
+    rows = store.arrow(sql.STAGE_SEMCONS.format(stage=item.relation), item.params)
     if rows.num_rows == 0:
         return 0
     h = store.hash_name
@@ -305,7 +342,7 @@ def _write_labels(store: Store, item: Staged, params: dict) -> int:
     labels = pa.table({"row": rows.column("row"), "semcon_id": semcon_ids, "axon": axons})
     store.register("label_view", labels)
     try:
-        store.execute(sql.INSERT_LABELS.format(stage=item.stage), params)
+        store.execute(sql.INSERT_LABELS.format(stage=item.relation), params)
     finally:
         store.unregister("label_view")
     if named:

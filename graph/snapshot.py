@@ -109,8 +109,11 @@ def snapshot_links(store: Store, snap: Snapshot) -> pa.Table:
 
 def adjacency(store: Store, snap: Snapshot, links: pa.Table | None = None) -> Adjacency:
     """The snapshot as a scipy CSR matrix over its particle index (label links excluded)."""
-    links = snapshot_links(store, snap) if links is None else links
-    content = links.filter(pc.invert(links.column("is_label")))
+    if links is None and store.hash_name == "sha256" and store.scalar(sql.ALL_HEX_IDS, [snap.max_seq]):
+        content = store.arrow(sql.SNAPSHOT_EDGES, {"max_seq": snap.max_seq})
+    else:
+        links = snapshot_links(store, snap) if links is None else links
+        content = links.filter(pc.invert(links.column("is_label")))
     n_links = content.num_rows
     # First appearance: interleave (src_0, dst_0, src_1, dst_1, …); Arrow's dictionary
     # encoding numbers values in order of first occurrence, which is exactly the index.

@@ -35,8 +35,8 @@ MIGRATIONS: list[str] = [
         src VARCHAR NOT NULL,             -- "from" in files
         dst VARCHAR NOT NULL,             -- "to" in files
         token VARCHAR NOT NULL,
-        amount VARCHAR NOT NULL,          -- exact canonical decimal of any size (see README)
-        amount_f DOUBLE NOT NULL,         -- the same as float64, for the matrices
+        amount HUGEINT,                   -- the stake, exact; NULL only when >= 2^127 ...
+        amount_big VARCHAR,               -- ... then its exact decimal digits are here (README)
         valence TINYINT NOT NULL,
         time BIGINT NOT NULL,
         origin VARCHAR NOT NULL,          -- ingest | extract | curator
@@ -66,6 +66,10 @@ BATCH_ADD = """
 """
 MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM cyberlinks"
 
+# A stake of any size, exactly, as text; and as float64 for the matrices.
+AMOUNT_TEXT = "coalesce(CAST(amount AS VARCHAR), amount_big)"
+AMOUNT_FLOAT = "coalesce(CAST(amount AS DOUBLE), CAST(amount_big AS DOUBLE))"
+
 # -- staging: every field read as text so nothing is lost before validation ----------------
 LINK_FIELDS = ("neuron", "from", "to", "token", "amount", "valence", "time")
 LINK_OPTIONAL = ("semcon",)
@@ -82,29 +86,31 @@ STAGE_CSV = """
     FROM read_csv(?, header = true, delim = ',', quote = '"', escape = '"', columns = {columns},
                   auto_detect = false, strict_mode = true)
 """
-STAGE_PARQUET = """
-    CREATE OR REPLACE TEMP TABLE {stage} AS
+# Parquet is columnar and cheap to re-read, so it is not staged: statements read it in place.
+PARQUET_RELATION = """(
     SELECT file_row_number + 1 AS row, {select}, NULL::BIGINT AS token_id
-    FROM read_parquet(?, file_row_number = true)
-"""
+    FROM read_parquet($path, file_row_number = true))"""
 STAGE_ARROW = "CREATE OR REPLACE TEMP TABLE {stage} AS SELECT * FROM {view}"
 STAGE_SEMCONS = 'SELECT row, "from", "to", semcon FROM {stage} WHERE semcon IS NOT NULL ORDER BY row'
 
 DROP_TEMP = "DROP TABLE IF EXISTS {stage}"
 
-# One scan that says whether anything is wrong; LINK_CHECKS then names every bad value.
-LINK_ANY_BAD = """
-    SELECT count(*) FROM {stage}
-    WHERE neuron IS NULL OR trim(neuron) = ''
-       OR "from" IS NULL OR NOT regexp_full_match("from", $pre)
-       OR "to" IS NULL OR NOT regexp_full_match("to", $pre)
+# Particle ids repeat (a million links name a few hundred thousand particles), so their
+# pattern is checked once per distinct id before the write; LINK_BAD checks the rest of a
+# row inside the INSERT. LINK_CHECKS then names every bad value. Regexes mirror graph/ids.py.
+BAD_IDS = """
+    SELECT count(*) FROM (SELECT "from" AS p FROM {stage} UNION SELECT "to" FROM {stage})
+    WHERE p IS NOT NULL AND NOT regexp_full_match(p, $pre)
+"""
+LINK_BAD = """(
+       neuron IS NULL OR trim(neuron) = ''
+       OR "from" IS NULL OR "to" IS NULL
        OR token IS NULL OR trim(token) = ''
        OR ($strict AND token NOT IN (SELECT name FROM tokens))
        OR amount IS NULL OR NOT regexp_full_match(amount, '[0-9]+')
        OR valence IS NULL OR valence NOT IN ('-1', '0', '1')
        OR time IS NULL OR NOT regexp_full_match(time, '[0-9]{{1,18}}')
-       OR (semcon IS NOT NULL AND trim(semcon) = '')
-"""
+       OR (semcon IS NOT NULL AND trim(semcon) = ''))"""
 # One row per bad value: (row, field, value, expected). Regexes mirror graph/ids.py.
 LINK_CHECKS = """
     SELECT row, field, value, expected FROM (
@@ -142,19 +148,28 @@ LINK_CHECKS = """
 """
 
 # -- writing ---------------------------------------------------------------------------
-INSERT_LINKS = """
+# Validation runs inside the insert (one pass over the data): the first bad row raises,
+# the transaction rolls back, and LINK_CHECKS then lists every problem.
+INVALID_ROW = "graft: invalid link row"
+# Text amounts become HUGEINT when they fit (below 2^127; DuckDB casts UHUGEINT to text
+# ~100x slower than HUGEINT, which the snapshot hash needs) and stay
+# exact digits in amount_big when they do not.
+_AMOUNT_COLUMNS = """TRY_CAST(amount AS HUGEINT) AS amount_n,
+       CASE WHEN TRY_CAST(amount AS HUGEINT) IS NULL
+            THEN coalesce(nullif(ltrim(amount, '0'), ''), '0') END AS amount_big"""
+INSERT_LINKS = f"""
     INSERT INTO cyberlinks
-    SELECT $base + row, neuron, "from", "to", token, amount_c, CAST(amount_c AS DOUBLE),
+    SELECT $base + row, neuron, "from", "to", token, amount_n, amount_big,
            CAST(valence AS TINYINT), CAST(time AS BIGINT), $origin, $cycle, $batch
-    FROM (SELECT *, coalesce(nullif(ltrim(amount, '0'), ''), '0') AS amount_c FROM {stage})
+    FROM (SELECT *, {_AMOUNT_COLUMNS} FROM {{stage}})
+    WHERE CASE WHEN {LINK_BAD} THEN error('{INVALID_ROW} ' || row) ELSE true END
 """
 # A link row's optional semcon writes the label link semcon -> axon(from, to), same stake.
-INSERT_LABELS = """
+INSERT_LABELS = f"""
     INSERT INTO cyberlinks
-    SELECT $base + s.row, s.neuron, l.semcon_id, l.axon, s.token, s.amount_c,
-           CAST(s.amount_c AS DOUBLE), CAST(s.valence AS TINYINT), CAST(s.time AS BIGINT),
-           $origin, $cycle, $batch
-    FROM (SELECT *, coalesce(nullif(ltrim(amount, '0'), ''), '0') AS amount_c FROM {stage}) s
+    SELECT $base + s.row, s.neuron, l.semcon_id, l.axon, s.token, s.amount_n, s.amount_big,
+           CAST(s.valence AS TINYINT), CAST(s.time AS BIGINT), $origin, $cycle, $batch
+    FROM (SELECT *, {_AMOUNT_COLUMNS} FROM {{stage}}) s
     JOIN label_view l USING (row)
 """
 INSERT_NAMED_PARTICLES = """
@@ -163,8 +178,8 @@ INSERT_NAMED_PARTICLES = """
     WHERE particle NOT IN (SELECT particle FROM particles)
 """
 INSERT_NEURONS = """
-    INSERT INTO neurons SELECT DISTINCT neuron, $batch FROM {stage}
-    WHERE neuron NOT IN (SELECT neuron FROM neurons)
+    INSERT INTO neurons SELECT DISTINCT neuron, $batch FROM cyberlinks
+    WHERE batch = $batch AND neuron NOT IN (SELECT neuron FROM neurons)
 """
 # New token names get the next free ids, unless the input (.graph) names the id itself.
 INSERT_NEW_TOKENS = """
@@ -200,9 +215,9 @@ TOKEN_ID_CLASH = """
 # -- snapshots ---------------------------------------------------------------------------
 # Canonical order: chronological, then by content. It fixes both the snapshot hash and the
 # first-appearance order of particles, so two stores holding the same links agree on both.
-CANONICAL_ORDER = "time, src, dst, neuron, token, valence, amount"
+CANONICAL_ORDER = "time, src, dst, neuron, token, valence, amount, amount_big"
 SNAPSHOT_CANONICAL = f"""
-    SELECT concat_ws(chr(9), time, src, dst, neuron, token, valence, amount) || chr(10) AS line
+    SELECT concat_ws(chr(9), time, src, dst, neuron, token, valence, {AMOUNT_TEXT}) || chr(10) AS line
     FROM cyberlinks WHERE seq <= $max_seq ORDER BY {CANONICAL_ORDER}
 """
 SNAPSHOT_ADD = "INSERT INTO snapshots (id, max_seq, links) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
@@ -218,15 +233,16 @@ LINK_COUNT_UPTO = "SELECT count(*) FROM cyberlinks WHERE seq <= ?"
 # valence is +1, else 0 (negative valence is clipped, DESIGN §1). `axon` is computed here
 # for sha256 stores with hex ids (vectorised); other ids get it in Python.
 SNAPSHOT_LINKS = f"""
-    SELECT l.seq, l.neuron, l.src, l.dst, l.token, l.amount,
-           CASE WHEN l.valence = 1 THEN l.amount_f * coalesce(t.rho, 1) ELSE 0 END AS w,
+    SELECT l.seq, l.neuron, l.src, l.dst, l.token, {AMOUNT_TEXT.replace('amount', 'l.amount')} AS amount,
+           CASE WHEN l.valence = 1 THEN {AMOUNT_FLOAT.replace('amount', 'l.amount')} * coalesce(t.rho, 1)
+                ELSE 0 END AS w,
            l.valence, l.time, l.origin,
            CASE WHEN $sha256 AND length(l.src) = 64 AND length(l.dst) = 64
                      AND regexp_full_match(l.src || l.dst, '[0-9a-f]+')
                 THEN lower(sha256(unhex(l.src) || unhex(l.dst))) END AS axon
     FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token
     WHERE l.seq <= $max_seq
-    ORDER BY l.time, l.src, l.dst, l.neuron, l.token, l.valence, l.amount
+    ORDER BY l.time, l.src, l.dst, l.neuron, l.token, l.valence, l.amount, l.amount_big
 """
 
 # -- stats ---------------------------------------------------------------------------------
@@ -244,9 +260,30 @@ STATS_COUNTS = """
 NAMES_OF = "SELECT particle, name FROM particles WHERE particle IN (SELECT particle FROM id_view)"
 
 # -- export --------------------------------------------------------------------------------
-EXPORT_LINKS = """
-    SELECT l.neuron, l.src AS "from", l.dst AS "to", l.token, t.id AS token_id, l.amount,
-           l.valence, l.time
+EXPORT_LINKS = f"""
+    SELECT l.neuron, l.src AS "from", l.dst AS "to", l.token, t.id AS token_id,
+           {AMOUNT_TEXT.replace('amount', 'l.amount')} AS amount, l.valence, l.time
     FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token
-    WHERE l.seq <= $max_seq ORDER BY l.time, l.src, l.dst, l.neuron, l.token, l.valence, l.amount
+    WHERE l.seq <= $max_seq
+    ORDER BY l.time, l.src, l.dst, l.neuron, l.token, l.valence, l.amount, l.amount_big
+"""
+
+# The adjacency needs only (src, dst, w) of non-label links, in canonical order. For sha256
+# stores with hex ids the label test runs here; otherwise snapshot_links() does it in Python.
+SNAPSHOT_EDGES = f"""
+    WITH l AS (
+        SELECT l.src, l.dst, l.time, l.neuron, l.token, l.valence, l.amount, l.amount_big,
+               CASE WHEN l.valence = 1 THEN {AMOUNT_FLOAT.replace('amount', 'l.amount')} * coalesce(t.rho, 1)
+                    ELSE 0 END AS w
+        FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token
+        WHERE l.seq <= $max_seq
+    ),
+    axons AS (SELECT DISTINCT lower(sha256(unhex(src) || unhex(dst))) AS axon FROM l)
+    SELECT src, dst, w FROM l
+    WHERE dst NOT IN (SELECT axon FROM axons)
+    ORDER BY time, src, dst, neuron, token, valence, amount, amount_big
+"""
+# Valid ids of length 64 are hex (CIDs are 46 or 59 chars), so a length test is enough.
+ALL_HEX_IDS = """
+    SELECT count(*) = 0 FROM cyberlinks WHERE seq <= ? AND (length(src) <> 64 OR length(dst) <> 64)
 """

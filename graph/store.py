@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,24 +90,24 @@ class Store:
 
     def query(self, statement: str, params: list | dict | None = None) -> list[tuple]:
         """Run one statement from graph.sql and return all rows."""
-        return self.con.execute(statement, params or []).fetchall()
+        return self.con.execute(statement, _used(statement, params)).fetchall()
 
     def arrow(self, statement: str, params: list | dict | None = None) -> pa.Table:
         """Run one statement from graph.sql and return an Arrow table."""
-        return self.con.sql(statement, params=params or None).to_arrow_table()
+        return self.con.sql(statement, params=_used(statement, params) or None).to_arrow_table()
 
     def arrow_batches(self, statement: str, params: list | dict | None = None,
                       rows: int = 1 << 17) -> pa.RecordBatchReader:
         """Stream a result as Arrow record batches of about `rows` rows."""
-        return self.con.sql(statement, params=params or None).to_arrow_reader(rows)
+        return self.con.sql(statement, params=_used(statement, params) or None).to_arrow_reader(rows)
 
     def scalar(self, statement: str, params: list | dict | None = None):
         """The first column of the first row (results are always fetched to the end:
         DuckDB refuses new work on a connection with an unfinished result)."""
-        return self.con.execute(statement, params or []).fetchall()[0][0]
+        return self.con.execute(statement, _used(statement, params)).fetchall()[0][0]
 
     def execute(self, statement: str, params: list | dict | None = None) -> None:
-        self.con.execute(statement, params or []).fetchall()
+        self.con.execute(statement, _used(statement, params)).fetchall()
 
     def register(self, name: str, table: pa.Table) -> None:
         """Expose an Arrow table to SQL under `name` (for staging and id lists)."""
@@ -114,3 +115,11 @@ class Store:
 
     def unregister(self, name: str) -> None:
         self.con.unregister(name)
+
+
+def _used(statement: str, params: list | dict | None) -> list | dict:
+    """Named parameters that `statement` references: DuckDB rejects unused ones, and one
+    parameter dict can then serve the several statements of a step."""
+    if not isinstance(params, dict):
+        return params or []
+    return {k: v for k, v in params.items() if re.search(rf"\${re.escape(k)}\b", statement)}
