@@ -15,7 +15,8 @@ def graph_stats(store: Store, top: int = 10) -> dict:
     """Everything `graft stats` shows, as one JSON-ready dict.
 
     Keys: particles (particle rows ∪ link endpoints), links (cyberlink records), neurons,
-    semcons (discovered, ⊥ included), tokens, batches, snapshots, particles_with_text,
+    semcons (discovered, ⊥ included), axons (targets of label links, counted in particles),
+    tokens, batches, snapshots, particles_with_text,
     and when there are links: top (particles by focus), degree (in/out/total statistics over
     the weighted adjacency, label links excluded), focus_iterations.
     """
@@ -34,6 +35,7 @@ def graph_stats(store: Store, top: int = 10) -> dict:
         np.asarray(labels.column("dst").to_pylist(), dtype=object),
         labels.column("w").to_numpy())
     result["semcons"] = len(semcons)
+    result["axons"] = len(set(labels.column("dst").to_pylist()))  # label-link targets
     result["semcon_list"] = [{"particle": s.particle, "score": s.score} for s in semcons]
     adj = adjacency(store, current, links)
     focus = compute_focus(adj.matrix)
@@ -66,6 +68,8 @@ def format_stats(result: dict) -> str:
     lines = [f"{key:>20}  {result[key]}" for key in
              ("particles", "links", "neurons", "semcons", "tokens", "batches", "snapshots",
               "particles_with_text")]
+    if result.get("axons"):
+        lines[0] += f"  ({result['axons']} of them axons: targets of label links that type links)"
     if result.get("degree"):
         for kind, s in result["degree"].items():
             lines.append(f"{kind + ' degree':>20}  mean {s['mean']}  median {s['median']}  max {s['max']}")
