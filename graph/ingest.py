@@ -1,16 +1,16 @@
 """Ingest cyberlinks: read every input, write them all in one transaction — or none.
 
-Each input becomes a relation of text columns (row, neuron, from, to, token, amount,
-valence, time, semcon, token_id): a temp table for JSONL, CSV, .graph and rows made in
-Python, the file itself for Parquet (columnar, cheap to read twice). Validation runs inside
-the INSERT, so valid data is read once; the first bad row aborts the transaction and the
-inputs are then checked in full, so every problem is reported with its line.
+Each input is first staged as a temp table of text columns (row, neuron, from, to, token,
+amount, valence, time, semcon, token_id), so nothing is rounded before it is checked.
+Particle ids are checked once per distinct id; the rest of each row is checked inside the
+INSERT, so valid data is written in one pass. The first bad row aborts the transaction, and
+the inputs are then checked in full, so every problem is reported with its line.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
@@ -36,15 +36,13 @@ def _quiet(_: str) -> None:
 
 @dataclass
 class Staged:
-    """One input, readable by SQL as `relation` (a temp table or a Parquet subquery)."""
+    """One input, staged as the temp table `relation`."""
 
     source: str
     digest: str
     relation: str
     rows: int
     fmt: str = "rows"
-    params: dict = field(default_factory=dict)
-    temp: bool = True
 
 
 @dataclass
@@ -192,17 +190,12 @@ def _stage(store: Store, path: Path, fmt: str, digest: str, i: int) -> tuple[Sta
                 return None, missing
             select = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' if c in have
                                else f'NULL::VARCHAR AS "{c}"' for c in TEXT_COLUMNS)
-            if fmt == "csv":
-                columns = {c: "VARCHAR" for c in have}
-                store.execute(sql.STAGE_CSV.format(stage=stage, select=select, columns=columns), [name])
-            else:
-                item.relation = sql.PARQUET_RELATION.format(select=select)
-                item.params, item.temp = {"path": name}, False
-                item.rows = pq.read_metadata(path).num_rows
+            statement = sql.STAGE_CSV if fmt == "csv" else sql.STAGE_PARQUET
+            columns = {c: "VARCHAR" for c in have}
+            store.execute(statement.format(stage=stage, select=select, columns=columns), [name])
     except Exception as exc:  # noqa: BLE001 - any reader failure is re-diagnosed line by line
         return None, _diagnose(path, fmt, exc)
-    if item.temp:
-        item.rows = store.scalar(f"SELECT count(*) FROM {item.relation}")
+    item.rows = store.scalar(f"SELECT count(*) FROM {item.relation}")
     if item.rows == 0:
         _drop(store, [item])
         return None, [Problem(name, 0, "", "an empty file", "at least one link")]
@@ -221,8 +214,7 @@ def _stage_arrow(store: Store, table: pa.Table, item: Staged) -> Staged:
 
 def _drop(store: Store, staged: list[Staged]) -> None:
     for item in staged:
-        if item.temp:
-            store.execute(sql.DROP_TEMP.format(stage=item.relation))
+        store.execute(sql.DROP_TEMP.format(stage=item.relation))
 
 
 def _diagnose(path: Path, fmt: str, exc: Exception) -> list[Problem]:
@@ -263,7 +255,7 @@ def _check_params(store: Store) -> dict:
 
 def _problems(store: Store, item: Staged) -> tuple[list[Problem], int]:
     """Every bad value of one staged input (first PROBLEM_CAP) and how many there are."""
-    params = {**_check_params(store), **item.params}
+    params = _check_params(store)
     check = sql.LINK_CHECKS.format(stage=item.relation)
     total = store.scalar(f"SELECT count(*) FROM ({check})", params)
     if not total:
@@ -290,7 +282,7 @@ def _write_all(store: Store, staged: list[Staged], results: list[IngestResult], 
     """One transaction for every input; on a bad row, roll back and report them all."""
     try:
         for item in staged:
-            params = {**_check_params(store), **item.params}
+            params = _check_params(store)
             if store.scalar(sql.BAD_IDS.format(stage=item.relation), params):
                 raise duckdb.InvalidInputException("bad particle ids")
         with store.transaction():
@@ -314,18 +306,18 @@ def _write_links(store: Store, item: Staged, origin: str, cycle: int | None,
     """Write one input inside the caller's transaction; returns (batch id, labels)."""
     batch = store.scalar(sql.BATCH_ADD, [kind, item.source, item.digest, item.rows])
     base = store.scalar(sql.MAX_SEQ)
-    params = {**_check_params(store), **item.params, "base": base, "origin": origin,
-              "cycle": cycle, "batch": batch}
+    params = {**_check_params(store), "base": base, "origin": origin, "cycle": cycle,
+              "batch": batch}
     store.execute(sql.INSERT_LINKS.format(stage=item.relation), params)
     labels = _write_labels(store, item, {**params, "base": base + item.rows})
-    store.execute(sql.INSERT_NEW_TOKENS.format(stage=item.relation), item.params)
-    store.execute(sql.INSERT_NEURONS.format(stage=item.relation), {**item.params, "batch": batch})
+    store.execute(sql.INSERT_NEW_TOKENS.format(stage=item.relation))
+    store.execute(sql.INSERT_NEURONS.format(stage=item.relation), {"batch": batch})
     return batch, labels
 
 
 def _write_labels(store: Store, item: Staged, params: dict) -> int:
     """Rows with a `semcon` get a label link semcon → axon(from, to) with the same stake."""
-    rows = store.arrow(sql.STAGE_SEMCONS.format(stage=item.relation), item.params)
+    rows = store.arrow(sql.STAGE_SEMCONS.format(stage=item.relation))
     if rows.num_rows == 0:
         return 0
     h = store.hash_name

@@ -86,10 +86,11 @@ STAGE_CSV = """
     FROM read_csv(?, header = true, delim = ',', quote = '"', escape = '"', columns = {columns},
                   auto_detect = false, strict_mode = true)
 """
-# Parquet is columnar and cheap to re-read, so it is not staged: statements read it in place.
-PARQUET_RELATION = """(
+STAGE_PARQUET = """
+    CREATE OR REPLACE TEMP TABLE {stage} AS
     SELECT file_row_number + 1 AS row, {select}, NULL::BIGINT AS token_id
-    FROM read_parquet($path, file_row_number = true))"""
+    FROM read_parquet(?, file_row_number = true)
+"""
 STAGE_ARROW = "CREATE OR REPLACE TEMP TABLE {stage} AS SELECT * FROM {view}"
 STAGE_SEMCONS = 'SELECT row, "from", "to", semcon FROM {stage} WHERE semcon IS NOT NULL ORDER BY row'
 
