@@ -80,6 +80,55 @@ def cmd_export(args) -> None:
     _emit(args, {"out": args.out, "links": n}, f"wrote {n} links to {args.out}")
 
 
+def cmd_compile(args) -> None:
+    from compiler.compile import compile_snapshot
+    from compiler.types import CompileConfig
+    from graph import snapshot
+    cfg = CompileConfig(d=args.d, heads=args.heads, layers=args.layers, tie=args.tie,
+                        focus_weighting=args.focus_weighting, attn_gain=args.attn_gain,
+                        mlp_gain=args.mlp_gain, threads=args.threads,
+                        check_determinism=not args.no_det_check)
+    with _open(args) as store:
+        snap = (snapshot.get_snapshot(store, args.snapshot) if args.snapshot
+                else snapshot.take_snapshot(store))
+        _say(f"compiling snapshot {snap.id[:16]}… ({snap.links} links) into {args.out}")
+        cert = compile_snapshot(store, snap, Path(args.out), cfg, say=_say)
+    _emit(args, cert, format_certificate(cert))
+    if not cert["pass"]:
+        raise GraftError(f"{args.out}: the certificate failed (see certificate.json)")
+
+
+def cmd_verify(args) -> None:
+    from compiler.verify import verify_checkpoint
+    store = Store(args.db, create=False, read_only=True) if Path(args.db).exists() else None
+    try:
+        result = verify_checkpoint(Path(args.dir), store)
+    finally:
+        if store is not None:
+            store.close()
+    _emit(args, result, format_certificate(result))
+    if not result["pass"]:
+        raise GraftError(f"{args.dir}: verification failed")
+
+
+def format_certificate(cert: dict) -> str:
+    """One line per check: name, PASS/FAIL/-, and its main figures."""
+    lines = []
+    for name, check in cert.items():
+        if not isinstance(check, dict):
+            continue
+        verdict = {True: "PASS", False: "FAIL", None: "-"}[check.get("pass")]
+        figures = ", ".join(f"{k}={_short(v)}" for k, v in check.items()
+                            if k != "pass" and not isinstance(v, (list, dict)))
+        lines.append(f"{name:<10} {verdict:<5} {figures}")
+    lines.append(f"{'overall':<10} {'PASS' if cert['pass'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def cmd_demo(args) -> None:
     from loop import demo
     demo.run_demo(args.db, say=_say)
@@ -126,6 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="FILE")
     p.add_argument("--format", choices=["jsonl", "graph"], default="jsonl")
     p.add_argument("--snapshot", default=None, help="snapshot id or prefix (default: all links)")
+
+    p = command("compile", cmd_compile, "compile a snapshot into a HF Llama checkpoint")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--snapshot", help="snapshot id or prefix (default: snapshot the store now)")
+    p.add_argument("--d", type=int, help="hidden size (default: derived d*)")
+    p.add_argument("--heads", type=int, help="attention heads (default: h* = semcons)")
+    p.add_argument("--layers", type=int, help="layers (default: derived L*, capped at 8)")
+    p.add_argument("--tie", action="store_true", help="tie the output head to the embedding")
+    p.add_argument("--focus-weighting", action="store_true",
+                   help="factorise diag(√π) A diag(√π) instead of A")
+    p.add_argument("--attn-gain", type=float, default=0.0, help="compiled attention scale")
+    p.add_argument("--mlp-gain", type=float, default=0.1, help="compiled MLP scale")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads (changes float bits)")
+    p.add_argument("--no-det-check", action="store_true",
+                   help="skip compiling the weights twice for P-DET")
+
+    p = command("verify", cmd_verify, "recompute a checkpoint's certificate")
+    p.add_argument("dir", metavar="DIR")
 
     command("demo", cmd_demo, "build the default data, ingest it, print stats")
     return parser

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from compiler.compile import compile_snapshot
 from graph import stats
 from graph.docs_graph import build_docs_graph
 from graph.ingest import ingest_links
@@ -15,7 +16,8 @@ DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "generated" / "numpy-d
 
 
 def run_demo(db: str, say: Callable[[str], None] = print, data_dir: Path = DATA_DIR) -> dict:
-    """Build the numpy/scipy docs graph, ingest it into `db`, snapshot it and print stats."""
+    """Build the numpy/scipy docs graph, ingest it into `db`, snapshot it, print stats,
+    compile the snapshot into a Llama checkpoint and print its certificate."""
     say(f"building the default data (numpy/scipy docstrings) in {data_dir}")
     summary = build_docs_graph(data_dir)
     say(f"default data: {summary}")
@@ -27,5 +29,11 @@ def run_demo(db: str, say: Callable[[str], None] = print, data_dir: Path = DATA_
         snap = take_snapshot(store)
         say(f"snapshot {snap.id} ({snap.links} links)")
         result = stats.graph_stats(store)
-    print(stats.format_stats(result))
-    return result
+        print(stats.format_stats(result))
+        model_dir = data_dir.parent / f"{data_dir.name}-model"
+        say(f"compiling the snapshot into {model_dir}")
+        cert = compile_snapshot(store, snap, model_dir, say=say)
+    from loop.cli import format_certificate  # (import cycle)
+    print(f"\ncompiled model: {model_dir}\ncertificate:")
+    print(format_certificate(cert))
+    return {**result, "model": str(model_dir), "certificate": cert}

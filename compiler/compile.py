@@ -1,0 +1,105 @@
+"""The compiler: snapshot → HF Llama checkpoint. Calls the passes in order, nothing else."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from threadpoolctl import threadpool_limits
+
+from compiler import certificate, pack
+from compiler.arch import derive_arch
+from compiler.attention import build_attention
+from compiler.embedding import build_embedding
+from compiler.mlp import build_mlp
+from compiler.semcons import build_semcons
+from compiler.types import CompileConfig, Compiled
+from compiler.vocab import build_vocab
+from graph.focus import compute_focus
+from graph.snapshot import Snapshot
+from graph.store import Store
+
+
+def seed_of(snap: Snapshot) -> int:
+    """All randomness is seeded from the snapshot id (DESIGN §2)."""
+    return int(snap.id[:16], 16)
+
+
+def compile_snapshot(store: Store, snap: Snapshot, out: Path, cfg: CompileConfig = CompileConfig(),
+                     say: Callable[[str], None] = lambda _: None) -> dict:
+    """Compile `snap` into a checkpoint folder `out`; returns its certificate.
+
+    Writes model.safetensors, config.json, tokenizer files, particles.json,
+    provenance.safetensors, compile.json and certificate.json (DESIGN §2, pass 8).
+    """
+    timings: dict[str, float] = {}
+    seed = seed_of(snap)
+
+    @contextmanager
+    def timed(name: str):
+        say(f"{name} …")
+        start = time.perf_counter()
+        yield
+        timings[name] = round(time.perf_counter() - start, 3)
+        say(f"{name} done in {timings[name]:.2f} s")
+
+    with threadpool_limits(cfg.threads), _torch_threads(cfg.threads):
+        with timed("vocab"):
+            vocab = build_vocab(store, snap)
+        with timed("semcons"):
+            semcons = build_semcons(store, snap, vocab)
+        with timed("focus"):
+            pi = compute_focus(vocab.adjacency).pi
+        with timed("architecture"):
+            arch = derive_arch(vocab.adjacency, pi, len(semcons.particles), cfg, seed)
+        weights = lambda: _weights(vocab, semcons, pi, arch, cfg, seed, timed)  # noqa: E731
+        compiled, tensors = weights()
+        second = None
+        if cfg.check_determinism:
+            with timed("determinism"):
+                second = {n: pack.digest(x) for n, x in _weights(
+                    vocab, semcons, pi, arch, cfg, seed, None)[1].items()}
+        compiled = Compiled(**{**compiled.__dict__, "snapshot": snap.id, "timings": timings})
+        with timed("pack"):
+            pack.pack_llama(compiled, out, tensors)
+        with timed("certificate"):
+            load, layer = certificate.load_and_probe(out, seed)
+    first = {n: pack.digest(x) for n, x in tensors.items()}
+    return certificate.write_certificate(out, {
+        "P-EMBED": certificate.p_embed(compiled.embedding.stats["p_embed"]),
+        "P-ATTN": certificate.p_attn(compiled.attention.pearson),
+        "P-LAYER": layer,
+        "P-DET": certificate.p_det(first, second),
+        "P-LOAD": load,
+    })
+
+
+def _weights(vocab, semcons, pi, arch, cfg, seed, timed):
+    """The passes that make weights (run twice for P-DET)."""
+    timed = timed or (lambda name: _null())
+    with timed("embedding"):
+        emb = build_embedding(vocab, pi, arch, cfg, seed)
+    with timed("attention"):
+        attn = build_attention(semcons, emb, arch, cfg)
+    with timed("mlp"):
+        mlp = build_mlp(vocab, emb, arch, cfg, seed)
+    compiled = Compiled(snapshot="", config=cfg, vocab=vocab, semcons=semcons, arch=arch,
+                        embedding=emb, attention=attn, mlp=mlp, timings={})
+    return compiled, pack.state_dict(compiled)
+
+
+@contextmanager
+def _null():
+    yield
+
+
+@contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,67 @@
+"""Pass 4 — embedding: factorise the adjacency into input and output embeddings.
+
+M ≈ U Σ Vᵀ (randomized SVD; Eckart–Young: the best rank-d approximation). E = U√Σ is the
+input embedding and H = V√Σ the output head, so the zero-layer logit of q after p is the
+rank-d reconstruction of M[p, q]. Two adjustments, both recorded per row:
+- rows of E that are zero (particles with no out-links, most of a hub-heavy graph) are
+  filled with the particle's own output vector H_p: after p, predict what is linked from
+  the same places as p (its co-cited neighbours) instead of a uniform guess;
+- every row of E is scaled to unit RMS. The final RMSNorm makes a row's scale irrelevant to
+  the zero-layer ranking, and equal scales keep attention/MLP residuals comparable (tiny
+  rows would otherwise be noise that RMSNorm amplifies, DESIGN §6).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from compiler import linalg
+from compiler.types import Arch, CompileConfig, Embedding, Vocab
+
+
+def build_embedding(vocab: Vocab, pi: np.ndarray, arch: Arch, cfg: CompileConfig,
+                    seed: int) -> Embedding:
+    """Factorise M (A, or diag(√π) A diag(√π) with cfg.focus_weighting) at rank arch.d.
+
+    Args:
+        vocab: the vocabulary and its (V, V) adjacency A.
+        pi: (V,) focus.
+        arch: the architecture (d).
+        cfg: randomized SVD accuracy, weighting, BLAS threads.
+        seed: from the snapshot id, so two compiles are identical.
+
+    Returns:
+        Embedding with E, H (V, d) float32, σ, the fill mask, row scales and P-EMBED.
+    """
+    m = focus_weighted(vocab.adjacency, pi) if cfg.focus_weighting else vocab.adjacency
+    u, s, vt = linalg.randomized_svd(m, arch.d, oversample=cfg.oversample,
+                                     power_iters=cfg.power_iters, seed=seed,
+                                     threads=cfg.threads)       # (V, d), (d,), (d, V)
+    root = np.sqrt(s).astype(np.float32)
+    e = u * root                                                # (V, d)
+    h = np.ascontiguousarray(vt.T) * root                       # (V, d)
+    stats = {"p_embed": relative_residual(m, s), "sigma_max": float(s[0]) if len(s) else 0.0,
+             "sigma_min": float(s[-1]) if len(s) else 0.0, "rank": int((s > 0).sum())}
+    norms = np.sqrt((e.astype(np.float64) ** 2).mean(axis=1))   # (V,)
+    filled = norms <= 1e-6 * max(float(norms.max(initial=0.0)), 1e-30)
+    e[filled] = h[filled]
+    rms = np.sqrt((e.astype(np.float64) ** 2).mean(axis=1))
+    scale = np.where(rms > 0, 1.0 / np.maximum(rms, 1e-30), 0.0)  # (V,)
+    e *= scale[:, None].astype(np.float32)
+    stats.update(filled=int(filled.sum()), zero_rows=int((rms == 0).sum()))
+    return Embedding(E=e, H=h, sigma=s, filled=filled, scale=scale, stats=stats)
+
+
+def focus_weighted(a: sp.csr_array, pi: np.ndarray) -> sp.csr_array:
+    """diag(√π) A diag(√π) (DESIGN §2)."""
+    root = sp.diags_array(np.sqrt(pi))
+    return (root @ a @ root).tocsr()
+
+
+def relative_residual(m: sp.csr_array, s: np.ndarray) -> float:
+    """P-EMBED ‖M − U Σ Vᵀ‖_F / ‖M‖_F without a dense V×V: U Σ Vᵀ is the projection of M
+    onto its top-d left singular space, so the squared residual is ‖M‖² − Σ σᵢ²."""
+    total = float((m.data.astype(np.float64) ** 2).sum())
+    if total == 0:
+        return 0.0
+    return float(np.sqrt(max(total - float((s ** 2).sum()), 0.0) / total))

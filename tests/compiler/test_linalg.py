@@ -1,0 +1,201 @@
+"""Tests for compiler/linalg.py: randomized and dense SVD against numpy's exact SVD, the sign
+convention, zero rows and missing ranks, determinism, sparse powers, Pearson."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from compiler import linalg
+from graph.errors import GraftError
+
+
+def _with_spectrum(m: int, n: int, sigma: np.ndarray, seed: int) -> np.ndarray:
+    """(m, n) dense matrix with singular values `sigma` and random singular vectors."""
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.standard_normal((m, len(sigma))))
+    v, _ = np.linalg.qr(rng.standard_normal((n, len(sigma))))
+    return (u * sigma) @ v.T
+
+
+def _power_law(n: int, nnz: int, seed: int) -> sp.csr_array:
+    """(n, n) sparse matrix with Zipf in/out popularity and lognormal weights; many rows
+    and columns stay empty, as in a link graph."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, n + 1)
+    p /= p.sum()
+    src = rng.permutation(n)[rng.choice(n, nnz, p=p)]
+    dst = rng.permutation(n)[rng.choice(n, nnz, p=p)]
+    return sp.csr_array(sp.coo_array((rng.lognormal(size=nnz), (src, dst)), shape=(n, n)))
+
+
+def _reconstruct(u: np.ndarray, s: np.ndarray, vt: np.ndarray) -> np.ndarray:
+    return (u.astype(np.float64) * s) @ vt.astype(np.float64)
+
+
+def _check_signs(u: np.ndarray, s: np.ndarray) -> None:
+    for j in np.flatnonzero(s > 0):
+        col = u[:, j]
+        assert col[np.argmax(np.abs(col))] > 0, f"column {j} breaks the sign convention"
+
+
+# -- randomized_svd ----------------------------------------------------------------------------
+def test_matches_exact_svd_on_separated_spectrum():
+    sigma = np.concatenate([2.0 ** -np.arange(8), np.full(40, 1e-3)])
+    a = _with_spectrum(150, 100, sigma, seed=0)
+    u, s, vt = linalg.randomized_svd(sp.csr_array(a), 8, seed=1)
+    ue, se, vte = np.linalg.svd(a)
+    assert u.dtype == vt.dtype == np.float32 and s.dtype == np.float64
+    assert u.shape == (150, 8) and s.shape == (8,) and vt.shape == (8, 100)
+    np.testing.assert_allclose(s, se[:8], rtol=1e-4)
+    # Separated values: each computed vector is the exact one up to sign.
+    np.testing.assert_allclose(np.abs(np.diag(ue[:, :8].T @ u)), 1.0, atol=1e-4)
+    np.testing.assert_allclose(np.abs(np.diag(vte[:8] @ vt.T)), 1.0, atol=1e-4)
+    np.testing.assert_allclose(u.T @ u, np.eye(8), atol=1e-5)
+    _check_signs(u, s)
+
+
+def test_matches_exact_svd_on_power_law_sparse():
+    a = _power_law(600, 900, seed=2)
+    dense = a.toarray()
+    u, s, vt = linalg.randomized_svd(a, 20, power_iters=8, seed=3)
+    se = np.linalg.svd(dense, compute_uv=False)
+    np.testing.assert_allclose(s, se[:20], rtol=1e-4)
+    _check_signs(u, s)
+
+
+def test_residual_is_near_optimal():
+    """Eckart–Young: no rank-k matrix beats the truncated SVD; q = 4 lands within 1%."""
+    a = _power_law(800, 1200, seed=4)
+    dense = a.toarray()
+    se = np.linalg.svd(dense, compute_uv=False)
+    for k in (10, 40):
+        u, s, vt = linalg.randomized_svd(a, k, seed=5)
+        residual = np.linalg.norm(dense - _reconstruct(u, s, vt))
+        optimal = np.sqrt((se[k:] ** 2).sum())
+        assert optimal <= residual <= 1.01 * optimal
+
+
+def test_rank_three_is_recovered_exactly_and_the_rest_is_zero():
+    rng = np.random.default_rng(6)
+    left = sp.random_array((90, 3), density=0.5, rng=rng) + sp.eye_array(90, 3)
+    right = sp.random_array((3, 70), density=0.5, rng=rng) + sp.eye_array(3, 70)
+    a = sp.csr_array(left @ right)                               # rank exactly 3
+    dense = a.toarray()
+    u, s, vt = linalg.randomized_svd(a, 8, seed=7)
+    assert (s[:3] > 0).all() and (s[3:] == 0).all()
+    assert not u[:, 3:].any() and not vt[3:].any()
+    err = np.linalg.norm(dense - _reconstruct(u, s, vt)) / np.linalg.norm(dense)
+    assert err < 1e-5
+    np.testing.assert_allclose(s[:3], np.linalg.svd(dense, compute_uv=False)[:3], rtol=1e-5)
+
+
+def test_zero_rows_and_columns_come_back_as_zeros():
+    core = _with_spectrum(40, 30, np.geomspace(5, 0.1, 30), seed=8)
+    rows, cols = np.arange(0, 120, 3), np.arange(1, 91, 3)
+    padded = np.zeros((120, 91))
+    padded[np.ix_(rows, cols)] = core
+    u, s, vt = linalg.randomized_svd(sp.csr_array(padded), 5, seed=9)
+    uc, sc, vtc = linalg.randomized_svd(sp.csr_array(core), 5, seed=9)
+    assert not np.delete(u, rows, axis=0).any() and not np.delete(vt, cols, axis=1).any()
+    np.testing.assert_array_equal(u[rows], uc)                   # same compact problem
+    np.testing.assert_array_equal(vt[:, cols], vtc)
+    np.testing.assert_allclose(s, np.linalg.svd(core, compute_uv=False)[:5], rtol=1e-4)
+
+
+def test_wide_input_takes_the_transposed_path():
+    a = _with_spectrum(60, 200, np.geomspace(10, 0.01, 60), seed=10)
+    u, s, vt = linalg.randomized_svd(sp.csr_array(a), 6, seed=11)
+    ut, st, vtt = linalg.randomized_svd(sp.csr_array(a.T), 6, seed=11)
+    np.testing.assert_allclose(s, np.linalg.svd(a, compute_uv=False)[:6], rtol=1e-4)
+    np.testing.assert_allclose(s, st, rtol=1e-5)
+    np.testing.assert_allclose(np.abs(u.T @ vtt.T), np.eye(6), atol=1e-4)
+    _check_signs(u, s)
+
+
+def test_sign_ties_go_to_the_lowest_row():
+    """[B; -B]: every U column has |u_i| = |u_{i+40}| exactly, so row i must be positive."""
+    b = _with_spectrum(40, 30, np.geomspace(3, 0.3, 30), seed=12)
+    a = sp.csr_array(np.vstack([b, -b]))
+    u, s, vt = linalg.randomized_svd(a, 5, seed=13)
+    np.testing.assert_array_equal(u[:40], -u[40:])
+    top = np.argmax(np.abs(u), axis=0)
+    assert (top < 40).all() and (u[top, np.arange(5)] > 0).all()
+    # A dense-path tie: [[1], [-1]] has u = ±(1, -1)/√2; row 0 wins.
+    u1, s1, vt1 = linalg.randomized_svd(sp.csr_array(np.array([[1.0], [-1.0]])), 1, seed=0)
+    np.testing.assert_allclose(u1[:, 0], [2 ** -0.5, -(2 ** -0.5)], rtol=1e-6)
+    np.testing.assert_allclose(vt1, [[1.0]])
+
+
+def test_k_at_or_above_the_small_side_is_exact_and_zero_padded():
+    a = _with_spectrum(30, 12, np.geomspace(4, 0.5, 12), seed=14)
+    u, s, vt = linalg.randomized_svd(sp.csr_array(a), 15, seed=15)
+    assert u.shape == (30, 15) and vt.shape == (15, 12)
+    np.testing.assert_allclose(s[:12], np.linalg.svd(a, compute_uv=False), rtol=1e-12)
+    assert (s[12:] == 0).all() and not u[:, 12:].any() and not vt[12:].any()
+    np.testing.assert_allclose(_reconstruct(u, s, vt), a, atol=1e-5)
+
+
+def test_deterministic_bytes_for_a_seed():
+    a = _power_law(500, 800, seed=16)
+    first = linalg.randomized_svd(a, 12, seed=17)
+    second = linalg.randomized_svd(a.copy(), 12, seed=17)
+    for x, y in zip(first, second):
+        assert x.tobytes() == y.tobytes()
+
+
+def test_empty_matrix_and_bad_input():
+    u, s, vt = linalg.randomized_svd(sp.csr_array((5, 4)), 3, seed=0)
+    assert u.shape == (5, 3) and vt.shape == (3, 4) and not (u.any() or s.any() or vt.any())
+    with pytest.raises(GraftError, match="k=0.*oversample=-1"):
+        linalg.randomized_svd(sp.csr_array(np.eye(3)), 0, oversample=-1, seed=0)
+    with pytest.raises(GraftError, match="non-finite"):
+        linalg.randomized_svd(sp.csr_array(np.array([[np.nan, 1.0]])), 1, seed=0)
+    with pytest.raises(GraftError, match="sparse"):
+        linalg.randomized_svd(np.eye(3), 1, seed=0)
+
+
+# -- dense_svd ---------------------------------------------------------------------------------
+def test_dense_svd_matches_numpy_with_signs_and_padding():
+    p = np.random.default_rng(18).standard_normal((12, 12))
+    u, s, vt = linalg.dense_svd(p, 5)
+    ue, se, vte = np.linalg.svd(p)
+    np.testing.assert_allclose(s, se[:5], rtol=1e-12)
+    flips = np.sign(np.diag(ue[:, :5].T @ u))
+    np.testing.assert_allclose(u, ue[:, :5] * flips, atol=1e-6)
+    np.testing.assert_allclose(vt, vte[:5] * flips[:, None], atol=1e-6)
+    _check_signs(u, s)
+    u, s, vt = linalg.dense_svd(np.outer([1.0, 2.0, 3.0], [1.0, -1.0]), 4)  # rank 1, k > n
+    assert u.shape == (3, 4) and vt.shape == (4, 2)
+    assert s[0] > 0 and (s[1:] == 0).all() and not u[:, 1:].any()
+    with pytest.raises(GraftError):
+        linalg.dense_svd(np.array([[np.inf]]), 1)
+
+
+# -- sparse_power_products ---------------------------------------------------------------------
+def test_sparse_powers_match_matrix_power():
+    a = _power_law(50, 150, seed=19)
+    x = np.random.default_rng(20).standard_normal((50, 3))
+    got = linalg.sparse_power_products(a, x, [0, 1, 3, 3, 4])
+    dense = a.toarray()
+    for p, out in zip([0, 1, 3, 3, 4], got):
+        np.testing.assert_allclose(out, np.linalg.matrix_power(dense, p) @ x, rtol=1e-10)
+    assert got[0] is not x
+    with pytest.raises(GraftError, match="ascending"):
+        linalg.sparse_power_products(a, x, [2, 1])
+    with pytest.raises(GraftError, match="does not fit"):
+        linalg.sparse_power_products(a, x[:10], [1])
+
+
+# -- pearson -----------------------------------------------------------------------------------
+def test_pearson_hand_computed_values():
+    # x - x̄ = (-1, 0, 1), y - ȳ = (-7, -1, 8)/3: r = 5 / (√2 · √114 / 3) = 15 / √228.
+    assert linalg.pearson(np.array([1, 2, 3]), np.array([2, 4, 7])) == pytest.approx(
+        15 / np.sqrt(228), rel=1e-12)
+    assert linalg.pearson(np.array([[1.0, 2.0], [3.0, 4.0]]),
+                          np.array([[8.0, 6.0], [4.0, 2.0]])) == pytest.approx(-1.0)
+    assert linalg.pearson(np.full(4, 0.1), np.arange(4.0)) == 0.0       # constant: 0, not NaN
+    with pytest.raises(GraftError):
+        linalg.pearson(np.ones(3), np.ones(4))
+    with pytest.raises(GraftError):
+        linalg.pearson(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
