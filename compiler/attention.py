@@ -34,7 +34,6 @@ def build_attention(semcons: Semcons, emb: Embedding, arch: Arch,
     kappa = float(arch.derived.get("kappa", 0.85))
     slots = _head_slots(dh)                                     # (d_h - 2,) usable dims
     per_head = _head_adjacency(semcons, h)
-    e = emb.E.astype(np.float64)                                # (V, d)
     q = [np.zeros((h * dh, d), np.float32) for _ in powers]
     k = [np.zeros((h * dh, d), np.float32) for _ in powers]
     v = [np.zeros((h * dh, d), np.float32) for _ in powers]
@@ -43,10 +42,16 @@ def build_attention(semcons: Semcons, emb: Embedding, arch: Arch,
     for head, a in enumerate(per_head):
         if a is None or a.nnz == 0:
             continue
-        reached = linalg.sparse_power_products(a, e, sorted(set(powers)))   # each (V, d)
+        # A_s is zero outside the particles its links touch (S), so Eᵀ A_s^k E only needs
+        # E[S] and A_s[S, S]: ~10× less work on a big graph with many small semcons.
+        coo = a.tocoo()
+        support = np.union1d(coo.row, coo.col)                  # (S,)
+        e = emb.E[support]                                      # (S, d) float32
+        compact = a[support][:, support].tocsr()                # (S, S)
+        reached = linalg.sparse_power_products(compact, e, sorted(set(powers)))  # (S, d) each
         by_power = dict(zip(sorted(set(powers)), reached))
         for layer, power in enumerate(powers):
-            p = e.T @ by_power[power]                           # (d, d)
+            p = (e.T @ by_power[power]).astype(np.float64)      # (d, d)
             if not p.any():
                 continue                                        # no k-hop paths of this type
             wq, wk, basis, r = _factor(p, len(slots), cfg.attn_temperature, d, dh)

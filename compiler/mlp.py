@@ -22,8 +22,8 @@ def build_mlp(vocab: Vocab, emb: Embedding, arch: Arch, cfg: CompileConfig, seed
     """Compile the (shared) MLP weights; per-layer gains are applied when packing."""
     walks = random_walks(vocab.adjacency, cfg.walks_per_node, cfg.walk_length, seed)  # (W, T)
     ppmi = positive_pmi(cooccurrence(walks, cfg.window, len(vocab.particles)))
-    e = emb.E.astype(np.float64)
-    p = e.T @ (ppmi @ e)                                        # (d, d)
+    e = emb.E                                                   # (V, d) float32
+    p = (e.T @ (ppmi.astype(np.float32) @ e)).astype(np.float64)   # (d, d)
     u, s, vt = linalg.dense_svd(p, arch.intermediate)
     r = arch.intermediate
     gate = np.zeros((r, arch.d), np.float32)
