@@ -49,18 +49,20 @@ def build_attention(semcons: Semcons, emb: Embedding, arch: Arch,
         e = emb.E[support]                                      # (S, d) float32
         compact = a[support][:, support].tocsr()                # (S, S)
         reached = linalg.sparse_power_products(compact, e, sorted(set(powers)))  # (S, d) each
-        by_power = dict(zip(sorted(set(powers)), reached))
+        factors = {}                                            # layers sharing a power share P
+        for power, y in zip(sorted(set(powers)), reached):
+            p = (e.T @ y).astype(np.float64)                    # (d, d)
+            if p.any():                                         # else: no k-hop paths of this type
+                factors[power] = (*_factor(p, len(slots), cfg.attn_temperature, d, dh), p)
         for layer, power in enumerate(powers):
-            p = (e.T @ by_power[power]).astype(np.float64)      # (d, d)
-            if not p.any():
-                continue                                        # no k-hop paths of this type
-            wq, wk, basis, r = _factor(p, len(slots), cfg.attn_temperature, d, dh)
+            if power not in factors:
+                continue
+            wq, wk, basis, r, p = factors[power]
             rows = head * dh + slots[:r]
             q[layer][rows] = wq.T
             k[layer][rows] = wk.T
-            gain = cfg.attn_gain * kappa ** layer
             v[layer][rows] = basis.T
-            o[layer][:, rows] = gain * basis
+            o[layer][:, rows] = cfg.attn_gain * kappa ** layer * basis
             pearson[layer, head] = linalg.pearson(wq @ wk.T, p)
     return Attention(q=q, k=k, v=v, o=o, powers=powers, pearson=pearson)
 
