@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import blake3
-import networkx as nx
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -132,9 +131,10 @@ def adjacency(store: Store, snap: Snapshot, links: pa.Table | None = None) -> Ad
     return Adjacency(matrix=matrix, index=encoded.dictionary.to_pylist())
 
 
-def to_networkx(store: Store, snap: Snapshot) -> nx.DiGraph:
+def to_networkx(store: Store, snap: Snapshot) -> "nx.DiGraph":  # noqa: F821
     """The snapshot as a networkx DiGraph: nodes are particle ids (with `name` where known),
     edge `weight` is the summed effective stake, as in adjacency()."""
+    import networkx as nx  # here, not at import time: it costs ~1 s and few callers need it
     adj = adjacency(store, snap)
     graph = nx.DiGraph()
     names = dict(store.query("SELECT particle, name FROM particles WHERE name IS NOT NULL"))

@@ -288,3 +288,28 @@ SNAPSHOT_EDGES = f"""
 ALL_HEX_IDS = """
     SELECT count(*) = 0 FROM cyberlinks WHERE seq <= ? AND (length(src) <> 64 OR length(dst) <> 64)
 """
+
+# -- provenance
+# The records behind rows of M, for compiler/provenance.py: every link of a snapshot whose
+# source (or target) is in id_view, with the effective stake w exactly as SNAPSHOT_LINKS
+# computes it. Label links are not told apart here: the caller keeps records whose other
+# end is in the checkpoint's vocabulary (an axon is not, unless a content link starts
+# from it: such a graph would be misread here, and shows as a large residual).
+_PROVENANCE_LINKS = f"""
+    SELECT l.seq, l.neuron, l.src, l.dst, l.token, {AMOUNT_TEXT.replace('amount', 'l.amount')} AS amount,
+           CASE WHEN l.valence = 1 THEN {AMOUNT_FLOAT.replace('amount', 'l.amount')} * coalesce(t.rho, 1)
+                ELSE 0 END AS w
+    FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token
+    WHERE l.seq <= $max_seq AND {{where}}
+    ORDER BY l.seq
+"""
+PROVENANCE_FROM = _PROVENANCE_LINKS.format(where="l.src IN (SELECT particle FROM id_view)")
+PROVENANCE_TO = _PROVENANCE_LINKS.format(where="l.dst IN (SELECT particle FROM id_view)")
+PROVENANCE_SEQ = _PROVENANCE_LINKS.format(where="l.seq = $seq")
+# Particles a name or alias may refer to (case-insensitive), for `graft trace P Q`.
+PROVENANCE_NAMED = """
+    SELECT particle, name FROM particles
+    WHERE lower(name) = lower($name)
+       OR list_contains(list_transform(coalesce(aliases, []), lambda a: lower(a)), lower($name))
+    ORDER BY particle
+"""

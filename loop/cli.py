@@ -111,6 +111,14 @@ def cmd_verify(args) -> None:
         raise GraftError(f"{args.dir}: verification failed")
 
 
+def cmd_trace(args) -> None:
+    from compiler import provenance
+    with Store(args.db, create=False, read_only=True) as store:
+        result = provenance.trace(store, Path(args.dir), pair=args.pair, tensor=args.tensor,
+                                  index=args.index, link=args.link, top=args.top)
+    _emit(args, result, provenance.format_trace(result))
+
+
 def format_certificate(cert: dict) -> str:
     """One line per check: name, PASS/FAIL/-, and its main figures."""
     lines = []
@@ -193,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("verify", cmd_verify, "recompute a checkpoint's certificate")
     p.add_argument("dir", metavar="DIR")
+
+    p = command("trace", cmd_trace, "which links made a prediction or a weight of a checkpoint")
+    p.add_argument("dir", metavar="DIR", help="the checkpoint folder (its store is --db)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--pair", nargs=2, metavar=("P", "Q"),
+                      help="why Q is ranked after P (ids, id prefixes or names)")
+    what.add_argument("--tensor", metavar="NAME", help="a tensor name; with --index")
+    what.add_argument("--link", nargs="+", metavar="ID",
+                      help="a link seq, or P Q: the tensors and rows it touches")
+    p.add_argument("--index", metavar="I[,J]", help="entry I,J (or row I) of --tensor")
+    p.add_argument("--top", type=int, default=20, help="links shown (0: all)")
 
     command("demo", cmd_demo, "build the default data, ingest it, print stats")
     return parser
