@@ -50,8 +50,9 @@ def build_attention(semcons: Semcons, emb: Embedding, arch: Arch,
         compact = a[support][:, support].tocsr()                # (S, S)
         reached = linalg.sparse_power_products(compact, e, sorted(set(powers)))  # (S, d) each
         factors = {}                                            # layers sharing a power share P
+        sources = np.flatnonzero(np.diff(compact.indptr))       # rows where A_s^k E can be ≠ 0
         for power, y in zip(sorted(set(powers)), reached):
-            p = (e.T @ y).astype(np.float64)                    # (d, d)
+            p = (e[sources].T @ y[sources]).astype(np.float64)  # (d, d)
             if p.any():                                         # else: no k-hop paths of this type
                 factors[power] = (*_factor(p, len(slots), cfg.attn_temperature, d, dh), p)
         for layer, power in enumerate(powers):
