@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -76,8 +75,18 @@ def run_one(mode: str, path: str, db: str) -> dict:
             adj = adjacency(store, take_snapshot(store))
             assert adj.matrix.nnz > 0
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux
+    peak = _vm_hwm_mib()
     return {"seconds": seconds, "peak_mib": peak}
+
+
+def _vm_hwm_mib() -> float:
+    """Peak RSS of this process image. (ru_maxrss is not used: Linux carries the parent's
+    peak across fork/exec, so every child would report the data generator's footprint.)"""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def measure(mode: str, path: Path, workdir: Path, repeats: int, keep_db: Path | None = None) -> dict:
