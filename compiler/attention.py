@@ -48,10 +48,12 @@ def build_attention(semcons: Semcons, emb: Embedding, arch: Arch,
         support = np.union1d(coo.row, coo.col)                  # (S,)
         e = emb.E[support]                                      # (S, d) float32
         compact = a[support][:, support].tocsr()                # (S, S)
-        reached = linalg.sparse_power_products(compact, e, sorted(set(powers)))  # (S, d) each
         factors = {}                                            # layers sharing a power share P
         sources = np.flatnonzero(np.diff(compact.indptr))       # rows where A_s^k E can be ≠ 0
-        for power, y in zip(sorted(set(powers)), reached):
+        y, at = e, 0
+        for power in sorted(set(powers)):                       # one (S, d) block alive at a time
+            y = linalg.sparse_power_products(compact, y, [power - at])[0]
+            at = power
             p = (e[sources].T @ y[sources]).astype(np.float64)  # (d, d)
             if p.any():                                         # else: no k-hop paths of this type
                 factors[power] = (*_factor(p, len(slots), cfg.attn_temperature, d, dh), p)

@@ -211,3 +211,13 @@ def test_pearson_hand_computed_values():
         linalg.pearson(np.ones(3), np.ones(4))
     with pytest.raises(GraftError):
         linalg.pearson(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
+
+
+def test_dense_svd_top_k_path_matches_the_full_svd():
+    rng = np.random.default_rng(5)
+    p = rng.standard_normal((300, 300)) @ np.diag(np.linspace(1, 1e-3, 300)) @ rng.standard_normal((300, 300))
+    u, s, vt = linalg.dense_svd(p, 40)           # 4·40 <= 300: the Gram-eigenpair path
+    uf, sf, vtf = linalg.dense_svd(p, 200)       # the full LAPACK SVD
+    np.testing.assert_allclose(s, sf[:40], rtol=1e-10)
+    np.testing.assert_allclose(u, uf[:, :40], atol=1e-5)
+    np.testing.assert_allclose(vt, vtf[:40], atol=1e-5)
