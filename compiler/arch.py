@@ -1,4 +1,4 @@
-"""Pass 3 — architecture: d* from the focus matrix's spectral entropy, h* semcons, L* from mixing."""
+"""Pass 3 — architecture: d* from the focus matrix's spectral entropy, h* semcons, L* mixing."""
 from __future__ import annotations
 
 import math
@@ -21,7 +21,7 @@ from graph.errors import GraftError
 RANK = 1024                  # σ̂ keeps the top RANK singular values (DESIGN §2)
 D_MIN, D_MAX = 64, 4096      # clamp of d*
 DIAM_MIN, DIAM_MAX = 4, 512  # clamp of the BFS diameter bound inside L*
-DAMPING = 0.85               # κ = DAMPING·(1 − λ₂)
+DAMPING = 0.85               # κ = DAMPING·|1 − λ₂|
 TARGET = 0.01                # L* counts the steps that shrink an error to 1 %
 EXACT_SPECTRUM = 1536        # dense Gram eigvalsh up to n = 1536 (~0.5 s on one core)
 EXACT_LAMBDA2 = 1000         # dense eigvalsh of the normalised adjacency up to V = 1000
@@ -47,11 +47,11 @@ def derive_arch(adjacency: sp.csr_array, pi: np.ndarray, n_semcons: int, cfg: Co
     """Derive d*, h*, L* from the graph (DESIGN §2, pass 3) and pick the values to use.
 
     d* = ceil(exp H(σ̂)), σ̂ the top-1024 singular values of M = diag(√π) A diag(√π) over
-    their sum, clamped to [64, 4096] and rounded up to a multiple of 2·h* (HF needs
-    d % heads == 0, RoPE an even head size). h* = n_semcons. L* = diam · ceil(ln(1/0.01) /
-    ln(1/κ)), κ = 0.85·(1 − λ₂), λ₂ of the normalised Laplacian of A + Aᵀ (0 when it is
-    disconnected), diam a double-sweep BFS bound clamped to [4, 512]. Set cfg.d, cfg.heads,
-    cfg.layers override; an overridden heads count also sets the multiple d is rounded to.
+    their sum, clamped to [64, 4096], rounded up to a multiple of 2·h* (HF: d % heads == 0;
+    RoPE: even head size). h* = n_semcons. L* = diam · ceil(ln(1/0.01) / ln(1/κ)),
+    κ = 0.85·|1 − λ₂|, λ₂ of the normalised Laplacian of A + Aᵀ (0 when disconnected), diam
+    a double-sweep BFS bound clamped to [4, 512]. Set cfg.d / heads / layers override; an
+    overridden heads count also sets the multiple d is rounded to.
 
     Args:
         adjacency: (V, V) stake-weighted adjacency, finite and ≥ 0.
@@ -61,10 +61,10 @@ def derive_arch(adjacency: sp.csr_array, pi: np.ndarray, n_semcons: int, cfg: Co
         seed: seeds the SLQ probes and the λ₂ start vector.
 
     Returns:
-        Arch with the used values and `derived`: d_star, h_star, l_star, entropy,
-        effective_rank, spectrum_path and spectrum (sizes), lambda2 (an upper bound on the
+        Arch with the used values; `derived` holds d_star, h_star, l_star, entropy,
+        effective_rank, spectrum_path, spectrum (sizes), lambda2 (an upper bound on the
         "lanczos" path), lambda2_path, lambda2_steps, kappa, diameter (the BFS bound),
-        diameter_clamped, connected, and seconds per estimate.
+        diameter_clamped, connected and seconds per estimate.
 
     Raises:
         GraftError: on bad input (every problem listed) or used values HF cannot load.
@@ -100,7 +100,7 @@ def derive_arch(adjacency: sp.csr_array, pi: np.ndarray, n_semcons: int, cfg: Co
         "h_star": n_semcons, "l_star": l_star, "entropy": spec.entropy,
         "effective_rank": effective, "spectrum_path": spec.path, "spectrum": spec.info,
         "lambda2": lam2, "lambda2_path": lam2_path, "lambda2_steps": lam2_steps,
-        "kappa": DAMPING * max(0.0, 1.0 - lam2), "diameter": diameter,
+        "kappa": DAMPING * abs(1.0 - lam2), "diameter": diameter,
         "diameter_clamped": diam_used, "connected": connected, "seconds": seconds,
     }
     return Arch(derived=derived, d=d, heads=heads, head_dim=d // heads,
@@ -124,11 +124,12 @@ def round_hidden(d_raw: int, heads: int) -> int:
 
 
 def steps_to_mix(lam2: float) -> int:
-    """ceil(ln(1/0.01) / ln(1/κ)), κ = 0.85·(1 − λ₂): steps that shrink an error 100×.
+    """ceil(ln(1/0.01) / ln(1/κ)), κ = 0.85·|1 − λ₂|: steps that shrink an error 100×.
 
-    29 for every λ₂ below ~0.0019. λ₂ > 1 (complete graphs only) is taken as κ = 0: 1 step.
+    29 for every λ₂ below ~0.0019. λ₂ > 1 happens only on complete graphs (2 on a single
+    link); the modulus is the rate PageRank sees there (the walk's eigenvalue 1 − λ₂ < 0).
     """
-    kappa = DAMPING * max(0.0, 1.0 - lam2)
+    kappa = DAMPING * abs(1.0 - lam2)
     if kappa <= 0.0:
         return 1
     return max(1, math.ceil(math.log(1.0 / TARGET) / math.log(1.0 / kappa)))
@@ -192,8 +193,9 @@ def _trimmed(m: sp.csr_array) -> sp.csr_array:
 def _slq_budget(m: sp.csr_array, probes: int | None, steps: int | None) -> tuple[int, int]:
     """Probes and steps within SLQ_WORK: long chains first, then more probes.
 
-    Against exact spectra (3k–100k nodes, seven graph families, three seeds) d* came out
-    within 5 % at 4×400, 8 % at 2×300 and 12 % at 1×300; 150 steps overestimated it by up
+    Against exact spectra (svds; 10k–100k nodes, seven graph families, three seeds) d* came
+    out within 4.3 % at 4×400 (up to ~1M nodes), 8 % at 1×300 on 30k–100k graphs (18 % at
+    10k); at 3.14M nodes 1×300 to 4×1200 agree within 5 %. 150 steps overestimated d* by up
     to 40 %. Work counts the entries of rows with ≥ 2 (the others fold into a diagonal).
     """
     work = max(m.nnz - int((np.diff(m.indptr) == 1).sum()), m.shape[1])
@@ -202,6 +204,8 @@ def _slq_budget(m: sp.csr_array, probes: int | None, steps: int | None) -> tuple
     if steps is None:
         steps = int(np.clip(SLQ_WORK // (work * probes), *SLQ_STEPS))
     return probes, steps
+
+
 # -- d*: stochastic Lanczos quadrature on B = MᵀM --------------------------------------------
 def slq_sigma(m: sp.csr_array, probes: int, steps: int, rng: np.random.Generator
               ) -> tuple[np.ndarray, dict]:
@@ -283,14 +287,13 @@ def _snap(quads: list[tuple[np.ndarray, ...]], n: int, rtol: float = 1e-6
           ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
     """Give converged Ritz values their eigenvalue's multiplicity as weight, probe by probe.
 
-    A Ritz pair with residual bound r has an eigenvalue within r of θ; pairs with r ≤ rtol·θ
-    are taken as eigenvalues. Pairs whose intervals [θ ± r] touch — one eigenvalue seen by
-    several probes, or a ghost copy — are one eigenvalue. Its multiplicity is the mean over
-    the probes that found it of their weight there (E[n·τ] is the multiplicity), taken as 1
-    unless that mean is clearly above 1. Each probe's converged nodes then weigh exactly
-    that, its other nodes are rescaled to the rest of n, and a probe that has not found an
-    eigenvalue keeps it smeared as Gauss quadrature does, so nothing is counted twice. The
-    χ²-noisy weights of the top eigenvalues made d* from 2–4 probes off by up to 2.7×.
+    A Ritz pair with residual bound r ≤ rtol·θ has an eigenvalue within r of θ. Pairs that
+    close — one eigenvalue seen by several probes, or ghost copies — are one eigenvalue,
+    whose multiplicity is the mean weight of the probes that found it (E[n·τ] is the
+    multiplicity), 1 unless clearly above. Those nodes then weigh exactly that, the probe's
+    other nodes are rescaled to the rest of n, and a probe that has not found an eigenvalue
+    keeps it smeared, so nothing counts twice. The χ²-noisy weights of the few top
+    eigenvalues had made d* from 2–4 probes off by up to 2.7×.
 
     Returns:
         Per probe: nodes θ, weights (summing to n) and a mask of the converged ones; and the
@@ -369,14 +372,13 @@ def second_eigenvalue(w: sp.csr_array, seed: int, exact_max: int = EXACT_LAMBDA2
                       ) -> tuple[float, str, int]:
     """λ₂ of the normalised Laplacian I − S, S = D^-½ W D^-½, of a connected symmetric W.
 
-    Up to `exact_max` nodes: dense eigvalsh. Above: Lanczos on S restricted to u⊥, u = √d/‖√d‖
-    its eigenvector of eigenvalue 1. The largest Ritz value θ there is a Rayleigh quotient, so
-    1 − θ is an upper bound on λ₂ that tightens every step. It stops when θ's residual bound
-    is ≤ 1e-3·(1 − θ), or — with `saturate` — once steps_to_mix(1 − θ) == steps_to_mix(0):
-    every λ₂ in [0, 1 − θ] then gives the same L*, so more steps cannot change the model
-    (true for λ₂ < 0.0019; PERF's 3M graph has λ₂ ≈ 6e-4). Lanczos, not the power
-    iteration's residual ratio: on a 1000-ring, 2000 lazy power steps still overestimated λ₂
-    20×, 150 Lanczos steps 5×; 32 steps reach the saturation bound on rings and paths.
+    Up to `exact_max` nodes: dense eigvalsh. Above: Lanczos on S within u⊥, u = √d/‖√d‖ its
+    eigenvector of eigenvalue 1. The largest Ritz value θ is a Rayleigh quotient there, so
+    1 − θ ≥ λ₂, tightening every step. It stops when θ's residual bound is ≤ 1e-3·(1 − θ),
+    or (`saturate`) once steps_to_mix(1 − θ) == steps_to_mix(0): every λ₂ in [0, 1 − θ]
+    then gives the same L* (so for λ₂ < 0.0019; PERF's 3M graph has 6e-4). Lanczos, not the
+    lazy power iteration's residual ratio: on a 1000-ring 2000 power steps still
+    overestimated λ₂ 20×, 150 Lanczos steps 5×, and 28 reach the saturation bound.
 
     Returns:
         (λ₂ or its upper bound, "exact" | "lanczos", Lanczos steps taken).
@@ -407,7 +409,7 @@ def second_eigenvalue(w: sp.csr_array, seed: int, exact_max: int = EXACT_LAMBDA2
                                            select="i", select_range=(k - 1, k - 1))
             lam = 1.0 - float(theta[0])
             if (beta <= 1e-12 or beta * abs(y[-1, 0]) <= 1e-3 * max(lam, 1e-12)
-                    or (saturate and steps_to_mix(lam) == steps_to_mix(0.0))):
+                    or (saturate and lam < 1 and steps_to_mix(lam) == steps_to_mix(0))):
                 break
         prev, q = q, prev
         np.divide(x, beta, out=q)
@@ -478,9 +480,10 @@ def _validated(adjacency: object, pi: object, n_semcons: object, cfg: object,
             a.sum_duplicates()
         except (TypeError, ValueError) as exc:
             problems.append(f"adjacency is not numeric: {exc}")
-    if a is not None and not (np.isfinite(a.data).all() and (a.data >= 0).all()):
-        problems.append(f"adjacency has {int((~(a.data >= 0)).sum())} entries that are negative "
-                        "or not finite (stakes are finite and ≥ 0)")
+    bad = None if a is None else ~(np.isfinite(a.data) & (a.data >= 0))
+    if bad is not None and bad.any():
+        problems.append(f"adjacency has {int(bad.sum())} entries that are negative or not "
+                        "finite (stakes are finite and ≥ 0)")
     try:
         p = np.asarray(pi, dtype=np.float64)
     except (TypeError, ValueError):
