@@ -54,8 +54,7 @@ def compile_snapshot(store: Store, snap: Snapshot, out: Path, cfg: CompileConfig
             pi = compute_focus(vocab.adjacency).pi
         with timed("architecture"):
             arch = derive_arch(vocab.adjacency, pi, len(semcons.particles), cfg, seed)
-        weights = lambda: _weights(vocab, semcons, pi, arch, cfg, seed, timed)  # noqa: E731
-        compiled, tensors = weights()
+        compiled, tensors = _weights(vocab, semcons, pi, arch, cfg, seed, timed)
         second = None
         if cfg.check_determinism:
             with timed("determinism"):
@@ -63,10 +62,10 @@ def compile_snapshot(store: Store, snap: Snapshot, out: Path, cfg: CompileConfig
                     vocab, semcons, pi, arch, cfg, seed, None)[1].items()}
         compiled = Compiled(**{**compiled.__dict__, "snapshot": snap.id, "timings": timings})
         with timed("pack"):
-            pack.pack_llama(compiled, out, tensors)
+            record = pack.pack_llama(compiled, out, tensors)
         with timed("certificate"):
             load, layer = certificate.load_and_probe(out, seed)
-    first = {n: pack.digest(x) for n, x in tensors.items()}
+    first = {n: t["blake3"] for n, t in record["tensors"].items()}
     return certificate.write_certificate(out, {
         "P-EMBED": certificate.p_embed(compiled.embedding.stats["p_embed"]),
         "P-ATTN": certificate.p_attn(compiled.attention.pearson),

@@ -8,7 +8,6 @@ import scipy.sparse as sp
 
 from compiler.types import Semcons, Vocab
 from graph import semcons as graph_semcons
-from graph import sql
 from graph.ids import ZERO
 from graph.snapshot import Snapshot, snapshot_links
 from graph.store import Store
@@ -39,13 +38,6 @@ def build_semcons(store: Store, snap: Snapshot, vocab: Vocab) -> Semcons:
         m.sum_duplicates()
         per_type.append(m)
     particles = [s.particle for s in found]
-    return Semcons(particles=particles, names=_names(store, particles), adjacency=per_type)
-
-
-def _names(store: Store, particles: list[str]) -> list[str]:
-    store.register("id_view", pa.table({"particle": particles}))
-    try:
-        known = dict(store.query(sql.NAMES_OF))
-    finally:
-        store.unregister("id_view")
-    return ["⊥" if p == ZERO else known.get(p) or p[:16] for p in particles]
+    known = store.names_of(particles)
+    names = ["⊥" if p == ZERO else known.get(p) or p[:16] for p in particles]
+    return Semcons(particles=particles, names=names, adjacency=per_type)

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import re
 
-import pyarrow as pa
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from compiler.types import SPECIAL_TOKENS, Vocab
-from graph import sql
 from graph.snapshot import Snapshot, adjacency
 from graph.store import Store
 
@@ -22,7 +20,7 @@ def build_vocab(store: Store, snap: Snapshot) -> Vocab:
     a name is its id; a name two particles share gets "#" and the first 8 hex chars of the id.
     """
     adj = adjacency(store, snap)
-    names = _names(store, adj.index)
+    names = store.names_of(adj.index)
     tokens = list(SPECIAL_TOKENS)
     seen: dict[str, int] = {}
     for pid in adj.index:
@@ -38,14 +36,6 @@ def build_vocab(store: Store, snap: Snapshot) -> Vocab:
 def token_of(name: str) -> str:
     """The token string of a particle name: whitespace runs become one "▁"."""
     return re.sub(r"\s+", SPACE, name.strip())
-
-
-def _names(store: Store, particles: list[str]) -> dict[str, str]:
-    store.register("id_view", pa.table({"particle": particles}))
-    try:
-        return {p: n for p, n in store.query(sql.NAMES_OF) if n}
-    finally:
-        store.unregister("id_view")
 
 
 def make_tokenizer(vocab: Vocab) -> PreTrainedTokenizerFast:

@@ -7,6 +7,7 @@ whatever order they were ingested in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
 import numpy as np
@@ -17,6 +18,9 @@ import scipy.sparse as sp
 from graph import ids, sql
 from graph.errors import GraftError
 from graph.store import Store
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 # Letters in shape comments: N links in the snapshot, V particles in its index.
 
@@ -131,7 +135,7 @@ def adjacency(store: Store, snap: Snapshot, links: pa.Table | None = None) -> Ad
     return Adjacency(matrix=matrix, index=encoded.dictionary.to_pylist())
 
 
-def to_networkx(store: Store, snap: Snapshot) -> "nx.DiGraph":  # noqa: F821
+def to_networkx(store: Store, snap: Snapshot) -> nx.DiGraph:
     """The snapshot as a networkx DiGraph: nodes are particle ids (with `name` where known),
     edge `weight` is the summed effective stake, as in adjacency()."""
     import networkx as nx  # here, not at import time: it costs ~1 s and few callers need it

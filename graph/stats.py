@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
 from graph import sql
 from graph.focus import compute_focus
@@ -42,12 +41,7 @@ def graph_stats(store: Store, top: int = 10) -> dict:
     pi = focus.pi
     result["focus_iterations"] = focus.iterations
     order = np.argsort(-pi, kind="stable")[:top]
-    ids = pa.table({"particle": [adj.index[i] for i in order]})
-    store.register("id_view", ids)
-    try:
-        known = dict(store.query(sql.NAMES_OF))
-    finally:
-        store.unregister("id_view")
+    known = store.names_of([adj.index[i] for i in order])
     out_deg = np.diff(adj.matrix.indptr)
     in_deg = np.bincount(adj.matrix.indices, minlength=adj.matrix.shape[0])
     result["top"] = [{"particle": adj.index[i], "name": known.get(adj.index[i]),

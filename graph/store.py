@@ -109,6 +109,14 @@ class Store:
     def execute(self, statement: str, params: list | dict | None = None) -> None:
         self.con.execute(statement, _used(statement, params)).fetchall()
 
+    def names_of(self, particles: list[str]) -> dict[str, str]:
+        """The names the particles table holds for these ids (unnamed ones are left out)."""
+        self.register("id_view", pa.table({"particle": pa.array(particles, pa.string())}))
+        try:
+            return {p: n for p, n in self.query(sql.NAMES_OF) if n}
+        finally:
+            self.unregister("id_view")
+
     def register(self, name: str, table: pa.Table) -> None:
         """Expose an Arrow table to SQL under `name` (for staging and id lists)."""
         self.con.register(name, table)
