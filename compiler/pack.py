@@ -14,7 +14,7 @@ import numpy as np
 from safetensors.numpy import save_file
 from transformers import LlamaConfig
 
-from compiler.types import SPECIAL_TOKENS, Compiled
+from compiler.types import LEXICON, SPECIAL_TOKENS, Compiled
 from compiler.vocab import make_tokenizer
 
 WEIGHTS = "model.safetensors"
@@ -88,6 +88,7 @@ def pack_llama(c: Compiled, out: Path, tensors: dict[str, np.ndarray]) -> dict:
     llama_config(c).save_pretrained(out)
     make_tokenizer(c.vocab).save_pretrained(out)
     (out / "particles.json").write_text(json.dumps(c.vocab.particles) + "\n")
+    (out / LEXICON).write_text(json.dumps(c.vocab.lexicon, ensure_ascii=False) + "\n")
     record = {
         "snapshot": c.snapshot,
         "config": c.config.to_json(),

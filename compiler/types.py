@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from graph.errors import GraftError
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
+LEXICON = "lexicon.json"  # in a checkpoint: per particle, its name then aliases (text → particles)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Vocab:
     particles: list[str]            # (V,) particle ids; token id = len(SPECIAL_TOKENS) + index
     tokens: list[str]               # (T,) token strings: specials, then particle names
     adjacency: sp.csr_array         # (V, V) summed effective stake, label links excluded
+    lexicon: list[list[str]] = field(default_factory=list)  # (V,) name, then aliases
 
     @property
     def offset(self) -> int:

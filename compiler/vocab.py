@@ -30,7 +30,10 @@ def build_vocab(store: Store, snap: Snapshot) -> Vocab:
     for i, (pid, word) in enumerate(zip(adj.index, tokens[len(SPECIAL_TOKENS):])):
         if seen[word] > 1 or word in SPECIAL_TOKENS:
             tokens[len(SPECIAL_TOKENS) + i] = f"{word}#{pid[:8]}"
-    return Vocab(particles=adj.index, tokens=tokens, adjacency=adj.matrix)
+    aliases = store.aliases_of(adj.index)
+    lexicon = [[names[p]] + aliases.get(p, []) if p in names else aliases.get(p, [])
+               for p in adj.index]
+    return Vocab(particles=adj.index, tokens=tokens, adjacency=adj.matrix, lexicon=lexicon)
 
 
 def token_of(name: str) -> str:

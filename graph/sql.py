@@ -259,6 +259,10 @@ STATS_COUNTS = """
       (SELECT count(*) FROM particles WHERE text IS NOT NULL AND text <> '') AS particles_with_text
 """
 NAMES_OF = "SELECT particle, name FROM particles WHERE particle IN (SELECT particle FROM id_view)"
+ALIASES_OF = """
+    SELECT particle, aliases FROM particles
+    WHERE particle IN (SELECT particle FROM id_view) AND len(aliases) > 0
+"""
 
 # -- export --------------------------------------------------------------------------------
 EXPORT_LINKS = f"""

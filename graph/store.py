@@ -117,6 +117,14 @@ class Store:
         finally:
             self.unregister("id_view")
 
+    def aliases_of(self, particles: list[str]) -> dict[str, list[str]]:
+        """The aliases the particles table holds for these ids (ones without are left out)."""
+        self.register("id_view", pa.table({"particle": pa.array(particles, pa.string())}))
+        try:
+            return {p: list(a) for p, a in self.query(sql.ALIASES_OF)}
+        finally:
+            self.unregister("id_view")
+
     def register(self, name: str, table: pa.Table) -> None:
         """Expose an Arrow table to SQL under `name` (for staging and id lists)."""
         self.con.register(name, table)

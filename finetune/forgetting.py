@@ -1,0 +1,61 @@
+"""What tuning did to a model: held-out text loss, and graph fit (next-particle ranks of the
+links the checkpoint was compiled from) — measured before and after (DESIGN §3)."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from compiler.types import SPECIAL_TOKENS
+from finetune.data import batches
+
+
+@torch.no_grad()
+def text_loss(model, rows: list[list[int]], batch_size: int = 32) -> float:
+    """Mean next-token cross-entropy (nats per predicted token) over `rows`."""
+    model.eval()
+    total, count = 0.0, 0
+    for b in batches(rows, batch_size):
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        target = b.labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+            ignore_index=-100, reduction="sum")
+        total += float(loss)
+        count += int((target != -100).sum())
+    return total / max(count, 1)
+
+
+def sample_links(adj: sp.csr_array, n: int, seed: int) -> np.ndarray:
+    """Up to `n` links (src, dst) of the adjacency, seeded; (m, 2) int64 particle indices."""
+    coo = adj.tocoo()
+    pairs = np.stack([coo.row, coo.col], axis=1).astype(np.int64)
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    if len(pairs) > n:
+        pairs = pairs[np.sort(np.random.default_rng(seed).choice(len(pairs), n, replace=False))]
+    return pairs
+
+
+@torch.no_grad()
+def graph_fit(model, adj: sp.csr_array, pairs: np.ndarray, batch_size: int = 256) -> dict:
+    """Rank of q among all particles after the one-token prompt [p], for each link (p, q):
+    MRR and Hits@10, filtered (p's other out-links are not counted above q)."""
+    model.eval()
+    offset = len(SPECIAL_TOKENS)
+    adj = adj.tocsr()
+    ranks = []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        ids = torch.as_tensor(chunk[:, :1] + offset)
+        logits = model(input_ids=ids).logits[:, -1, offset:].float()      # (B, V)
+        target = logits[torch.arange(len(chunk)), torch.as_tensor(chunk[:, 1])]
+        above = (logits > target[:, None]).sum(1)
+        for j, (p, q) in enumerate(chunk):                                # filter known links
+            known = adj.indices[adj.indptr[p]:adj.indptr[p + 1]]
+            known = known[known != q]
+            if len(known):
+                above[j] -= int((logits[j, torch.as_tensor(known)] > target[j]).sum())
+        ranks.append((above + 1).numpy())
+    r = np.concatenate(ranks) if ranks else np.zeros(0)
+    return {"links": int(len(r)), "mrr": float(np.mean(1.0 / r)) if len(r) else 0.0,
+            "hits10": float(np.mean(r <= 10)) if len(r) else 0.0}

@@ -1,0 +1,126 @@
+"""`graft tune` on a compiled tiny graph: LoRA invariants, merge, round trips, QLoRA, and
+forgetting measured (full fine-tuning on unrelated text lowers graph fit; replay helps)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from compiler.compile import compile_snapshot
+from compiler.types import CompileConfig
+from finetune.checkpoints import merge_adapter
+from finetune.tune import TuneConfig, tune
+from graph.errors import GraftError
+from graph.snapshot import take_snapshot
+from graph.store import Store
+from tests.conftest import ingest_fixture
+
+IDS = torch.tensor([[4, 5, 6, 7, 8, 9], [10, 11, 4, 6, 8, 10]])
+RELATED = "\n\n".join(["a1 a2 a3 a4", "a2 a3 a1", "b1 b2 b3 b4", "b3 b4 b1 b2", "a4 a1 a2",
+                       "b2 b1 b4", "a3 a4 a1 a2", "b4 b3 b2 b1"] * 3) + "\n"
+# every sentence pairs a particle with the other community: what the graph does not say
+UNRELATED = "\n\n".join(f"{a} {b} {a} {b}" for a in ("a1", "a2", "a3", "a4")
+                        for b in ("b1", "b2", "b3", "b4")) + "\n"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """The communities fixture compiled once: (store path, checkpoint dir)."""
+    root = tmp_path_factory.mktemp("communities")
+    with Store(root / "g.duckdb") as store:
+        ingest_fixture(store, "communities")
+        compile_snapshot(store, take_snapshot(store), root / "ckpt",
+                         CompileConfig(d=8, layers=2, attn_gain=0.3, mlp_gain=0.3))
+    (root / "related.txt").write_text(RELATED)
+    (root / "unrelated.txt").write_text(UNRELATED)
+    return root
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model.eval()(input_ids=ids).logits
+
+
+def base(ckpt):
+    return AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+
+
+def test_a_fresh_lora_adapter_changes_nothing(compiled):
+    before = logits(base(compiled / "ckpt"))
+    lora = get_peft_model(base(compiled / "ckpt"), LoraConfig(
+        r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    assert torch.equal(logits(lora), before)
+
+
+def test_adapter_round_trip_and_merge_keep_logits(compiled, tmp_path):
+    torch.manual_seed(0)
+    lora = get_peft_model(base(compiled / "ckpt"), LoraConfig(
+        r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():                     # a non-zero adapter, so the checks can fail
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    tuned = logits(lora)
+    assert (tuned - logits(base(compiled / "ckpt"))).abs().max() > 1e-2
+    lora.save_pretrained(tmp_path / "adapter")
+    again = PeftModel.from_pretrained(base(compiled / "ckpt"), tmp_path / "adapter")
+    assert torch.equal(logits(again), tuned)
+    merge_adapter(tmp_path / "adapter", tmp_path / "merged", base=compiled / "ckpt")
+    merged, info = AutoModelForCausalLM.from_pretrained(tmp_path / "merged",
+                                                        output_loading_info=True)
+    assert not any(info.values())
+    assert torch.allclose(logits(merged), tuned, atol=1e-4)
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["architectures"]
+
+
+def test_tune_lora_writes_adapter_curves_and_record(compiled, tmp_path):
+    with Store(compiled / "g.duckdb", create=False, read_only=True) as store:
+        record = tune(compiled / "ckpt", compiled / "related.txt", tmp_path / "out",
+                      TuneConfig(max_steps=6, eval_every=2, batch_size=4, holdout=0.25),
+                      store=store)
+    out = tmp_path / "out"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "curves.csv",
+                 "curves.png", "tune.json", "lexicon.json", "particles.json"):
+        assert (out / name).exists(), name
+    rows = list(csv.DictReader(open(out / "curves.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["heldout_loss"] != "" for r in rows] == [False, True] * 3
+    assert record["steps"] == 6 and record["coverage"]["share"] == 1.0
+    assert record["before"]["graph"]["links"] == 13       # distinct linked pairs
+    assert 0 < record["before"]["graph"]["mrr"] <= 1
+    assert record["best_heldout_loss"] <= record["before"]["heldout_loss"] + 1e-6
+    assert not list(out.glob("*.bin"))             # safetensors only
+
+
+def test_qlora_trains_a_four_bit_model(compiled, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    record = tune(compiled / "ckpt", compiled / "related.txt", tmp_path / "q",
+                  TuneConfig(method="qlora", max_steps=3, eval_every=3, batch_size=4))
+    assert record["steps"] == 3 and "graph" not in record["after"]
+    cfg = json.loads((tmp_path / "q" / "adapter_config.json").read_text())
+    assert cfg["r"] == 8
+
+
+def test_replay_needs_the_store(compiled, tmp_path):
+    with pytest.raises(GraftError, match="--replay needs the store"):
+        tune(compiled / "ckpt", compiled / "related.txt", tmp_path / "x",
+             TuneConfig(max_steps=1, replay=0.5))
+
+
+def test_full_tuning_on_unrelated_text_forgets_and_replay_reduces_it(compiled, tmp_path):
+    mrr = {}
+    with Store(compiled / "g.duckdb", create=False, read_only=True) as store:
+        for replay in (0.0, 1.0):
+            r = tune(compiled / "ckpt", compiled / "unrelated.txt", tmp_path / f"r{replay}",
+                     TuneConfig(method="full", lr=1e-2, max_steps=60, eval_every=60,
+                                batch_size=4, holdout=0.25, replay=replay), store=store)
+            mrr["before"] = r["before"]["graph"]["mrr"]
+            mrr[replay] = r["after"]["graph"]["mrr"]
+    # measured: 1.0 → 0.24 without replay, 0.65 with one walk row per text row
+    assert mrr[0.0] < mrr["before"] - 0.3, mrr            # it forgot
+    assert mrr[1.0] > mrr[0.0] + 0.2, mrr                 # replay kept more of the graph
