@@ -10,6 +10,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from compiler import certificate, pack
+from compiler.calibrate import calibrate
 from compiler.arch import derive_arch
 from compiler.attention import build_attention
 from compiler.embedding import build_embedding
@@ -80,6 +81,8 @@ def _weights(vocab, semcons, pi, arch, cfg, seed, timed):
     timed = timed or (lambda name: _null())
     with timed("embedding"):
         emb = build_embedding(vocab, pi, arch, cfg, seed)
+    with timed("calibrate"):
+        emb = calibrate(vocab, emb, cfg, seed)
     with timed("attention"):
         attn = build_attention(semcons, emb, arch, cfg)
     with timed("mlp"):

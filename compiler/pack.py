@@ -29,7 +29,8 @@ def state_dict(c: Compiled) -> dict[str, np.ndarray]:
     head = np.zeros((t, d), np.float32)
     embed[n_special:] = c.embedding.E
     head[n_special:] = c.embedding.H
-    tensors = {"model.embed_tokens.weight": embed, "model.norm.weight": np.ones(d, np.float32)}
+    tensors = {"model.embed_tokens.weight": embed,      # τ scales every logit, no rank moves
+               "model.norm.weight": np.full(d, c.embedding.logit_scale, np.float32)}
     if not c.config.tie:
         tensors["lm_head.weight"] = head
     kappa = float(c.arch.derived.get("kappa", 0.85))

@@ -40,6 +40,7 @@ class CompileConfig:
     rms_norm_eps: float = 1e-6
     threads: int = 1                # BLAS threads during compile: float bits depend on it
     check_determinism: bool = True  # compile the weights twice and compare (P-DET)
+    calibrate: bool = True          # fit the logit scale τ to the links (calibrate.py)
 
     def __post_init__(self):
         problems = []
@@ -113,6 +114,7 @@ class Embedding:
     filled: np.ndarray              # (V,) bool: rows of E that were all-zero and got filled
     scale: np.ndarray               # (V,) row scales applied to E (see embedding.py)
     stats: dict = field(default_factory=dict)  # P-EMBED and friends
+    logit_scale: float = 1.0        # τ (calibrate.py), the final RMSNorm weight
 
 
 @dataclass(frozen=True)

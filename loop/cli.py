@@ -87,6 +87,7 @@ def cmd_compile(args) -> None:
     cfg = CompileConfig(d=args.d, heads=args.heads, layers=args.layers, tie=args.tie,
                         focus_weighting=args.focus_weighting, attn_gain=args.attn_gain,
                         mlp_gain=args.mlp_gain, threads=args.threads,
+                        calibrate=not args.no_calibrate,
                         check_determinism=not args.no_det_check)
     with _open(args) as store:
         snap = (snapshot.get_snapshot(store, args.snapshot) if args.snapshot
@@ -196,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attn-gain", type=float, default=0.0, help="compiled attention scale")
     p.add_argument("--mlp-gain", type=float, default=0.1, help="compiled MLP scale")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads (changes float bits)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="keep logit scale 1 instead of fitting it to the links")
     p.add_argument("--no-det-check", action="store_true",
                    help="skip compiling the weights twice for P-DET")
 
