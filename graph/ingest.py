@@ -1,10 +1,12 @@
 """Ingest cyberlinks: read every input, write them all in one transaction — or none.
 
-Each input is first staged as a temp table of text columns (row, neuron, from, to, token,
-amount, valence, time, semcon, token_id), so nothing is rounded before it is checked.
-Particle ids are checked once per distinct id; the rest of each row is checked inside the
-INSERT, so valid data is written in one pass. The first bad row aborts the transaction, and
-the inputs are then checked in full, so every problem is reported with its line.
+JSONL, CSV and Parquet files are first written straight from DuckDB's readers, each row
+checked inside the INSERT (graph/ingest_direct.py). Should that fail for any reason, it rolls
+back and the staged path decides: each input becomes a temp table of text columns (row,
+neuron, from, to, token, amount, valence, time, semcon, token_id), so nothing is rounded
+before it is checked. Particle ids are checked once per distinct id; the rest of each row
+inside the INSERT. The first bad row aborts the transaction, and the inputs are then
+checked in full, so every problem is reported with its line.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from graph import formats, ids, sql
+from graph import formats, ids, ingest_direct, sql
 from graph.errors import GraftError, IngestError, Problem, shorten
 from graph.store import Store
 
@@ -79,32 +81,43 @@ def ingest_links(store: Store, paths: Sequence[str | Path], *, fmt: str | None =
     if origin not in ORIGINS:
         raise GraftError(f"origin {origin!r} is not one of {ORIGINS}")
     results: list[IngestResult] = []
-    staged: list[Staged] = []
+    inputs: list[ingest_direct.Input] = []
     problems: list[Problem] = []
     seen: set[str] = set()
+    for raw_path in paths:
+        path = Path(raw_path)
+        if not path.is_file():
+            problems.append(Problem(str(path), 0, "", "no such file", "a readable file"))
+            continue
+        digest = formats.file_digest(path)
+        done = store.query(sql.BATCH_BY_DIGEST, [digest, "links"])
+        if done or digest in seen:
+            why = f"already ingested as batch {done[0][0]}" if done else "same file given twice"
+            results.append(IngestResult(str(path), 0, skipped=why))
+            continue
+        seen.add(digest)
+        inputs.append(ingest_direct.Input(path, formats.detect_format(path, fmt), digest))
+        results.append(IngestResult(str(path), 0))
+    pending = [r for r in results if not r.skipped]
+    if not problems:
+        written = ingest_direct.write_links(store, inputs, origin, cycle, say)
+        if written is not None:
+            for result, (batch, rows) in zip(pending, written):
+                result.batch, result.rows = batch, rows
+            return results
+    staged: list[Staged] = []
     try:
-        for i, raw_path in enumerate(paths):
-            path = Path(raw_path)
-            if not path.is_file():
-                problems.append(Problem(str(path), 0, "", "no such file", "a readable file"))
-                continue
-            digest = formats.file_digest(path)
-            done = store.query(sql.BATCH_BY_DIGEST, [digest, "links"])
-            if done or digest in seen:
-                why = f"already ingested as batch {done[0][0]}" if done else "same file given twice"
-                results.append(IngestResult(str(path), 0, skipped=why))
-                continue
-            seen.add(digest)
-            say(f"reading {path}")
-            item, found = _stage(store, path, formats.detect_format(path, fmt), digest, i)
+        for i, (item, result) in enumerate(zip(inputs, pending)):
+            say(f"reading {item.path}")
+            stage, found = _stage(store, item.path, item.fmt, item.digest, i)
             problems += found
-            if item is not None:
-                staged.append(item)
-                results.append(IngestResult(str(path), item.rows))
+            if stage is not None:
+                staged.append(stage)
+                result.rows = stage.rows
         if problems:
             raise IngestError(problems[:PROBLEM_CAP], total=len(problems))
         say(f"writing {sum(s.rows for s in staged)} links")
-        _write_all(store, staged, [r for r in results if not r.skipped], origin, cycle, "links")
+        _write_all(store, staged, pending, origin, cycle, "links")
         return results
     finally:
         _drop(store, staged)
@@ -178,7 +191,8 @@ def _stage(store: Store, path: Path, fmt: str, digest: str, i: int) -> tuple[Sta
             item = _stage_arrow(store, _resolve_token_ids(store, table), item)
         elif fmt == "jsonl":
             columns = {c: "VARCHAR" for c in TEXT_COLUMNS}
-            store.execute(sql.STAGE_JSONL.format(stage=stage, columns=columns), [name])
+            source = sql.SOURCE_JSONL.format(columns=columns)
+            store.execute(sql.STAGE.format(stage=stage, source=source), {"path": name})
         else:
             have = formats.csv_header(path) if fmt == "csv" else pq.read_schema(path).names
             if not have:
@@ -190,9 +204,9 @@ def _stage(store: Store, path: Path, fmt: str, digest: str, i: int) -> tuple[Sta
                 return None, missing
             select = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' if c in have
                                else f'NULL::VARCHAR AS "{c}"' for c in TEXT_COLUMNS)
-            statement = sql.STAGE_CSV if fmt == "csv" else sql.STAGE_PARQUET
-            columns = {c: "VARCHAR" for c in have}
-            store.execute(statement.format(stage=stage, select=select, columns=columns), [name])
+            statement = sql.SOURCE_CSV if fmt == "csv" else sql.SOURCE_PARQUET
+            source = statement.format(select=select, columns={c: "VARCHAR" for c in have})
+            store.execute(sql.STAGE.format(stage=stage, source=source), {"path": name})
     except Exception as exc:  # noqa: BLE001 - any reader failure is re-diagnosed line by line
         return None, _diagnose(path, fmt, exc)
     item.rows = store.scalar(f"SELECT count(*) FROM {item.relation}")
@@ -308,7 +322,8 @@ def _write_links(store: Store, item: Staged, origin: str, cycle: int | None,
     base = store.scalar(sql.MAX_SEQ)
     params = {**_check_params(store), "base": base, "origin": origin, "cycle": cycle,
               "batch": batch}
-    store.execute(sql.INSERT_LINKS.format(stage=item.relation), params)
+    store.execute(sql.INSERT_LINKS.format(source=item.relation, amount=sql.AMOUNT_COLUMNS["text"],
+                                          bad=sql.LINK_BAD), params)
     labels = _write_labels(store, item, {**params, "base": base + item.rows})
     store.execute(sql.INSERT_NEW_TOKENS.format(stage=item.relation))
     store.execute(sql.INSERT_NEURONS.format(stage=item.relation), {"batch": batch})
