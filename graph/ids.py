@@ -21,7 +21,7 @@ _PARTICLE = re.compile(PARTICLE_RE)
 
 def is_particle(value: object) -> bool:
     """True when `value` is a valid particle id string."""
-    return isinstance(value, str) and _PARTICLE.match(value) is not None
+    return isinstance(value, str) and _PARTICLE.fullmatch(value) is not None  # "$" allows "\n"
 
 
 def digest(data: bytes, hash_name: str = "sha256") -> str:
