@@ -104,7 +104,8 @@ class Curve:
     def write(self, out: Path) -> None:
         import csv
         with open(out / "curves.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, ["step", "epoch", "train_loss", "heldout_loss", "tokens"])
+            w = csv.DictWriter(fh, ["step", "epoch", "train_loss", "heldout_loss", "tokens",
+                                    "batch_tokens", "seconds"])
             w.writeheader()
             w.writerows(self.rows)
         _plot(self.rows, out / "curves.png")
@@ -212,12 +213,14 @@ def _train(model, rows, walks, cfg: TuneConfig, heldout_loss, say) -> dict:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            train_seconds += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            train_seconds += seconds
             tokens += batch.tokens
             step += 1
             bar.update(1)
             row = {"step": step, "epoch": epoch, "train_loss": round(float(loss.detach()), 5),
-                   "heldout_loss": "", "tokens": tokens}
+                   "heldout_loss": "", "tokens": tokens, "batch_tokens": batch.tokens,
+                   "seconds": round(seconds, 5)}
             if step % cfg.eval_every == 0 or step == total:
                 held = heldout_loss()
                 row["heldout_loss"] = round(held, 5)

@@ -1,4 +1,5 @@
 """Every SQL statement graft runs, as named constants; only graph/store.py executes them."""
+from graph import sql_loop as _loop
 
 # Migrations are applied once, in order, and never edited: a schema change is a new entry.
 MIGRATIONS: list[str] = [
@@ -50,6 +51,8 @@ MIGRATIONS: list[str] = [
         created TIMESTAMP NOT NULL DEFAULT current_timestamp
     );
     """,
+    # 2: the loop — proposals and the cycle journal (graph/sql_loop.py)
+    _loop.MIGRATION,
 ]
 
 SCHEMA_VERSION_CREATE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

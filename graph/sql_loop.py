@@ -1,0 +1,106 @@
+"""The loop's SQL: proposals (extract → review → stake) and the cycle journal. Kept apart
+from graph/sql.py for size; graph/sql.py appends MIGRATION to its migrations, and only
+graph/store.py executes any of it."""
+
+MIGRATION = """
+    CREATE SEQUENCE proposal_ids START 1;
+    CREATE TABLE proposals (
+        id INTEGER PRIMARY KEY,
+        cycle INTEGER NOT NULL,           -- the cycle that proposed it (0: by hand)
+        src VARCHAR NOT NULL,
+        dst VARCHAR NOT NULL,
+        score DOUBLE NOT NULL,            -- the extractor's ranking score
+        confidence DOUBLE NOT NULL,       -- in [0, 1]; the stake is proportional to it
+        tuned DOUBLE,                     -- log P(dst | src), tuned model
+        compiled DOUBLE,                  -- log P(dst | src), compiled model
+        head INTEGER,                     -- the head whose tuning moved the score most
+        semcon VARCHAR,                   -- that head's semcon (a particle id)
+        evidence JSON,                    -- per-head deltas, corpus lines where both occur
+        model VARCHAR NOT NULL,           -- the checkpoint and adapter it came from
+        adapter VARCHAR,
+        status VARCHAR NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'accepted', 'rejected')),
+        reviewer VARCHAR,
+        decided TIMESTAMP,
+        staked BIGINT,                    -- seq of the cyberlink an accepted proposal became
+        created TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        UNIQUE (cycle, src, dst)
+    );
+    CREATE TABLE cycle_steps (
+        cycle INTEGER NOT NULL,
+        step VARCHAR NOT NULL,            -- snapshot | compile | tune | extract | review | stake
+        detail JSON NOT NULL,             -- what the step made and measured
+        finished TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (cycle, step)
+    );
+"""
+
+# A re-run of the same cycle proposes the same pairs again: kept once.
+PROPOSALS_ADD = """
+    INSERT INTO proposals (id, cycle, src, dst, score, confidence, tuned, compiled, head, semcon,
+                           evidence, model, adapter)
+    SELECT nextval('proposal_ids'), $cycle, src, dst, score, confidence, tuned, compiled, head,
+           semcon, CAST(evidence AS JSON), $model, $adapter
+    FROM proposal_view p
+    WHERE NOT EXISTS (SELECT 1 FROM proposals q
+                      WHERE q.cycle = $cycle AND q.src = p.src AND q.dst = p.dst)
+    ORDER BY score DESC, src, dst
+"""
+PROPOSALS_COUNT = "SELECT count(*) FROM proposals"
+ACCEPTED_UNSTAKED = "SELECT count(*) FROM proposals WHERE status = 'accepted' AND staked IS NULL"
+PROPOSALS_LIST = """
+    SELECT p.id, p.cycle, p.src, coalesce(a.name, p.src) AS src_name, p.dst,
+           coalesce(b.name, p.dst) AS dst_name, p.score, p.confidence, p.semcon, p.status,
+           p.reviewer, CAST(p.evidence AS VARCHAR) AS evidence
+    FROM proposals p
+    LEFT JOIN particles a ON a.particle = p.src
+    LEFT JOIN particles b ON b.particle = p.dst
+    WHERE ($status IS NULL OR p.status = $status) AND ($cycle IS NULL OR p.cycle = $cycle)
+    ORDER BY p.score DESC, p.id
+    LIMIT $limit
+"""
+PROPOSALS_ABOVE = """
+    SELECT id FROM proposals WHERE status = 'pending' AND score >= $threshold
+    AND ($cycle IS NULL OR cycle = $cycle) ORDER BY id
+"""
+PROPOSALS_UNKNOWN = "SELECT id FROM id_view WHERE id NOT IN (SELECT id FROM proposals) ORDER BY id"
+PROPOSALS_DECIDE = """
+    UPDATE proposals SET status = $status, reviewer = $reviewer, decided = current_timestamp
+    WHERE id IN (SELECT id FROM id_view) AND status = 'pending'
+    RETURNING id
+"""
+# Accepted and not yet staked: the cyberlinks they become (one per proposal, in id order).
+STAKE_ACCEPTED = """
+    INSERT INTO cyberlinks
+    SELECT $base + row_number() OVER (ORDER BY id), $neuron, src, dst, $token,
+           CAST(greatest(1, round(confidence * $scale)) AS HUGEINT), NULL, 1, $time,
+           'extract', cycle, $batch
+    FROM proposals WHERE status = 'accepted' AND staked IS NULL
+"""
+MARK_STAKED = """
+    UPDATE proposals SET staked = l.seq
+    FROM cyberlinks l
+    WHERE l.batch = $batch AND l.src = proposals.src AND l.dst = proposals.dst
+      AND proposals.status = 'accepted' AND proposals.staked IS NULL
+"""
+ENSURE_TOKEN = """
+    INSERT INTO tokens SELECT (SELECT coalesce(max(id) + 1, 0) FROM tokens), $token, 1, false
+    WHERE NOT EXISTS (SELECT 1 FROM tokens WHERE name = $token)
+"""
+DECISIONS_OF = """
+    SELECT coalesce(a.name, p.src), coalesce(b.name, p.dst), p.status
+    FROM proposals p
+    LEFT JOIN particles a ON a.particle = p.src
+    LEFT JOIN particles b ON b.particle = p.dst
+    WHERE p.status <> 'pending' ORDER BY p.id
+"""
+LINKED_PAIRS = "SELECT DISTINCT src, dst FROM cyberlinks WHERE valence >= 0"
+
+STEP_DONE = "SELECT CAST(detail AS VARCHAR) FROM cycle_steps WHERE cycle = $cycle AND step = $step"
+STEP_RECORD = """
+    INSERT INTO cycle_steps (cycle, step, detail) VALUES ($cycle, $step, CAST($detail AS JSON))
+"""
+STEPS_ALL = """
+    SELECT cycle, step, CAST(detail AS VARCHAR), CAST(finished AS VARCHAR) FROM cycle_steps
+    ORDER BY cycle, finished
+"""

@@ -1,0 +1,75 @@
+"""The loop's commands of `graft`: extract, review."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from graph.store import Store
+
+
+def cmd_extract(args, say, emit) -> None:
+    from graph import sql_loop
+    from loop.extract import ExtractConfig, check_adapter, extract
+    from loop.review import add_proposals
+    adapter = Path(args.adapter) if args.adapter else None
+    check_adapter(adapter)
+    cfg = ExtractConfig(top_k=args.top_k, per_source=args.per_source, beta=args.beta)
+    with Store(args.db) as store:
+        linked = set(store.query(sql_loop.LINKED_PAIRS))
+        proposals = extract(Path(args.model), linked, cfg, adapter=adapter,
+                            compiled_dir=Path(args.compiled) if args.compiled else None,
+                            corpus=Path(args.corpus) if args.corpus else None, say=say)
+        new = add_proposals(store, proposals, args.cycle, str(Path(args.model).resolve()),
+                            str(adapter.resolve()) if adapter else None)
+        names = store.names_of(sorted({p.src for p in proposals} | {p.dst for p in proposals}))
+    rows = [{**p.__dict__, "src_name": names.get(p.src, p.src), "dst_name": names.get(p.dst, p.dst)}
+            for p in proposals]
+    emit({"proposals": rows, "new": new},
+         "\n".join(f"{r['score']:>9.3f}  {r['src_name']} → {r['dst_name']}" for r in rows[:50])
+         + f"\n{len(rows)} proposals ({new} new) stored as pending; `graft review --list`")
+
+
+def cmd_review(args, say, emit) -> None:
+    from loop.review import decide, list_proposals
+    with Store(args.db) as store:
+        if args.accept or args.reject or args.accept_above is not None:
+            result = decide(store, accept=args.accept or (), reject=args.reject or (),
+                            accept_above=args.accept_above, cycle=args.cycle,
+                            reviewer=args.reviewer, neuron=args.neuron, token=args.token)
+            emit(result.__dict__, f"decided {len(result.decided)} proposal(s); "
+                                  f"{result.staked} link(s) staked by {args.neuron}")
+            return
+        status = None if args.status == "all" else args.status
+        rows = list_proposals(store, status=status, cycle=args.cycle, limit=args.limit)
+    emit({"proposals": rows}, "\n".join(
+        f"{r['id']:>6}  {r['status']:<8} {r['score']:>9.3f}  {r['src_name']} → {r['dst_name']}"
+        + (f"   [{len(r['evidence'].get('lines', []))} corpus line(s)]" if r["evidence"] else "")
+        for r in rows) or "no proposals")
+
+
+def add_commands(command) -> None:
+    p = command("extract", cmd_extract, "propose links the tuned model believes and the graph "
+                "lacks (stored as pending proposals)")
+    p.add_argument("model", metavar="MODEL_DIR", help="the compiled checkpoint")
+    p.add_argument("--adapter", metavar="DIR", help="its LoRA adapter from `graft tune`")
+    p.add_argument("--compiled", metavar="DIR",
+                   help="without an adapter: the compiled checkpoint to compare against")
+    p.add_argument("--corpus", metavar="FILE", help="text to quote as evidence")
+    p.add_argument("--top-k", type=int, default=100, help="proposals kept")
+    p.add_argument("--per-source", type=int, default=5, help="at most this many per source")
+    p.add_argument("--beta", type=float, default=0.5,
+                   help="score = log P_tuned − β·log P_compiled")
+    p.add_argument("--cycle", type=int, default=0, help="the cycle these proposals belong to")
+
+    p = command("review", cmd_review, "list proposals, accept or reject them; accepted ones "
+                "are staked as cyberlinks")
+    p.add_argument("--list", action="store_true", help="list proposals (the default)")
+    p.add_argument("--accept", type=int, nargs="+", metavar="ID")
+    p.add_argument("--reject", type=int, nargs="+", metavar="ID")
+    p.add_argument("--accept-above", type=float, metavar="X", help="accept pending with score ≥ X")
+    p.add_argument("--status", choices=["pending", "accepted", "rejected", "all"],
+                   default="pending")
+    p.add_argument("--cycle", type=int, help="only this cycle's proposals")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--reviewer", default="curator")
+    p.add_argument("--neuron", default="graft-extractor", help="who signs accepted links")
+    p.add_argument("--token", default="link", help="the token of accepted links")

@@ -1,0 +1,131 @@
+"""Proposals in the store: record what the extractor found, let curators decide, and stake
+accepted ones as cyberlinks signed by the extractor neuron (origin = extract).
+
+Deciding and staking happen in one transaction, so an accepted proposal is a link in the
+store or neither; a proposal is staked once (its `staked` column holds the link's seq).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from graph import sql, sql_loop
+from graph.errors import GraftError
+from graph.store import Store
+from loop.extract import Proposal
+
+EXTRACTOR = "graft-extractor"      # the neuron that signs accepted proposals
+STAKE_SCALE = 1000                 # amount = max(1, round(confidence · STAKE_SCALE))
+
+
+@dataclass(frozen=True)
+class Decision:
+    decided: list[int]             # proposal ids whose status changed
+    staked: int                    # links written
+
+
+def add_proposals(store: Store, proposals: Iterable[Proposal], cycle: int, model: str,
+                  adapter: str | None) -> int:
+    """Record proposals of `cycle`; the same (cycle, src, dst) twice is kept once.
+    Returns how many were new."""
+    rows = list(proposals)
+    if not rows:
+        return 0
+    table = pa.table({
+        "src": [p.src for p in rows], "dst": [p.dst for p in rows],
+        "score": pa.array([p.score for p in rows], pa.float64()),
+        "confidence": pa.array([p.confidence for p in rows], pa.float64()),
+        "tuned": pa.array([p.tuned for p in rows], pa.float64()),
+        "compiled": pa.array([p.compiled for p in rows], pa.float64()),
+        "head": pa.array([p.head for p in rows], pa.int32()),
+        "semcon": pa.array([p.semcon for p in rows], pa.string()),
+        "evidence": [json.dumps(p.evidence, ensure_ascii=False) for p in rows]})
+    store.register("proposal_view", table)
+    try:
+        with store.transaction():
+            before = store.scalar(sql_loop.PROPOSALS_COUNT)
+            store.execute(sql_loop.PROPOSALS_ADD, {"cycle": cycle, "model": model,
+                                                   "adapter": adapter})
+            return store.scalar(sql_loop.PROPOSALS_COUNT) - before
+    finally:
+        store.unregister("proposal_view")
+
+
+def list_proposals(store: Store, status: str | None = "pending", cycle: int | None = None,
+                   limit: int = 50) -> list[dict]:
+    cols = ("id", "cycle", "src", "src_name", "dst", "dst_name", "score", "confidence",
+            "semcon", "status", "reviewer", "evidence")
+    rows = store.query(sql_loop.PROPOSALS_LIST, {"status": status, "cycle": cycle,
+                                                 "limit": limit})
+    return [{**dict(zip(cols, r)), "evidence": json.loads(r[-1]) if r[-1] else {}}
+            for r in rows]
+
+
+def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
+           accept_above: float | None = None, cycle: int | None = None,
+           reviewer: str = "curator", neuron: str = EXTRACTOR, token: str = "link") -> Decision:
+    """Accept / reject pending proposals by id (or accept all pending with score ≥ X), then
+    stake every accepted, unstaked proposal — all in one transaction."""
+    accept, reject = sorted(set(accept)), sorted(set(reject))
+    both = set(accept) & set(reject)
+    if both:
+        raise GraftError(f"proposal(s) {sorted(both)} both accepted and rejected")
+    _check_known(store, accept + reject)
+    decided: list[int] = []
+    with store.transaction():
+        if accept_above is not None:
+            accept += [i for (i,) in store.query(sql_loop.PROPOSALS_ABOVE, {
+                "threshold": accept_above, "cycle": cycle})]
+        for status, ids in (("accepted", accept), ("rejected", reject)):
+            if ids:
+                decided += _set_status(store, ids, status, reviewer)
+        staked = _stake(store, neuron, token)
+    return Decision(decided=sorted(decided), staked=staked)
+
+
+def _check_known(store: Store, ids: list[int]) -> None:
+    if not ids:
+        return
+    store.register("id_view", pa.table({"id": pa.array(ids, pa.int32())}))
+    try:
+        unknown = [i for (i,) in store.query(sql_loop.PROPOSALS_UNKNOWN)]
+    finally:
+        store.unregister("id_view")
+    if unknown:
+        raise GraftError(f"no proposal with id {', '.join(map(str, unknown))}")
+
+
+def _set_status(store: Store, ids: list[int], status: str, reviewer: str) -> list[int]:
+    store.register("id_view", pa.table({"id": pa.array(ids, pa.int32())}))
+    try:
+        return [i for (i,) in store.query(sql_loop.PROPOSALS_DECIDE,
+                                          {"status": status, "reviewer": reviewer})]
+    finally:
+        store.unregister("id_view")
+
+
+def _stake(store: Store, neuron: str, token: str) -> int:
+    pending = store.scalar(sql_loop.ACCEPTED_UNSTAKED)
+    if not pending:
+        return 0
+    batch = store.scalar(sql.BATCH_ADD, ["extract", "graft review", f"review-{time.time_ns()}",
+                                         pending])
+    base = store.scalar(sql.MAX_SEQ)
+    store.execute(sql_loop.ENSURE_TOKEN, {"token": token})
+    store.execute(sql_loop.STAKE_ACCEPTED, {"base": base, "neuron": neuron, "token": token,
+                                            "scale": STAKE_SCALE, "time": int(time.time()),
+                                            "batch": batch})
+    store.execute(sql.INSERT_NEURONS, {"batch": batch})
+    store.execute(sql_loop.MARK_STAKED, {"batch": batch})
+    return pending
+
+
+def decisions(store: Store) -> list[dict]:
+    """Every decided proposal as {source, target, status} by name — what
+    `finetune.trl_jobs.preference_pairs` turns into DPO rows."""
+    return [{"source": s, "target": t, "status": st}
+            for s, t, st in store.query(sql_loop.DECISIONS_OF)]

@@ -1,0 +1,96 @@
+"""The loop's first half on a tiny graph whose text states a missing link: tune on the text,
+extract, review, stake — and no duplicates when it runs again."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compiler.compile import compile_snapshot
+from compiler.types import CompileConfig
+from finetune.trl_jobs import preference_pairs
+from finetune.tune import TuneConfig, tune
+from graph import sql_loop
+from graph.errors import GraftError
+from graph.snapshot import take_snapshot
+from graph.store import Store
+from loop.cli import main
+from loop.extract import ExtractConfig, extract
+from loop.review import add_proposals, decide, decisions, list_proposals
+from tests.conftest import FIXTURES, ingest_fixture, pid
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """typed compiled, then LoRA-tuned on its corpus (each sentence a document, × 6): the
+    text says a tail is part of a dog; the graph only links tail → cat."""
+    root = tmp_path_factory.mktemp("loop")
+    lines = [x for x in (FIXTURES / "typed.corpus.txt").read_text().splitlines() if x.strip()]
+    (root / "corpus.txt").write_text("\n\n".join(lines * 6) + "\n")
+    with Store(root / "g.duckdb") as store:
+        ingest_fixture(store, "typed")
+        compile_snapshot(store, take_snapshot(store), root / "ckpt",
+                         CompileConfig(d=12, heads=3, layers=2, check_determinism=False))
+        tune(root / "ckpt", root / "corpus.txt", root / "adapter",
+             TuneConfig(max_steps=60, lr=1e-2, eval_every=60, batch_size=8), store=store)
+    return root
+
+
+def linked(store):
+    return set(store.query(sql_loop.LINKED_PAIRS))
+
+
+def test_the_missing_link_the_text_states_is_proposed(tuned):
+    with Store(tuned / "g.duckdb") as store:
+        props = extract(tuned / "ckpt", linked(store), ExtractConfig(top_k=50, per_source=3),
+                        adapter=tuned / "adapter", corpus=tuned / "corpus.txt")
+    from_tail = [p for p in props if p.src == pid("tail")]
+    assert from_tail and from_tail[0].dst == pid("dog"), [(p.src[:6], p.dst[:6]) for p in props]
+    best = from_tail[0]
+    assert best.tuned > best.compiled                    # tuning raised the belief
+    assert any("tail" in text.lower() and "dog" in text.lower()
+               for _, text in best.evidence["lines"])
+    assert len(best.evidence["head_deltas"]) == 3 and best.head is not None
+    for p in props:                                       # never an existing link or a self-link
+        assert p.src != p.dst and (p.src, p.dst) not in {(pid("tail"), pid("cat"))}
+
+
+def test_review_stakes_accepted_once_and_feeds_dpo(tuned, tmp_path):
+    db = tmp_path / "g.duckdb"
+    db.write_bytes((tuned / "g.duckdb").read_bytes())
+    with Store(db) as store:
+        props = extract(tuned / "ckpt", linked(store), ExtractConfig(top_k=20),
+                        adapter=tuned / "adapter")
+        assert add_proposals(store, props, cycle=1, model="m", adapter="a") == len(props)
+        assert add_proposals(store, props, cycle=1, model="m", adapter="a") == 0   # rerun
+        listed = list_proposals(store, limit=100)
+        assert len(listed) == len(props)
+        tail_dog = next(r for r in listed if (r["src_name"], r["dst_name"]) == ("tail", "dog"))
+        other = next(r for r in listed if r["src_name"] == "tail" and r["id"] != tail_dog["id"])
+        links_before = store.scalar("SELECT count(*) FROM cyberlinks")
+        result = decide(store, accept=[tail_dog["id"]], reject=[other["id"]], reviewer="ann")
+        assert result.decided == sorted([tail_dog["id"], other["id"]]) and result.staked == 1
+        row = store.query("SELECT neuron, token, origin, cycle, amount, valence FROM cyberlinks "
+                          "WHERE src = ? AND dst = ?", [pid("tail"), pid("dog")])
+        assert row == [("graft-extractor", "link", "extract", 1,
+                        max(1, round(tail_dog["confidence"] * 1000)), 1)]
+        again = decide(store, accept=[tail_dog["id"]])           # already decided: nothing
+        assert again.decided == [] and again.staked == 0
+        assert store.scalar("SELECT count(*) FROM cyberlinks") == links_before + 1
+        assert preference_pairs(decisions(store)) == [
+            {"prompt": "tail", "chosen": "dog", "rejected": other["dst_name"]}]
+        with pytest.raises(GraftError, match="no proposal with id 999"):
+            decide(store, accept=[999])
+
+
+def test_cli_extract_and_review(tuned, tmp_path, capsys):
+    db = tmp_path / "g.duckdb"
+    db.write_bytes((tuned / "g.duckdb").read_bytes())
+    assert main(["--db", str(db), "extract", str(tuned / "ckpt"), "--adapter",
+                 str(tuned / "adapter"), "--top-k", "5", "--cycle", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["new"] == 5 and len(out["proposals"]) == 5
+    assert main(["--db", str(db), "review", "--accept-above=-1e9", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["staked"] == 5
+    assert main(["--db", str(db), "review", "--status", "accepted", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["proposals"]) == 5
