@@ -47,7 +47,7 @@ class EvalGraph:
 
     index: list[str]                # (P,) particle ids, sorted: particles table ∪ link endpoints
     adjacency: sp.csr_array         # (P, P) Σ effective stake of ingest/curator links (w > 0)
-    known: sp.csr_array             # (P, P) 1 where p → q by any ingest/curator link: not candidates
+    known: sp.csr_array             # (P, P) 1 where any ingest/curator link p → q: not candidates
     link_indegree: np.ndarray       # (P,) distinct sources of links into q with token `link`
     names: dict[int, list[str]] = field(default_factory=dict)  # position → name, then aliases
     texts: dict[int, str] = field(default_factory=dict)        # position → non-empty text
@@ -130,7 +130,8 @@ def _link_rows(path: Path) -> list[tuple[int, str, dict]]:
         try:
             row = json.loads(text)
         except json.JSONDecodeError as exc:
-            problems.append(Problem(str(path), number, "", shorten(text), f"a JSON object ({exc.msg})"))
+            problems.append(Problem(str(path), number, "", shorten(text),
+                                    f"a JSON object ({exc.msg})"))
             continue
         if not isinstance(row, dict):
             problems.append(Problem(str(path), number, "", shorten(row), "a JSON object"))
@@ -166,13 +167,15 @@ def split_links(path: Path, fraction: float, seed: int, train: Path, holdout: Pa
     if not 0 < fraction < 1:
         raise GraftError(f"--fraction {fraction}: expected a share strictly between 0 and 1")
     rows = _link_rows(path)
-    eligible = [i for i, (_, _, row) in enumerate(rows) if token is None or row.get("token") == token]
+    eligible = [i for i, (_, _, row) in enumerate(rows)
+                if token is None or row.get("token") == token]
     k = round(fraction * len(eligible))
     chosen = np.random.default_rng(seed).choice(len(eligible), size=k, replace=False)
     out = np.zeros(len(rows), dtype=bool)
     out[np.asarray(eligible, dtype=np.int64)[chosen]] = True
     for target, keep in ((Path(train), ~out), (Path(holdout), out)):
-        target.write_text("".join(rows[i][1] + "\n" for i in np.flatnonzero(keep)), encoding="utf-8")
+        target.write_text("".join(rows[i][1] + "\n" for i in np.flatnonzero(keep)),
+                          encoding="utf-8")
     return {"rows": len(rows), "eligible": len(eligible), "train": int((~out).sum()),
             "holdout": int(out.sum())}
 
@@ -182,7 +185,7 @@ class Queries:
     """The held-out links that can be ranked, as index positions."""
 
     pairs: np.ndarray               # (n, 2) int64 (p, q), sorted by p then q
-    skipped: dict[str, int]         # in_store, duplicate, unknown (an end not in the store, or p = q)
+    skipped: dict[str, int]         # in_store, duplicate, unknown (an end not in the store; p = q)
 
 
 def select_queries(graph: EvalGraph, rows: list[HeldOut]) -> Queries:
@@ -346,7 +349,7 @@ def model_scorer(model_dir: Path, index: list[str], adapter: Path | None = None)
     model.eval()
     offset = len(SPECIAL_TOKENS)
     ckpt = checkpoint_positions(model_dir, index)                          # (P,)
-    have = np.flatnonzero(ckpt >= 0)                                       # store positions it knows
+    have = np.flatnonzero(ckpt >= 0)                                       # positions it knows
 
     def score(sources: np.ndarray) -> np.ndarray:
         out = np.full((len(sources), len(index)), -np.inf, dtype=np.float32)   # (S, P)
