@@ -301,6 +301,10 @@ ALIASES_OF = """
     WHERE particle IN (SELECT particle FROM id_view) AND len(aliases) > 0
 """
 
+# -- evaluation (loop/evaluate.py) --------------------------------------------------------
+# Every particle a held-out target may be, with what the unlinked-mention baseline reads.
+EVAL_PARTICLES = "SELECT particle, name, aliases, text FROM particles ORDER BY particle"
+
 # -- export --------------------------------------------------------------------------------
 EXPORT_LINKS = f"""
     SELECT l.neuron, l.src AS "from", l.dst AS "to", l.token, t.id AS token_id,

@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
             name, lambda a, f=func: f(a, _say, lambda payload, text: _emit(a, payload, text)),
             help_))
 
+    from loop import cli_eval
+    cli_eval.add_commands(lambda name, func, help_: command(
+        name, lambda a, f=func: f(a, _say, lambda payload, text: _emit(a, payload, text)), help_))
+
     command("demo", cmd_demo, "build the default data, ingest it, print stats")
     return parser
 
