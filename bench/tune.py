@@ -72,6 +72,7 @@ def run_bare(model: Path, corpus: Path, steps: int) -> dict:
     from finetune.text import Lexicon, corpus_sequences
     torch.manual_seed(SEED)
     torch.set_flush_denormal(True)
+    torch.set_num_threads(1)              # as graft tune does by default (TuneConfig.threads)
     seqs = corpus_sequences(corpus, Lexicon.of_checkpoint(model))
     train, _ = data.split(seqs.ids, 0.1, SEED)
     rows = data.blocks(train, BLOCK)

@@ -46,7 +46,7 @@ def compile_snapshot(store: Store, snap: Snapshot, out: Path, cfg: CompileConfig
         timings[name] = round(time.perf_counter() - start, 3)
         say(f"{name} done in {timings[name]:.2f} s")
 
-    with threadpool_limits(cfg.threads), _torch_threads(cfg.threads):
+    with threadpool_limits(cfg.threads), torch_threads(cfg.threads):
         with timed("vocab"):
             vocab = build_vocab(store, snap)
         with timed("semcons"):
@@ -98,7 +98,10 @@ def _null():
 
 
 @contextmanager
-def _torch_threads(n: int):
+def torch_threads(n: int):
+    """torch's intra-op threads set to `n` for the block (compile pins BLAS for its bits; tune
+    and extract pin it because a second thread on a shared 2-core machine made LoRA steps
+    20× slower: torch's flush-denormal flag does not reach its worker threads)."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -46,6 +46,7 @@ class TuneConfig:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     graph_links: int = 2000         # links sampled for graph fit
     seed: int = 0
+    threads: int = 1                # torch threads (see compiler.compile.torch_threads)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -135,6 +136,14 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig = TuneConfig(), store=None,
          say: Callable[[str], None] = lambda _: None) -> dict:
+    """Tune with `cfg.threads` torch threads; see `_tune`."""
+    from compiler.compile import torch_threads
+    with torch_threads(cfg.threads):
+        return _tune(model_dir, corpus, out, cfg, store, say)
+
+
+def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
+          say: Callable[[str], None]) -> dict:
     """Tune `model_dir` on `corpus`; write the adapter (lora/qlora) or model (full) to `out`
     with curves.csv/png and tune.json; returns tune.json's content.
 

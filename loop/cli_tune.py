@@ -12,7 +12,7 @@ def cmd_tune(args, say, emit) -> None:
                      max_steps=args.max_steps, batch_size=args.batch_size, block=args.block,
                      replay=args.replay, rank=args.rank, alpha=args.alpha,
                      targets=tuple(args.targets.split(",")), patience=args.patience,
-                     eval_every=args.eval_every, seed=args.seed)
+                     eval_every=args.eval_every, seed=args.seed, threads=args.threads)
     store = Store(args.db, create=False, read_only=True) if Path(args.db).exists() else None
     if store is None:
         say(f"no store at {args.db}: graph fit is not measured")
@@ -84,6 +84,7 @@ def add_commands(command) -> None:
     p.add_argument("--eval-every", type=int, default=25, help="steps between evaluations")
     p.add_argument("--patience", type=int, default=4, help="evaluations without improvement")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: see README)")
 
     p = command("merge", cmd_merge, "merge a LoRA adapter into a plain checkpoint")
     p.add_argument("adapter", metavar="ADAPTER")

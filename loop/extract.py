@@ -38,6 +38,7 @@ class ExtractConfig:
     per_source: int = 5            # at most this many per source
     beta: float = 0.5              # weight of the compiled belief subtracted from the tuned
     batch: int = 512               # sources per forward pass
+    threads: int = 1               # torch threads (see compiler.compile.torch_threads)
     evidence_lines: int = 3        # corpus lines kept per proposal
 
 
@@ -66,11 +67,17 @@ def load_pair(model_dir: Path, adapter: Path | None):
     return tuned, tuned.disable_adapter
 
 
-@torch.no_grad()
 def extract(model_dir: Path, linked: set[tuple[str, str]], cfg: ExtractConfig = ExtractConfig(),
             adapter: Path | None = None, compiled_dir: Path | None = None,
             corpus: Path | None = None, say: Callable[[str], None] = lambda _: None
             ) -> list[Proposal]:
+    """Top-k proposals (p, q) with (p, q) not in `linked`; see `_extract`."""
+    from compiler.compile import torch_threads
+    with torch_threads(cfg.threads), torch.no_grad():
+        return _extract(model_dir, linked, cfg, adapter, compiled_dir, corpus, say)
+
+
+def _extract(model_dir, linked, cfg, adapter, compiled_dir, corpus, say) -> list[Proposal]:
     """Top-k proposals (p, q) with (p, q) not in `linked`.
 
     `adapter`: a LoRA adapter over `model_dir`. Without one, `compiled_dir` (a second
