@@ -96,6 +96,11 @@ DECISIONS_OF = """
 """
 LINKED_PAIRS = "SELECT DISTINCT src, dst FROM cyberlinks WHERE valence >= 0"
 
+CYCLE_TOP = """
+    SELECT id FROM proposals WHERE cycle = $cycle ORDER BY score DESC, id LIMIT $k
+"""
+CYCLE_ACCEPTED = "SELECT src, dst FROM proposals WHERE cycle = $cycle AND status = 'accepted'"
+
 STEP_DONE = "SELECT CAST(detail AS VARCHAR) FROM cycle_steps WHERE cycle = $cycle AND step = $step"
 STEP_RECORD = """
     INSERT INTO cycle_steps (cycle, step, detail) VALUES ($cycle, $step, CAST($detail AS JSON))

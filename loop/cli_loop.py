@@ -1,4 +1,4 @@
-"""The loop's commands of `graft`: extract, review."""
+"""The loop's commands of `graft`: extract, review, cycle, report."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,6 +46,34 @@ def cmd_review(args, say, emit) -> None:
         for r in rows) or "no proposals")
 
 
+def cmd_cycle(args, say, emit) -> None:
+    from compiler.types import CompileConfig
+    from finetune.tune import TuneConfig
+    from loop.cycle import CycleConfig, format_metrics, run_cycles
+    from loop.extract import ExtractConfig
+    from loop.report import write_report
+    cfg = CycleConfig(corpus=Path(args.corpus), out=Path(args.out), cycles=args.cycles,
+                      auto_accept=args.auto_accept,
+                      holdout=Path(args.holdout) if args.holdout else None,
+                      compile=CompileConfig(d=args.d, layers=args.layers,
+                                            check_determinism=False),
+                      tune=TuneConfig(max_steps=args.max_steps, replay=args.replay),
+                      extract=ExtractConfig(top_k=args.top_k, beta=args.beta))
+    with Store(args.db) as store:
+        rows = run_cycles(store, cfg, say=say)
+    page = write_report(rows, Path(args.out) / "report.html")
+    emit({"cycles": rows, "report": str(page)}, format_metrics(rows) + f"\nreport: {page}")
+
+
+def cmd_report(args, say, emit) -> None:
+    from loop.cycle import cycle_metrics
+    from loop.report import write_report
+    with Store(args.db, create=False, read_only=True) as store:
+        rows = cycle_metrics(store)
+    page = write_report(rows, Path(args.out))
+    emit({"cycles": rows, "report": str(page)}, f"wrote {page} ({len(rows)} cycles)")
+
+
 def add_commands(command) -> None:
     p = command("extract", cmd_extract, "propose links the tuned model believes and the graph "
                 "lacks (stored as pending proposals)")
@@ -73,3 +101,21 @@ def add_commands(command) -> None:
     p.add_argument("--reviewer", default="curator")
     p.add_argument("--neuron", default="graft-extractor", help="who signs accepted links")
     p.add_argument("--token", default="link", help="the token of accepted links")
+
+    p = command("cycle", cmd_cycle, "snapshot → compile → tune → extract → review, N times "
+                "(rerun the same command to resume)")
+    p.add_argument("--cycles", type=int, default=2)
+    p.add_argument("--corpus", required=True, metavar="FILE")
+    p.add_argument("--out", default="cycles", metavar="DIR", help="models, adapters, report")
+    p.add_argument("--auto-accept", type=int, default=0, metavar="K",
+                   help="accept each cycle's top K proposals")
+    p.add_argument("--holdout", metavar="FILE", help="held-out links: eval MRR and precision")
+    p.add_argument("--d", type=int, help="hidden size (default: derived)")
+    p.add_argument("--layers", type=int, help="layers (default: derived, capped at 8)")
+    p.add_argument("--max-steps", type=int, help="tuning steps per cycle (default: 3 epochs)")
+    p.add_argument("--replay", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=100, help="proposals per cycle")
+    p.add_argument("--beta", type=float, default=0.5)
+
+    p = command("report", cmd_report, "write the cycles' HTML report")
+    p.add_argument("--out", default="cycles/report.html", metavar="FILE")

@@ -1,0 +1,171 @@
+"""`graft cycle`: snapshot → compile → tune → extract → review → stake, N times, resumable.
+
+Every step of every cycle is recorded in the store's `cycle_steps` journal with what it made
+and measured. Running the same command again skips recorded steps, so a process killed at
+any point resumes where it stopped. Steps whose work commits before the journal entry are
+idempotent: compiling and tuning are seeded and rewrite their folder; proposals are unique
+per (cycle, src, dst); auto-accept picks the cycle's top K by score whatever their status and
+accepts the ones still pending; staking stakes accepted proposals that are not staked yet.
+
+Per cycle: approximation error (the compiled model's next-particle cross-entropy on the
+held-out text, before tuning), graph fit, proposals, accepted, precision of the accepted
+against a holdout file when one is given, eval MRR of the tuned model, and wall time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compiler.types import CompileConfig
+from finetune.tune import TuneConfig
+from graph import sql_loop
+from graph.store import Store
+from loop.extract import ExtractConfig
+
+STEPS = ("snapshot", "compile", "tune", "extract", "review", "eval")
+FAULT_ENV = "GRAFT_FAULT"   # "CYCLE:STEP": SIGKILL right after that step is done (tests)
+
+
+@dataclass(frozen=True)
+class CycleConfig:
+    corpus: Path
+    out: Path
+    cycles: int = 2
+    auto_accept: int = 0            # accept the top K proposals of each cycle
+    holdout: Path | None = None     # held-out links: eval MRR and precision per cycle
+    compile: CompileConfig = field(default_factory=lambda: CompileConfig(check_determinism=False))
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+
+
+def run_cycles(store: Store, cfg: CycleConfig, say: Callable[[str], None] = lambda _: None
+               ) -> list[dict]:
+    """Run (or resume) cycles 1..cfg.cycles; returns each cycle's metrics."""
+    for n in range(1, cfg.cycles + 1):
+        _run_cycle(store, cfg, n, say)
+    return cycle_metrics(store)
+
+
+def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
+    folder = cfg.out / f"cycle-{n}"
+    model, adapter = folder / "model", folder / "adapter"
+
+    def step(name: str, work: Callable[[], dict]) -> dict:
+        done = store.query(sql_loop.STEP_DONE, {"cycle": n, "step": name})
+        if done:
+            say(f"cycle {n}: {name} already done")
+            return json.loads(done[0][0])
+        say(f"cycle {n}: {name} …")
+        start = time.perf_counter()
+        detail = {**work(), "seconds": round(time.perf_counter() - start, 3)}
+        _fault(f"{n}:{name}-")
+        store.execute(sql_loop.STEP_RECORD, {"cycle": n, "step": name,
+                                             "detail": json.dumps(detail)})
+        _fault(f"{n}:{name}")
+        return detail
+
+    snap_id = step("snapshot", lambda: _snapshot(store))["snapshot"]
+    step("compile", lambda: _compile(store, snap_id, model, cfg.compile, say))
+    step("tune", lambda: _tune(store, model, adapter, cfg, say))
+    step("extract", lambda: _extract(store, model, adapter, n, cfg, say))
+    step("review", lambda: _review(store, n, cfg.auto_accept, cfg.holdout))
+    if cfg.holdout is not None:
+        step("eval", lambda: _eval(store, model, adapter, cfg.holdout))
+
+
+def _fault(point: str) -> None:
+    if os.environ.get(FAULT_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _snapshot(store: Store) -> dict:
+    from graph.snapshot import take_snapshot
+    snap = take_snapshot(store)
+    return {"snapshot": snap.id, "links": snap.links}
+
+
+def _compile(store: Store, snap_id: str, out: Path, cfg: CompileConfig, say) -> dict:
+    from compiler.compile import compile_snapshot
+    from graph.snapshot import get_snapshot
+    cert = compile_snapshot(store, get_snapshot(store, snap_id), out, cfg)
+    return {"model": str(out), "certificate": bool(cert["pass"])}
+
+
+def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, say) -> dict:
+    from finetune.tune import tune
+    r = tune(model, cfg.corpus, adapter, cfg.tune, store, say=say)
+    return {"adapter": str(adapter), "approximation_error": r["before"]["heldout_loss"],
+            "tuned_heldout_loss": r["after"]["heldout_loss"],
+            "graph_mrr_before": r["before"]["graph"]["mrr"],
+            "graph_mrr_after": r["after"]["graph"]["mrr"], "tune_steps": r["steps"]}
+
+
+def _extract(store: Store, model: Path, adapter: Path, n: int, cfg: CycleConfig, say) -> dict:
+    from loop.extract import extract
+    from loop.review import add_proposals
+    linked = set(store.query(sql_loop.LINKED_PAIRS))
+    props = extract(model, linked, cfg.extract, adapter=adapter, corpus=cfg.corpus, say=say)
+    new = add_proposals(store, props, n, str(model.resolve()), str(adapter.resolve()))
+    return {"proposals": len(props), "new": new}
+
+
+def _review(store: Store, n: int, k: int, holdout: Path | None) -> dict:
+    from loop.review import decide
+    top = [i for (i,) in store.query(sql_loop.CYCLE_TOP, {"cycle": n, "k": k})] if k else []
+    result = decide(store, accept=top, reviewer="auto", cycle=n) if top else None
+    accepted = store.query(sql_loop.CYCLE_ACCEPTED, {"cycle": n})
+    detail = {"auto_accepted": len(top), "accepted": len(accepted),
+              "staked": result.staked if result else 0}
+    if holdout is not None and accepted:
+        from loop.evaluate import read_holdout
+        truth = {(h.src, h.dst) for h in read_holdout(holdout)}
+        hits = sum((s, d) in truth for s, d in accepted)
+        detail.update(precision=hits / len(accepted), true_accepted=hits)
+    return detail
+
+
+def _eval(store: Store, model: Path, adapter: Path, holdout: Path) -> dict:
+    from loop import evaluate
+    graph = evaluate.load_graph(store)
+    queries = evaluate.select_queries(graph, evaluate.read_holdout(holdout))
+    result = evaluate.evaluate(graph, queries, {
+        "graft": evaluate.model_scorer(model, graph.index, adapter)})
+    return {"eval": result.to_json()}
+
+
+def cycle_metrics(store: Store) -> list[dict]:
+    """One row per cycle: every recorded step's detail, merged, plus the wall time."""
+    by_cycle: dict[int, dict] = {}
+    for cycle, name, detail, finished in store.query(sql_loop.STEPS_ALL):
+        row = by_cycle.setdefault(cycle, {"cycle": cycle, "steps": [], "wall_seconds": 0.0})
+        d = json.loads(detail)
+        row["steps"].append(name)
+        row["wall_seconds"] = round(row["wall_seconds"] + d.pop("seconds", 0.0), 3)
+        if name == "eval":
+            g = d["eval"]["methods"].get("graft", {})
+            row.update(eval_mrr=g.get("mrr"), eval_hits10=g.get("hits10"), eval_n=d["eval"]["n"])
+        else:
+            row.update(d)
+    return [by_cycle[c] for c in sorted(by_cycle)]
+
+
+def format_metrics(rows: list[dict]) -> str:
+    head = (f"{'cycle':>5} {'approx. error':>13} {'tuned loss':>10} {'graph MRR':>9} "
+            f"{'proposals':>9} {'accepted':>8} {'precision':>9} {'eval MRR':>8} {'wall s':>7}")
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['cycle']:>5} {_f(r.get('approximation_error')):>13} "
+                     f"{_f(r.get('tuned_heldout_loss')):>10} {_f(r.get('graph_mrr_after')):>9} "
+                     f"{r.get('proposals', '-'):>9} {r.get('accepted', '-'):>8} "
+                     f"{_f(r.get('precision')):>9} {_f(r.get('eval_mrr')):>8} "
+                     f"{r['wall_seconds']:>7.1f}")
+    return "\n".join(lines)
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.4f}"

@@ -1,0 +1,72 @@
+"""`graft report`: one self-contained HTML page of the cycles — a table and a plot."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+COLUMNS = (("cycle", "cycle"), ("approximation_error", "approximation error (nats)"),
+           ("tuned_heldout_loss", "tuned held-out loss"), ("graph_mrr_after", "graph MRR"),
+           ("proposals", "proposals"), ("accepted", "accepted"), ("precision", "precision"),
+           ("eval_mrr", "eval MRR"), ("wall_seconds", "wall s"))
+
+
+def write_report(rows: list[dict], out: Path) -> Path:
+    """Write the page to `out` and return it."""
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(k)))}</td>"
+                                    for k, _ in COLUMNS) + "</tr>" for r in rows)
+    plot = _plot(rows)
+    img = f'<img alt="per-cycle metrics" src="data:image/png;base64,{plot}">' if plot else ""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>graft cycles</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head>
+<body><h1>graft cycles</h1>
+<p>Approximation error: the compiled model's next-particle cross-entropy on held-out text,
+before tuning; it should fall as accepted links reach the graph.</p>
+<table><tr>{head}</tr>{body}</table>
+{img}
+</body></html>
+""")
+    return out
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _plot(rows: list[dict]) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    cycles = [r["cycle"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].plot(cycles, [r.get("approximation_error") for r in rows], "o-")
+    axes[0].set_title("approximation error (nats)")
+    axes[1].bar([c - 0.2 for c in cycles], [r.get("proposals") or 0 for r in rows], 0.4,
+                label="proposals")
+    axes[1].bar([c + 0.2 for c in cycles], [r.get("accepted") or 0 for r in rows], 0.4,
+                label="accepted")
+    axes[1].legend()
+    axes[1].set_title("proposals")
+    axes[2].plot(cycles, [r.get("eval_mrr") for r in rows], "o-", label="eval MRR")
+    axes[2].plot(cycles, [r.get("graph_mrr_after") for r in rows], "s--", label="graph MRR")
+    axes[2].legend()
+    axes[2].set_title("MRR")
+    for ax in axes:
+        ax.set_xlabel("cycle")
+        ax.set_xticks(cycles)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
