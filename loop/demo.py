@@ -15,9 +15,12 @@ from graph.store import Store
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "generated" / "numpy-docs"
 
 
-def run_demo(db: str, say: Callable[[str], None] = print, data_dir: Path = DATA_DIR) -> dict:
+def run_demo(db: str, say: Callable[[str], None] = print, data_dir: Path | None = None,
+             cycles: int = 2) -> dict:
     """Build the numpy/scipy docs graph, ingest it into `db`, snapshot it, print stats,
-    compile the snapshot into a Llama checkpoint and print its certificate."""
+    compile the snapshot into a Llama checkpoint and print its certificate; then run
+    `cycles` loop cycles on the docstrings as text and print where the report is."""
+    data_dir = data_dir or DATA_DIR
     say(f"building the default data (numpy/scipy docstrings) in {data_dir}")
     summary = build_docs_graph(data_dir)
     say(f"default data: {summary}")
@@ -36,4 +39,36 @@ def run_demo(db: str, say: Callable[[str], None] = print, data_dir: Path = DATA_
     from loop.cli import format_certificate  # (import cycle)
     print(f"\ncompiled model: {model_dir}\ncertificate:")
     print(format_certificate(cert))
-    return {**result, "model": str(model_dir), "certificate": cert}
+    rows, page = _cycles(db, data_dir, cycles, say) if cycles else ([], None)
+    return {**result, "model": str(model_dir), "certificate": cert, "cycles": rows,
+            "report": str(page) if page else None}
+
+
+def write_corpus(data_dir: Path) -> Path:
+    """The docstrings as text, one document per function: its name, then its text."""
+    import json
+    out = data_dir / "corpus.txt"
+    docs = []
+    for line in (data_dir / "particles.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row.get("text"):
+            docs.append(f"{row['name']}\n{row['text'].strip()}")
+    out.write_text("\n\n".join(docs) + "\n")
+    return out
+
+
+def _cycles(db: str, data_dir: Path, cycles: int, say) -> tuple[list[dict], Path]:
+    from finetune.tune import TuneConfig
+    from loop.cycle import CycleConfig, format_metrics, run_cycles
+    from loop.extract import ExtractConfig
+    from loop.report import write_report
+    out = data_dir.parent / f"{data_dir.name}-cycles"
+    cfg = CycleConfig(corpus=write_corpus(data_dir), out=out, cycles=cycles, auto_accept=5,
+                      tune=TuneConfig(max_steps=30, eval_every=10),
+                      extract=ExtractConfig(top_k=20))
+    say(f"running {cycles} cycles (compile → tune on the docstrings → extract → accept top 5)")
+    with Store(db) as store:
+        rows = run_cycles(store, cfg, say=say)
+    page = write_report(rows, out / "report.html")
+    print(f"\ncycles:\n{format_metrics(rows)}\nreport: {page}")
+    return rows, page

@@ -89,8 +89,10 @@ def test_demo_builds_ingests_and_prints_stats(capsys, tmp_path, monkeypatch):
     rc, out, err = graft(capsys, tmp_path / "demo.duckdb", "demo")
     assert rc == 0, err
     assert "particles" in out and "top 10 particles by focus" in out
+    assert "report: " in out and (tmp_path / "numpy-docs-cycles" / "report.html").exists()
     got = stats(capsys, tmp_path / "demo.duckdb")
     assert got["particles"] > 1000 and got["semcons"] == 3  # see-also, member-of, ⊥
+    assert got["links"] > 5322 - 1                          # + the links the cycles accepted
 
 
 @needs_cyberwiki

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The loop on cyberwiki: a seeded 10% split of its `link` rows is held out, the rest and the
+# particles are ingested, the baselines are evaluated once (they only read ingest links), and
+# `graft cycle` runs N cycles with per-cycle eval against the holdout.
+# Usage: bash bench/loop_cyberwiki.sh [WORKDIR] [CYCLES] [AUTO_ACCEPT]   (needs ../shared)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=${1:-/tmp/graft-loop-cyberwiki}; N=${2:-3}; K=${3:-50}
+CW=../shared/data/cyberwiki
+rm -rf "$W"; mkdir -p "$W"
+graft split-holdout "$CW/train_links.jsonl" --fraction 0.1 --seed 1 --token link \
+      --train "$W/train.jsonl" --holdout "$W/holdout.jsonl"
+graft --db "$W/g.duckdb" ingest particles "$CW/particles.jsonl"
+graft --db "$W/g.duckdb" ingest links "$W/train.jsonl"
+graft --db "$W/g.duckdb" eval --holdout "$W/holdout.jsonl" \
+      --methods popularity,adamic_adar,ppmi,spectral,mentions | tee "$W/baselines.txt"
+graft --db "$W/g.duckdb" cycle --cycles "$N" --corpus "$CW/corpus.txt" --out "$W/out" \
+      --holdout "$W/holdout.jsonl" --auto-accept "$K" --max-steps 150 --top-k 500 \
+      | tee "$W/cycles.txt"
