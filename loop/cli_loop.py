@@ -12,7 +12,8 @@ def cmd_extract(args, say, emit) -> None:
     from loop.review import add_proposals
     adapter = Path(args.adapter) if args.adapter else None
     check_adapter(adapter)
-    cfg = ExtractConfig(top_k=args.top_k, per_source=args.per_source, beta=args.beta)
+    cfg = ExtractConfig(top_k=args.top_k, per_source=args.per_source,
+                        per_target=args.per_target, beta=args.beta)
     with Store(args.db) as store:
         linked = set(store.query(sql_loop.LINKED_PAIRS))
         proposals = extract(Path(args.model), linked, cfg, adapter=adapter,
@@ -84,6 +85,7 @@ def add_commands(command) -> None:
     p.add_argument("--corpus", metavar="FILE", help="text to quote as evidence")
     p.add_argument("--top-k", type=int, default=100, help="proposals kept")
     p.add_argument("--per-source", type=int, default=5, help="at most this many per source")
+    p.add_argument("--per-target", type=int, default=5, help="at most this many per target")
     p.add_argument("--beta", type=float, default=0.5,
                    help="score = log P_tuned − β·log P_compiled")
     p.add_argument("--cycle", type=int, default=0, help="the cycle these proposals belong to")

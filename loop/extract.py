@@ -36,6 +36,7 @@ from graph.errors import GraftError
 class ExtractConfig:
     top_k: int = 100               # proposals kept in all
     per_source: int = 5            # at most this many per source
+    per_target: int = 5            # ... and per target (a hub would otherwise take them all)
     beta: float = 0.5              # weight of the compiled belief subtracted from the tuned
     batch: int = 512               # sources per forward pass
     threads: int = 1               # torch threads (see compiler.compile.torch_threads)
@@ -117,7 +118,7 @@ def _extract(model_dir, linked, cfg, adapter, compiled_dir, corpus, say) -> list
                                 np.take_along_axis(lp_c, top, 1)], -1).reshape(-1, 3)[keep.ravel()])
     src, dst = np.concatenate(best_s), np.concatenate(best_q)
     vals = np.concatenate(best_v)
-    order = np.lexsort((dst, src, -vals[:, 0]))[: cfg.top_k]                  # stable ties
+    order = _capped(np.lexsort((dst, src, -vals[:, 0])), dst, cfg.per_target, cfg.top_k)
     say(f"extract: {v} sources scored, {len(order)} proposals")
     heads = _head_deltas(tuned, switch_off, other, src[order] + offset, dst[order] + offset)
     semcons = json.loads((model_dir / "compile.json").read_text()).get("semcons", [])
@@ -134,6 +135,20 @@ def _extract(model_dir, linked, cfg, adapter, compiled_dir, corpus, say) -> list
             evidence={"head_deltas": [round(float(x), 6) for x in delta],
                       "lines": lines[n]}))
     return out
+
+
+def _capped(order: np.ndarray, dst: np.ndarray, per_target: int, k: int) -> np.ndarray:
+    """The first `k` of `order` taking at most `per_target` proposals into one target."""
+    seen: dict[int, int] = {}
+    keep = []
+    for i in order:
+        t = int(dst[i])
+        if seen.get(t, 0) < per_target:
+            seen[t] = seen.get(t, 0) + 1
+            keep.append(i)
+            if len(keep) == k:
+                break
+    return np.asarray(keep, dtype=np.int64)
 
 
 def _logprobs(tuned, switch_off, other, ids: np.ndarray, offset: int):

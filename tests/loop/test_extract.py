@@ -94,3 +94,11 @@ def test_cli_extract_and_review(tuned, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["staked"] == 5
     assert main(["--db", str(db), "review", "--status", "accepted", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["proposals"]) == 5
+
+
+def test_no_target_takes_more_than_its_cap(tuned):
+    with Store(tuned / "g.duckdb") as store:
+        props = extract(tuned / "ckpt", linked(store),
+                        ExtractConfig(top_k=50, per_source=5, per_target=1))
+    targets = [p.dst for p in props]
+    assert len(targets) == len(set(targets)) and len(props) > 1
