@@ -1,5 +1,5 @@
 """Tests for compiler/linalg.py: randomized and dense SVD against numpy's exact SVD, the sign
-convention, zero rows and missing ranks, determinism, sparse powers, Pearson."""
+convention, zero rows and missing ranks, determinism, power projections, Pearson."""
 from __future__ import annotations
 
 import numpy as np
@@ -184,22 +184,35 @@ def test_dense_svd_matches_numpy_with_signs_and_padding():
         linalg.dense_svd(np.array([[np.inf]]), 1)
 
 
-# -- sparse_power_products ---------------------------------------------------------------------
-def test_sparse_powers_match_matrix_power():
+# -- power_projections -------------------------------------------------------------------------
+def test_power_projections_match_matrix_power():
     a = _power_law(50, 150, seed=19)
     x = np.random.default_rng(20).standard_normal((50, 3))
-    got = linalg.sparse_power_products(a, x, [0, 1, 3, 3, 4])
-    dense = a.toarray()
-    for p, out in zip([0, 1, 3, 3, 4], got):
-        np.testing.assert_allclose(out, np.linalg.matrix_power(dense, p) @ x, rtol=1e-10)
-    assert got[0] is not x
+    got = linalg.power_projections(a, x, [0, 1, 3, 3, 4])
+    dense, x32 = a.toarray(), x.astype(np.float32).astype(np.float64)
+    for p, (proj, shift) in zip([0, 1, 3, 3, 4], got):
+        want = x32.T @ np.linalg.matrix_power(dense, p) @ x32
+        np.testing.assert_allclose(np.ldexp(proj, shift), want, rtol=1e-4,
+                                   atol=1e-5 * np.abs(want).max())
     with pytest.raises(GraftError, match="ascending"):
-        linalg.sparse_power_products(a, x, [2, 1])
+        linalg.power_projections(a, x, [2, 1])
     with pytest.raises(GraftError, match="does not fit"):
-        linalg.sparse_power_products(a, x[:10], [1])
+        linalg.power_projections(a, x[:10], [1])
 
 
-# -- pearson -----------------------------------------------------------------------------------
+def test_power_projections_scale_past_float64_and_stop_on_a_dag():
+    # A 3-cycle with stakes 1e30: its 12th power is 1e360, past float64; the exponent
+    # carries the scale. A chain 0 → 1 → 2 has no path of length 3.
+    cycle = sp.csr_array(sp.coo_array((np.full(3, 1e30), ([0, 1, 2], [1, 2, 0])), shape=(3, 3)))
+    (proj, shift), = linalg.power_projections(cycle, np.eye(3), [12])
+    np.testing.assert_allclose(proj, proj[0, 0] * np.eye(3))
+    np.testing.assert_allclose(np.log2(proj[0, 0]) + shift, 360 * np.log2(10), rtol=1e-12)
+    chain = sp.csr_array(sp.coo_array((np.array([2.0, 3.0]), ([0, 1], [1, 2])), shape=(3, 3)))
+    got = linalg.power_projections(chain, np.eye(3), [2, 3, 9])
+    assert np.ldexp(got[0][0], got[0][1])[0, 2] == 6.0 and np.count_nonzero(got[0][0]) == 1
+    assert not got[1][0].any() and not got[2][0].any()
+
+
 def test_pearson_hand_computed_values():
     # x - x̄ = (-1, 0, 1), y - ȳ = (-7, -1, 8)/3: r = 5 / (√2 · √114 / 3) = 15 / √228.
     assert linalg.pearson(np.array([1, 2, 3]), np.array([2, 4, 7])) == pytest.approx(
