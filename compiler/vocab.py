@@ -1,7 +1,7 @@
 """Pass 1 — vocab: particles in first-appearance order, and a word-level HF tokenizer."""
 from __future__ import annotations
 
-import re
+from collections import Counter
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -21,21 +21,16 @@ def build_vocab(store: Store, snap: Snapshot) -> Vocab:
     """
     adj = adjacency(store, snap)
     names = store.names_of(adj.index)
-    tokens = list(SPECIAL_TOKENS)
-    seen: dict[str, int] = {}
-    for pid in adj.index:
-        word = token_of(names.get(pid) or pid)
-        seen[word] = seen.get(word, 0) + 1
-        tokens.append(word)
-    for i, (pid, word) in enumerate(zip(adj.index, tokens[len(SPECIAL_TOKENS):])):
-        if seen[word] > 1 or word in SPECIAL_TOKENS:
-            tokens[len(SPECIAL_TOKENS) + i] = f"{word}#{pid[:8]}"
+    words = [token_of(names.get(pid) or pid) for pid in adj.index]
+    clash = {w for w, n in Counter(words).items() if n > 1} | set(SPECIAL_TOKENS)
+    tokens = list(SPECIAL_TOKENS) + [f"{w}#{pid[:8]}" if w in clash else w
+                                     for pid, w in zip(adj.index, words)]
     return Vocab(particles=adj.index, tokens=tokens, adjacency=adj.matrix)
 
 
 def token_of(name: str) -> str:
     """The token string of a particle name: whitespace runs become one "▁"."""
-    return re.sub(r"\s+", SPACE, name.strip())
+    return SPACE.join(name.split())  # split() and re's \s agree on whitespace: str.isspace
 
 
 def make_tokenizer(vocab: Vocab) -> PreTrainedTokenizerFast:
