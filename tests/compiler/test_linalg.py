@@ -189,15 +189,29 @@ def test_power_projections_match_matrix_power():
     a = _power_law(50, 150, seed=19)
     x = np.random.default_rng(20).standard_normal((50, 3))
     got = linalg.power_projections(a, x, [0, 1, 3, 3, 4])
-    dense, x32 = a.toarray(), x.astype(np.float32).astype(np.float64)
+    dense = a.toarray()
     for p, (proj, shift) in zip([0, 1, 3, 3, 4], got):
-        want = x32.T @ np.linalg.matrix_power(dense, p) @ x32
-        np.testing.assert_allclose(np.ldexp(proj, shift), want, rtol=1e-4,
-                                   atol=1e-5 * np.abs(want).max())
+        want = x.T @ np.linalg.matrix_power(dense, p) @ x
+        np.testing.assert_allclose(np.ldexp(proj, shift), want, rtol=1e-10,
+                                   atol=1e-12 * np.abs(want).max())
     with pytest.raises(GraftError, match="ascending"):
         linalg.power_projections(a, x, [2, 1])
     with pytest.raises(GraftError, match="does not fit"):
         linalg.power_projections(a, x[:10], [1])
+
+
+def test_power_projections_walk_either_way():
+    # Leaves 1..8 → hub 0 → 9: walking forward keeps 8 rows at p = 1, backward 2 (0 and 9);
+    # the transpose flips that. Both must give xᵀ aᵖ x.
+    src, dst = np.r_[np.arange(1, 9), 0], np.r_[np.zeros(8, int), 9]
+    w = np.arange(1.0, 10.0)
+    x = np.random.default_rng(21).standard_normal((10, 4))
+    for a in (sp.csr_array(sp.coo_array((w, (src, dst)), shape=(10, 10))),
+              sp.csr_array(sp.coo_array((w, (dst, src)), shape=(10, 10)))):
+        dense = a.toarray()
+        for p, (proj, shift) in zip([1, 2, 3], linalg.power_projections(a, x, [1, 2, 3])):
+            want = x.T @ np.linalg.matrix_power(dense, p) @ x
+            np.testing.assert_allclose(np.ldexp(proj, shift), want, rtol=1e-10, atol=1e-12)
 
 
 def test_power_projections_scale_past_float64_and_stop_on_a_dag():
