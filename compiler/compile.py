@@ -19,7 +19,7 @@ from compiler.semcons import build_semcons
 from compiler.types import CompileConfig, Compiled
 from compiler.vocab import build_vocab
 from graph.focus import compute_focus
-from graph.snapshot import Snapshot
+from graph.snapshot import Snapshot, typed_edges
 from graph.store import Store
 
 
@@ -47,10 +47,13 @@ def compile_snapshot(store: Store, snap: Snapshot, out: Path, cfg: CompileConfig
         say(f"{name} done in {timings[name]:.2f} s")
 
     with threadpool_limits(cfg.threads), _torch_threads(cfg.threads):
+        with timed("links"):  # one query for both passes: hashing every link's axon is most of it
+            links = typed_edges(store, snap)
         with timed("vocab"):
-            vocab = build_vocab(store, snap)
+            vocab = build_vocab(store, snap, links)
         with timed("semcons"):
-            semcons = build_semcons(store, snap, vocab)
+            semcons = build_semcons(store, snap, vocab, links)
+        del links
         with timed("focus"):
             pi = compute_focus(vocab.adjacency).pi
         with timed("architecture"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pyarrow as pa
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -13,13 +14,14 @@ from graph.store import Store
 SPACE = "\u2581"  # "▁": a particle name's inner spaces, so one name stays one word
 
 
-def build_vocab(store: Store, snap: Snapshot) -> Vocab:
+def build_vocab(store: Store, snap: Snapshot, links: pa.Table | None = None) -> Vocab:
     """The snapshot's particles (label links and axons left out) as tokens named after them.
 
     A token is the particle's name with inner whitespace written as "▁"; a particle without
     a name is its id; a name two particles share gets "#" and the first 8 hex chars of the id.
+    `links` (graph.snapshot.typed_edges, shared with the semcons pass) saves a query.
     """
-    adj = adjacency(store, snap)
+    adj = adjacency(store, snap, links)
     names = store.names_of(adj.index)
     words = [token_of(names.get(pid) or pid) for pid in adj.index]
     clash = {w for w, n in Counter(words).items() if n > 1} | set(SPECIAL_TOKENS)
