@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 from transformers import LlamaConfig
 
 from compiler.types import SPECIAL_TOKENS, Compiled
-from compiler.vocab import make_tokenizer
+from compiler.vocab import save_tokenizer
 
 WEIGHTS = "model.safetensors"
 PROVENANCE = "provenance.safetensors"
@@ -88,7 +88,7 @@ def pack_llama(c: Compiled, out: Path, tensors: dict[str, np.ndarray]) -> dict:
                "embedding.sigma": c.embedding.sigma.astype(np.float64)},
               str(out / PROVENANCE), metadata={"format": "np"})
     llama_config(c).save_pretrained(out)
-    make_tokenizer(c.vocab).save_pretrained(out)
+    save_tokenizer(c.vocab, out)
     (out / "particles.json").write_text(json.dumps(c.vocab.particles) + "\n")
     record = {
         "snapshot": c.snapshot,
