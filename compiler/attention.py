@@ -50,7 +50,8 @@ def build_attention(semcons: Semcons, emb: Embedding, arch: Arch,
         compact = a[support][:, support].tocsr()                # (S, S)
         factors = {}                                            # layers sharing a power share P
         distinct = sorted(set(powers))
-        for power, (p, _) in zip(distinct, linalg.power_projections(compact, e, distinct)):
+        projections = linalg.power_projections(compact, e, distinct, workers=cfg.workers)
+        for power, (p, _) in zip(distinct, projections):
             if p.any():                                         # else: no k-hop paths of this type
                 # P up to a power-of-two scale, which neither the SVD's shape nor the
                 # temperature scaling in _factor nor the Pearson sees.

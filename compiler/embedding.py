@@ -29,16 +29,16 @@ def build_embedding(vocab: Vocab, pi: np.ndarray, arch: Arch, cfg: CompileConfig
         vocab: the vocabulary and its (V, V) adjacency A.
         pi: (V,) focus.
         arch: the architecture (d).
-        cfg: randomized SVD accuracy, weighting, BLAS threads.
+        cfg: randomized SVD accuracy, weighting, BLAS threads and workers.
         seed: from the snapshot id, so two compiles are identical.
 
     Returns:
         Embedding with E, H (V, d) float32, σ, the fill mask, row scales and P-EMBED.
     """
     m = focus_weighted(vocab.adjacency, pi) if cfg.focus_weighting else vocab.adjacency
-    u, s, vt = linalg.randomized_svd(m, arch.d, oversample=cfg.oversample,
+    u, s, vt = linalg.randomized_svd(m, arch.d, oversample=cfg.oversample,   # (V, d), (d,), (d, V)
                                      power_iters=cfg.power_iters, seed=seed,
-                                     threads=cfg.threads)       # (V, d), (d,), (d, V)
+                                     threads=cfg.threads, workers=cfg.workers)
     root = np.sqrt(s).astype(np.float32)
     # In place: at Bostrom scale each (V, d) block is 3 GB, and E, H take over U's and V's.
     e = _scale_columns(u, root)                                 # (V, d) U√Σ

@@ -13,6 +13,7 @@ come back as 0 with zero columns in U and V, never as rounding noise.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.linalg as sla
@@ -38,8 +39,33 @@ _PIVOT_TOL = {False: 1e-4, True: 1e-12}
 _MAX_PASSES = 6            # Gram passes (an exact retry counts one) before we take the result
 
 
+class _Blocks:
+    """Runs a kernel's row blocks in order, or on `workers` threads (numpy's GEMMs and
+    scipy's sparse kernels release the GIL). Every block does the same work whichever
+    thread runs it and results are combined in block order, so the float bits do not
+    depend on the number of workers; BLAS stays at its own thread setting inside each."""
+
+    def __init__(self, workers: int = 1):
+        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        self.workers = workers
+
+    def __enter__(self) -> _Blocks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def map(self, fn, items) -> list:
+        return list(self.pool.map(fn, items)) if self.pool else [fn(i) for i in items]
+
+
+_SERIAL = _Blocks(1)
+
+
 def randomized_svd(a: sp.csr_array, k: int, *, oversample: int = 10, power_iters: int = 4,
-                   seed: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   seed: int, threads: int = 1, workers: int = 1
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Truncated SVD a ≈ U diag(s) Vt by the Halko–Martinsson–Tropp range finder.
 
     All-zero rows and columns are dropped before the dense work and come back as zero rows
@@ -55,16 +81,18 @@ def randomized_svd(a: sp.csr_array, k: int, *, oversample: int = 10, power_iters
             orthonormalisation; they sharpen a slowly decaying spectrum.
         seed: seeds the numpy Generator that draws the test matrix.
         threads: BLAS threads while this runs; float bits depend on it, so pin it.
+        workers: threads for the row-block kernels (Grams, sparse products, same-width
+            rotations); float bits do not depend on it.
 
     Returns:
         U (m, k) float32, s (k,) float64 descending, Vt (k, n) float32 — Vt is the
         transpose view of a C-contiguous (n, k) array. Missing singular values are 0.
     """
-    a = _check_sparse(a, k, oversample, power_iters, threads)
+    a = _check_sparse(a, k, oversample, power_iters, threads, workers)
     m, n = a.shape
     rows = np.flatnonzero(np.diff(a.indptr))
     cols = np.flatnonzero(np.bincount(a.indices, minlength=n))
-    with threadpool_limits(threads, "blas"):
+    with threadpool_limits(threads, "blas"), _Blocks(workers) as run:
         b = a[rows][:, cols]                                    # (m0, n0)
         m0, n0 = b.shape
         l = min(k + oversample, m0, n0)
@@ -82,9 +110,9 @@ def randomized_svd(a: sp.csr_array, k: int, *, oversample: int = 10, power_iters
             rng = np.random.default_rng(seed)
             # The shorter side carries the sketch: it is orthonormalised every iteration.
             if m0 <= n0:
-                s = norm * _sketch_svd(b, k, l, power_iters, rng, ubuf, vbuf)
+                s = norm * _sketch_svd(b, k, l, power_iters, rng, ubuf, vbuf, run)
             else:
-                s = norm * _sketch_svd(b.T.tocsr(), k, l, power_iters, rng, vbuf, ubuf)
+                s = norm * _sketch_svd(b.T.tocsr(), k, l, power_iters, rng, vbuf, ubuf, run)
         _apply_signs(ubuf[: m0 * k].reshape(m0, k), vbuf[: n0 * k].reshape(n0, k), s)
         u = _scatter_rows(ubuf, rows, m, k)                     # (m, k)
         v = _scatter_rows(vbuf, cols, n, k)                     # (n, k)
@@ -121,7 +149,7 @@ def dense_svd(p: np.ndarray, k: int, *, threads: int = 1
     return u, s, np.ascontiguousarray(v.T)
 
 
-def power_projections(a: sp.csr_array, x: np.ndarray, powers: list[int]
+def power_projections(a: sp.csr_array, x: np.ndarray, powers: list[int], workers: int = 1
                       ) -> list[tuple[np.ndarray, int]]:
     """xᵀ aᵖ x for each p, by repeated sparse products on the rows still reached.
 
@@ -139,6 +167,7 @@ def power_projections(a: sp.csr_array, x: np.ndarray, powers: list[int]
         a: (n, n) sparse matrix with finite entries.
         x: (n, j) dense block.
         powers: ascending powers >= 0 (repeats allowed); each extends the last.
+        workers: threads for the row-block products; float bits do not depend on it.
 
     Returns:
         One (P, e) per power with xᵀ aᵖ x = 2^e · P, P (j, j) float64; all zero once no
@@ -154,6 +183,7 @@ def power_projections(a: sp.csr_array, x: np.ndarray, powers: list[int]
         problems.append(f"powers={list(powers)} (expected ascending and >= 0)")
     if a.nnz and not np.isfinite(a.data).all():
         problems.append("a has non-finite entries")
+    problems += _bad_ints(workers=(workers, 1))
     if problems:
         raise GraftError("power_projections: " + "; ".join(problems))
     a = a.astype(np.float64)                                    # a copy we may scale
@@ -166,18 +196,19 @@ def power_projections(a: sp.csr_array, x: np.ndarray, powers: list[int]
     walk = back if backward else a
     rows, y, shift, at = np.arange(x.shape[0]), x, 0, 0         # y = 2^-shift walkᵖ x on rows
     out = []
-    for q in steps:
-        while at < q and len(rows):
-            sub = walk[:, rows]                                 # (n, live): columns still reached
-            reached = np.flatnonzero(np.diff(sub.indptr))
-            y = _scaled(_spmm_wide(sub[reached], y))            # (live', j)
-            rows, shift, at = reached, shift + y[1], at + 1
-            y = y[0]
-        if at < q or not len(rows):                             # no path of length q
-            out.append((np.zeros((x.shape[1], x.shape[1])), 0))
-            continue
-        p = _cross(x, rows, y)                                  # x[rows]ᵀ walkᵖ x
-        out.append((np.ascontiguousarray(p.T) if backward else p, shift))
+    with _Blocks(workers) as run:
+        for q in steps:
+            while at < q and len(rows):
+                sub = walk[:, rows]                             # (n, live): columns still reached
+                reached = np.flatnonzero(np.diff(sub.indptr))
+                y = _scaled(_spmm_wide(sub[reached], y, run))   # (live', j)
+                rows, shift, at = reached, shift + y[1], at + 1
+                y = y[0]
+            if at < q or not len(rows):                         # no path of length q
+                out.append((np.zeros((x.shape[1], x.shape[1])), 0))
+                continue
+            p = _cross(x, rows, y, run)                         # x[rows]ᵀ walkᵖ x
+            out.append((np.ascontiguousarray(p.T) if backward else p, shift))
     return out
 
 
@@ -195,18 +226,18 @@ def _live_counts(a: sp.csr_array, powers: list[int]) -> dict[int, int]:
     return counts
 
 
-def _spmm_wide(b: sp.csr_array, x: np.ndarray) -> np.ndarray:
+def _spmm_wide(b: sp.csr_array, x: np.ndarray, run: _Blocks = _SERIAL) -> np.ndarray:
     """b @ x (float64) for float64 csr b and a float32 or float64 block x, widening x a
     slab of columns at a time so no float64 copy of all of it is made."""
     out = np.empty((b.shape[0], x.shape[1]))
     if x.dtype == np.float64:
-        _spmm(b, np.ascontiguousarray(x), out)
+        _spmm(b, np.ascontiguousarray(x), out, run)
         return out
     slab = np.empty((b.shape[0], min(_SLAB, x.shape[1])))
     for start in range(0, x.shape[1], _SLAB):
         part = np.ascontiguousarray(x[:, start : start + _SLAB], np.float64)   # (n, ≤ slab)
         dest = slab[:, : part.shape[1]]
-        _spmm(b, part, dest)
+        _spmm(b, part, dest, run)
         out[:, start : start + part.shape[1]] = dest
     return out
 
@@ -224,14 +255,17 @@ def _scaled(y: np.ndarray) -> tuple[np.ndarray, int]:
     return y, e
 
 
-def _cross(x: np.ndarray, rows: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """x[rows]ᵀ y (j, j) in float64, gathering and widening x a chunk of rows at a time."""
-    acc = np.zeros((x.shape[1], y.shape[1]))
-    part = np.empty_like(acc)
-    for start in range(0, len(rows), _CHUNK):
+def _cross(x: np.ndarray, rows: np.ndarray, y: np.ndarray, run: _Blocks = _SERIAL
+           ) -> np.ndarray:
+    """x[rows]ᵀ y (j, j) in float64, gathering and widening x a chunk of rows at a time;
+    chunk products are summed in chunk order."""
+    def part(start: int) -> np.ndarray:
         block = x[rows[start : start + _CHUNK]].astype(np.float64)            # (c, j)
-        np.matmul(block.T, y[start : start + _CHUNK], out=part)
-        acc += part
+        return block.T @ y[start : start + _CHUNK]
+
+    acc = np.zeros((x.shape[1], y.shape[1]))
+    for p in run.map(part, range(0, len(rows), _CHUNK)):
+        acc += p
     return acc
 
 
@@ -260,7 +294,7 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 # -- the sketch ------------------------------------------------------------------------------
 def _sketch_svd(b: sp.csr_array, k: int, l: int, power_iters: int, rng: np.random.Generator,
-                ubuf: np.ndarray, vbuf: np.ndarray) -> np.ndarray:
+                ubuf: np.ndarray, vbuf: np.ndarray, run: _Blocks = _SERIAL) -> np.ndarray:
     """Range finder on float32 b (m0, n0): leaves U (m0, k) at ubuf's start and V (n0, k)
     at vbuf's, C order; returns s (k,), zero past the numerical rank."""
     bt = b.T.tocsr()
@@ -269,18 +303,18 @@ def _sketch_svd(b: sp.csr_array, k: int, l: int, power_iters: int, rng: np.rando
     rng.random(out=z, dtype=np.float32)
     z -= 0.5                                                    # mean 0; the scale is moot
     y = ubuf[: m0 * l].reshape(m0, l)                           # (m0, l)
-    _spmm(b, z, y)
+    _spmm(b, z, y, run)
     for i in range(power_iters):
         # b bᵀ applied whole, one orthonormalisation per iteration: the block meets κ(b)²
         # (κ(b)³ the first time). Measured: as accurate as HMT's extra pass after b Ω.
         z = vbuf[: n0 * y.shape[1]].reshape(n0, y.shape[1])     # (n0, w)
-        _spmm(bt, y, z)
-        _spmm(b, z, y)
-        y = _power_pass(y, ubuf, aligned=i > 0)
-    y, r_y, _ = _orthonormalise(y, ubuf)                        # Q = y r_y⁻¹ (m0, w)
+        _spmm(bt, y, z, run)
+        _spmm(b, z, y, run)
+        y = _power_pass(y, ubuf, aligned=i > 0, run=run)
+    y, r_y, _ = _orthonormalise(y, ubuf, run=run)               # Q = y r_y⁻¹ (m0, w)
     z = vbuf[: n0 * y.shape[1]].reshape(n0, y.shape[1])         # (n0, w) bᵀ y = Bᵀ r_y
-    _spmm(bt, y, z)
-    z, r_z, f = _orthonormalise(z, vbuf, pending=r_y)           # Bᵀ ≈ (z r_z⁻¹) f, f (r, w)
+    _spmm(bt, y, z, run)
+    z, r_z, f = _orthonormalise(z, vbuf, pending=r_y, run=run)  # Bᵀ ≈ (z r_z⁻¹) f, f (r, w)
     # B = Qᵀ b = fᵀ (z r_z⁻¹)ᵀ: the SVD of the small fᵀ rotates both bases.
     uf, s, vft = np.linalg.svd(f.T, full_matrices=False)       # (w, r), (r,), (r, r)
     keep = min(k, len(s))
@@ -291,7 +325,8 @@ def _sketch_svd(b: sp.csr_array, k: int, l: int, power_iters: int, rng: np.rando
     return s
 
 
-def _power_pass(x: np.ndarray, buf: np.ndarray, aligned: bool) -> np.ndarray:
+def _power_pass(x: np.ndarray, buf: np.ndarray, aligned: bool, run: _Blocks = _SERIAL
+                ) -> np.ndarray:
     """Orthonormalise x well enough to iterate on; returns the block (at buf's start).
 
     Once x's columns are near its principal directions (aligned), their unit-diagonal
@@ -300,16 +335,16 @@ def _power_pass(x: np.ndarray, buf: np.ndarray, aligned: bool) -> np.ndarray:
     aligns the columns. Its eigenvalues get a tiny shift rather than a cut, so directions
     lost below float32 rounding stay in the block (small) and can grow back."""
     if aligned:
-        r = _cholesky(_gram(x, False), _PIVOT_TOL[False])
+        r = _cholesky(_gram(x, False, run), _PIVOT_TOL[False])
         if r is not None:
             _solve_right(x, r)
             return x
-    t, _ = _eigen_factor(_gram(x, True), _PIVOT_TOL[True], shift=True)
-    return _right_multiply(x, t, buf)
+    t, _ = _eigen_factor(_gram(x, True, run), _PIVOT_TOL[True], shift=True)
+    return _right_multiply(x, t, buf, run=run)
 
 
-def _orthonormalise(x: np.ndarray, buf: np.ndarray, pending: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _orthonormalise(x: np.ndarray, buf: np.ndarray, pending: np.ndarray | None = None,
+                    run: _Blocks = _SERIAL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Orthonormalise the block x p⁻¹ (p = pending, upper triangular; I when None) by
     Cholesky-QR passes until its Gram is within 0.1 of I (CholeskyQR2 when the block is
     well conditioned). The last factor is left for the caller to fold into its next
@@ -322,14 +357,14 @@ def _orthonormalise(x: np.ndarray, buf: np.ndarray, pending: np.ndarray | None =
     f = np.eye(x.shape[1])
     exact = False
     for attempt in range(_MAX_PASSES):
-        g = _congruent(_gram(x, exact), p)                      # (w, w) Gram of x p⁻¹
+        g = _congruent(_gram(x, exact, run), p)                 # (w, w) Gram of x p⁻¹
         r = _cholesky(g, _PIVOT_TOL[exact])
         if r is None and not exact:
             exact = True
             continue
         if r is None:
             t, fe = _eigen_factor(g, _PIVOT_TOL[True])
-            x = _right_multiply(x, sla.solve_triangular(p, t), buf)
+            x = _right_multiply(x, sla.solve_triangular(p, t), buf, run=run)
             p, f, exact = np.eye(x.shape[1]), fe @ f, False
             continue
         if np.abs(g - np.eye(len(g))).max() <= 0.1 or attempt == _MAX_PASSES - 1:
@@ -377,31 +412,43 @@ def _congruent(g: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 # -- kernels on tall float32 blocks, in place ------------------------------------------------
-def _spmm(b: sp.csr_array, x: np.ndarray, out: np.ndarray) -> None:
-    """out = b @ x for float32 csr b and C-contiguous float32 blocks, into out's memory."""
+def _spmm(b: sp.csr_array, x: np.ndarray, out: np.ndarray, run: _Blocks = _SERIAL) -> None:
+    """out = b @ x for csr b and C-contiguous blocks of its dtype, into out's memory; with
+    workers, in row blocks of about equal entries (each row's sum is the same either way)."""
     if _csr_matvecs is None:  # pragma: no cover
         np.copyto(out, b @ x)
         return
-    out.fill(0.0)
-    _csr_matvecs(b.shape[0], b.shape[1], x.shape[1], b.indptr, b.indices, b.data,
-                 x.ravel(), out.ravel())
+    parts = 1 if run.pool is None else 4 * run.workers
+    cuts = np.searchsorted(b.indptr, np.linspace(0, b.nnz, parts + 1)[1:-1])
+    bounds = np.unique(np.r_[0, cuts, b.shape[0]])              # row block edges
+    flat = x.ravel()
+
+    def block(i: int) -> None:
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        rows = out[lo:hi]
+        rows.fill(0.0)
+        # indptr[lo:hi+1] holds absolute offsets into indices and data: no copies
+        _csr_matvecs(hi - lo, b.shape[1], x.shape[1], b.indptr[lo : hi + 1], b.indices,
+                     b.data, flat, rows.ravel())
+
+    run.map(block, range(len(bounds) - 1))
 
 
-def _gram(x: np.ndarray, exact: bool) -> np.ndarray:
-    """xᵀx (w, w) in float64 over chunks of rows. Not exact: float32 GEMMs summed in
-    float64, each entry good to ~1e-5 of |x_i|·|x_j|, at twice DGEMM's rate. Exact: each
-    chunk widened to float64, where products of float32 numbers are exact."""
+def _gram(x: np.ndarray, exact: bool, run: _Blocks = _SERIAL) -> np.ndarray:
+    """xᵀx (w, w) in float64 over chunks of rows, summed in chunk order. Not exact: float32
+    GEMMs summed in float64, each entry good to ~1e-5 of |x_i|·|x_j|, at twice DGEMM's
+    rate. Exact: each chunk widened to float64, where products of float32 numbers are exact."""
     w = x.shape[1]
-    g = np.zeros((w, w))
-    part = np.empty((w, w), np.float64 if exact else np.float32)
-    wide = np.empty((min(_CHUNK, len(x)), w)) if exact else None
-    for start in range(0, len(x), _CHUNK):
+
+    def part(start: int) -> np.ndarray:
         block = x[start : start + _CHUNK]                       # (c, w)
         if exact:
-            np.copyto(wide[: len(block)], block)
-            block = wide[: len(block)]
-        np.matmul(block.T, block, out=part)
-        g += part
+            block = block.astype(np.float64)
+        return block.T @ block                                  # (w, w)
+
+    g = np.zeros((w, w))
+    for p in run.map(part, range(0, len(x), _CHUNK)):
+        g += p
     return (g + g.T) / 2
 
 
@@ -415,7 +462,7 @@ def _solve_right(x: np.ndarray, r: np.ndarray) -> None:
 
 
 def _right_multiply(x: np.ndarray, c: np.ndarray, buf: np.ndarray,
-                    width: int | None = None) -> np.ndarray:
+                    width: int | None = None, run: _Blocks = _SERIAL) -> np.ndarray:
     """x @ c over x's own memory, which starts buf; returns the (rows, width) view, zero
     past c's columns (width defaults to c's). Row i's result lands only on rows already
     read because c is no wider than x (a wider width is spread back to front after)."""
@@ -424,11 +471,19 @@ def _right_multiply(x: np.ndarray, c: np.ndarray, buf: np.ndarray,
     assert live <= x.shape[1] and live <= width and np.shares_memory(x, buf)
     out = buf[: rows * live].reshape(rows, live)
     c32 = np.asarray(c, np.float32)
-    tmp = np.empty((min(_CHUNK, rows), live), np.float32)
-    for start in range(0, rows, _CHUNK):
-        part = tmp[: min(_CHUNK, rows - start)]
-        np.matmul(x[start : start + _CHUNK], c32, out=part)
-        out[start : start + len(part)] = part
+    if live == x.shape[1] and run.pool is not None:
+        # Same width: each chunk's result goes back onto its own rows, so chunks are
+        # independent and may run on any thread.
+        def chunk(start: int) -> None:
+            out[start : start + _CHUNK] = x[start : start + _CHUNK] @ c32
+
+        run.map(chunk, range(0, rows, _CHUNK))
+    else:
+        tmp = np.empty((min(_CHUNK, rows), live), np.float32)
+        for start in range(0, rows, _CHUNK):
+            part = tmp[: min(_CHUNK, rows - start)]
+            np.matmul(x[start : start + _CHUNK], c32, out=part)
+            out[start : start + len(part)] = part
     if width > live:  # a block narrowed by its rank below k: rare and small, so copy
         out = out.copy()
         full = buf[: rows * width].reshape(rows, width)
@@ -678,10 +733,10 @@ def _bad_ints(**least: tuple[object, int]) -> list[str]:
 
 
 def _check_sparse(a: object, k: int, oversample: int, power_iters: int,
-                  threads: int) -> sp.csr_array:
+                  threads: int, workers: int) -> sp.csr_array:
     """Validate every argument at once; return a canonical CSR copy without stored zeros."""
     problems = _bad_ints(k=(k, 1), oversample=(oversample, 0), power_iters=(power_iters, 0),
-                         threads=(threads, 1))
+                         threads=(threads, 1), workers=(workers, 1))
     if not sp.issparse(a) or len(a.shape) != 2:
         problems.append(f"a is {type(a).__name__} (expected a 2-D scipy sparse matrix)")
     elif not np.isfinite(a.data).all():

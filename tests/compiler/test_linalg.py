@@ -156,6 +156,21 @@ def test_deterministic_bytes_for_a_seed():
     np.testing.assert_allclose(other[1], first[1], rtol=1e-5)
 
 
+def test_workers_do_not_change_a_bit():
+    # Tall enough for several row chunks and sparse-product blocks on both sides.
+    a = _power_law(30_000, 60_000, seed=23)
+    x = np.random.default_rng(24).standard_normal((30_000, 16)).astype(np.float32)
+    one = linalg.randomized_svd(a, 20, seed=5, workers=1)
+    two = linalg.randomized_svd(a, 20, seed=5, workers=2)
+    for p, q in zip(one, two):
+        assert p.tobytes() == q.tobytes()
+    for (p, e), (q, f) in zip(linalg.power_projections(a, x, [1, 2], workers=1),
+                              linalg.power_projections(a, x, [1, 2], workers=2)):
+        assert e == f and p.tobytes() == q.tobytes()
+    with pytest.raises(GraftError, match="workers=0"):
+        linalg.randomized_svd(a, 3, seed=0, workers=0)
+
+
 def test_empty_matrix_and_bad_input():
     u, s, vt = linalg.randomized_svd(sp.csr_array((5, 4)), 3, seed=0)
     assert u.shape == (5, 3) and vt.shape == (3, 4) and not (u.any() or s.any() or vt.any())
