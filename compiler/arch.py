@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import breadth_first_order
 from threadpoolctl import threadpool_limits
 
+from compiler import linalg
 from compiler.types import Arch, CompileConfig
 from graph.errors import GraftError
 
@@ -167,7 +168,7 @@ def focus_spectrum(m: sp.csr_array, seed: int, exact_max: int = EXACT_SPECTRUM,
         ev[ev <= n * np.finfo(float).eps * ev[0]] = 0.0  # rounding noise of a zero
         return Spectrum(np.sqrt(ev), entropy_of(np.sqrt(ev)), "exact", {"n": n})
     p, k = _slq_budget(m, probes, steps)
-    sigma, info = slq_sigma(m, p, k, np.random.default_rng([seed, 1]))
+    sigma, info = linalg.slq_sigma(m, p, k, np.random.default_rng([seed, 1]), RANK)
     return Spectrum(sigma, entropy_of(sigma), "slq", {"n": n, **info})
 
 
@@ -204,166 +205,6 @@ def _slq_budget(m: sp.csr_array, probes: int | None, steps: int | None) -> tuple
     if steps is None:
         steps = int(np.clip(SLQ_WORK // (work * probes), *SLQ_STEPS))
     return probes, steps
-
-
-# -- d*: stochastic Lanczos quadrature on B = MᵀM --------------------------------------------
-def slq_sigma(m: sp.csr_array, probes: int, steps: int, rng: np.random.Generator
-              ) -> tuple[np.ndarray, dict]:
-    """Estimate the top-RANK singular values of a tall M by SLQ on B = MᵀM.
-
-    A Rademacher probe z runs `steps` Lanczos steps on B; the eigenvalues θ of its
-    tridiagonal T with weights n·(first eigenvector components)² are a Gauss quadrature of
-    z's spectral measure, whose mean over z is B's eigenvalue counting measure. Converged
-    Ritz values count as exact eigenvalues (_snap); the top RANK eigenvalues are read off
-    the probes' mean measure as quantiles (_quantiles). σ = √λ.
-
-    Args:
-        m: (R, n) CSR without empty rows or columns, R ≥ n.
-        probes, steps: Lanczos chains, and steps per chain.
-        rng: draws the probes.
-
-    Returns:
-        (≤ RANK,) descending σ estimates, and sizes for the record.
-    """
-    n = m.shape[1]
-    scale = 1.0 / np.abs(m.data).max()  # B·scale² has entries near 1: no denormals
-    single = np.diff(m.indptr) == 1
-    # A row with one entry adds only m_rj² to B's diagonal: fold those rows into a vector
-    # and keep the sparse products for the rest (a third of the entries at 3M nodes).
-    lone = np.repeat(single, np.diff(m.indptr))
-    diag = np.bincount(m.indices[lone], weights=(m.data[lone] * scale) ** 2, minlength=n)
-    rest = m[np.flatnonzero(~single)] * scale  # (R', n) CSR
-    rest_t = rest.T  # (n, R') CSC view: reads rows in order and scatters (as in focus.py)
-    norm = float((np.bincount(rest.indices, rest.data ** 2, minlength=n) + diag).max())
-
-    def b_mul(x: np.ndarray) -> np.ndarray:
-        return rest_t @ (rest @ x) + diag * x  # (n,)
-
-    chains = _lanczos_chains(b_mul, n, probes, steps, norm, rng)
-    nodes, found = _snap([_quadrature(alpha, beta, n) for alpha, beta in chains], n)
-    sigma = np.sqrt(_quantiles(nodes, n)) / scale
-    return sigma, {"probes": probes, "steps": steps, "converged": found}
-
-
-def _lanczos_chains(b_mul, n: int, probes: int, steps: int, norm: float,
-                    rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(α, β) of `probes` independent Lanczos chains on a PSD operator, advanced together.
-
-    No reorthogonalisation: in floating point that only duplicates converged Ritz values
-    ("ghosts"), which _snap merges, and the quadrature stays accurate. A chain whose β
-    vanishes has found an invariant subspace: its quadrature is exact and it stops.
-    `norm` (≤ ‖B‖, > 0) sets the scale of "vanishes". Vectors are rows of (p, n) arrays:
-    numpy broadcasts over a short last axis ~5× slower.
-    """
-    q = rng.choice([-1.0, 1.0], size=(probes, n)) / math.sqrt(n)  # (p, n) unit rows
-    prev, w, tmp = np.zeros_like(q), np.empty_like(q), np.empty_like(q)  # reused (PERF)
-    beta = np.zeros(probes)
-    alphas, betas = np.zeros((steps, probes)), np.zeros((steps, probes))
-    length = np.full(probes, steps)
-    for k in range(steps):
-        live = np.flatnonzero(length == steps)
-        for j in live:
-            w[j] = b_mul(q[j])
-        alpha = np.einsum("ij,ij->i", q, w)
-        w -= np.multiply(q, alpha[:, None], out=tmp)
-        w -= np.multiply(prev, beta[:, None], out=tmp)
-        beta = np.sqrt(np.einsum("ij,ij->i", w, w))
-        alphas[k], betas[k] = alpha, beta
-        length[(beta <= 1e-13 * norm) & (length == steps)] = k + 1
-        if not (length == steps).any():
-            break
-        prev, q = q, prev
-        np.divide(w, np.where(length == steps, beta, np.inf)[:, None], out=q)  # done: q = 0
-    return [(alphas[:length[j], j], betas[:length[j], j]) for j in range(probes)]
-
-
-def _quadrature(alpha: np.ndarray, beta: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
-    """Nodes θ, weights n·τ and residual bounds β_k·|y_k| of one chain's Gauss quadrature."""
-    theta, y = la.eigh_tridiagonal(alpha, beta[:-1])
-    return theta, n * y[0] ** 2, beta[-1] * np.abs(y[-1])
-
-
-def _snap(quads: list[tuple[np.ndarray, ...]], n: int, rtol: float = 1e-6
-          ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
-    """Give converged Ritz values their eigenvalue's multiplicity as weight, probe by probe.
-
-    A Ritz pair with residual bound r ≤ rtol·θ has an eigenvalue within r of θ. Pairs that
-    close — one eigenvalue seen by several probes, or ghost copies — are one eigenvalue,
-    whose multiplicity is the mean weight of the probes that found it (E[n·τ] is the
-    multiplicity), 1 unless clearly above. Those nodes then weigh exactly that, the probe's
-    other nodes are rescaled to the rest of n, and a probe that has not found an eigenvalue
-    keeps it smeared, so nothing counts twice. The χ²-noisy weights of the few top
-    eigenvalues had made d* from 2–4 probes off by up to 2.7×.
-
-    Returns:
-        Per probe: nodes θ, weights (summing to n) and a mask of the converged ones; and the
-        number of distinct eigenvalues found.
-    """
-    conv = [(r <= rtol * t) & (t > 0) for t, _, r in quads]
-    theta = np.concatenate([t[c] for (t, _, _), c in zip(quads, conv)])
-    resid = np.concatenate([r[c] for (_, _, r), c in zip(quads, conv)])
-    weight = np.concatenate([w[c] for (_, w, _), c in zip(quads, conv)])
-    probe = np.concatenate([np.full(c.sum(), j) for j, c in enumerate(conv)])
-    if len(theta) == 0:
-        return [(t, w, c) for (t, w, _), c in zip(quads, conv)], 0
-    o = np.argsort(-theta, kind="stable")
-    # Ghost copies scatter ~1e-10·θ beyond their residual bounds (seen at 3M nodes, where a
-    # 300-step chain held 45 copies of the top eigenvalue): merge within 1e-8·θ.
-    slack = resid[o][:-1] + resid[o][1:] + 1e-8 * theta[o][:-1]
-    group = np.empty(len(theta), np.int64)
-    group[o] = np.cumsum(np.r_[True, theta[o][:-1] - theta[o][1:] > slack]) - 1
-    g, p = int(group.max()) + 1, len(quads)
-    cell = group * p + probe  # (c,) one (eigenvalue, probe) cell per converged pair
-    per_cell = np.bincount(cell, weights=weight, minlength=g * p).reshape(g, p)
-    members = np.bincount(cell, minlength=g * p).reshape(g, p)
-    found = (members > 0).sum(axis=1)
-    mean = per_cell.sum(axis=1) / found
-    # n·τ of a simple eigenvalue has mean 1 and variance ≤ 2 per probe: claim a multiplicity
-    # only beyond three standard errors, or noise doubles a fifth of the top eigenvalues.
-    mult = np.where(mean > 1.0 + 3.0 * np.sqrt(2.0 / found), np.round(mean), 1.0)  # (g,)
-    out, at = [], 0
-    for (t, w, _), c in zip(quads, conv):
-        cells = cell[at:at + c.sum()]
-        at += c.sum()
-        w = w.copy()
-        w[c] = mult[cells // p] / members.ravel()[cells]  # ghosts share their eigenvalue
-        held = mult[np.unique(cells // p)].sum()  # eigenvalues this probe now counts exactly
-        free = w[~c].sum()
-        if free > 0:
-            w[~c] *= max(n - held, 0.0) / free
-        out.append((t, w, c))
-    return out, g
-
-
-def _quantiles(nodes: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int) -> np.ndarray:
-    """The top min(RANK, n) eigenvalues of B as quantiles of the mean counting measure.
-
-    Converged nodes hold their ranks as flat steps. Any other node of weight w starting at
-    rank c stands for eigenvalues around θ and sits at its middle rank c + w/2 (the
-    Chebyshev–Markov–Stieltjes bounds put the true count at θ between c and c + w), and θ is
-    interpolated between nodes rather than held in steps, which cut the bias.
-    """
-    theta = np.concatenate([t for t, _, _ in nodes])
-    weight = np.concatenate([w for _, w, _ in nodes]) / len(nodes)
-    exact = np.concatenate([c for _, _, c in nodes])
-    o = np.lexsort((~exact, -theta))  # by θ descending, converged first on ties
-    theta, weight, exact = theta[o], weight[o], exact[o]
-    start = np.cumsum(weight) - weight
-    positive = theta > 1e-14 * max(theta.max(initial=0.0), 0.0)
-    if not positive.any():
-        return np.zeros(min(RANK, n))
-    xs = np.concatenate([start[exact], start[exact] + weight[exact],
-                         start[~exact] + weight[~exact] / 2])
-    ys = np.concatenate([theta[exact], theta[exact], theta[~exact]])
-    keep = np.concatenate([positive[exact], positive[exact], positive[~exact]])
-    xs, ys = xs[keep], np.log(ys[keep])
-    o = np.argsort(xs, kind="stable")
-    rank = np.arange(min(RANK, n)) + 0.5
-    # Linear in (log rank, log θ): exact between nodes for a power-law spectrum, and it
-    # halved the error of rank-linear interpolation with one or two probes.
-    lam = np.exp(np.interp(np.log(rank), np.log(np.maximum(xs[o], 0.5)), ys[o]))
-    lam[rank >= weight[positive].sum()] = 0.0  # beyond the mass of positive eigenvalues
-    return lam
 
 
 # -- L*: λ₂ and the diameter of the symmetrised graph ----------------------------------------

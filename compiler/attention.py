@@ -44,18 +44,17 @@ def build_attention(semcons: Semcons, emb: Embedding, arch: Arch,
             continue
         # A_s is zero outside the particles its links touch (S), so Eᵀ A_s^k E only needs
         # E[S] and A_s[S, S]: ~10× less work on a big graph with many small semcons.
-        coo = a.tocoo()
-        support = np.union1d(coo.row, coo.col)                  # (S,)
+        touched = np.diff(a.indptr) + np.bincount(a.indices, minlength=a.shape[1])   # (V,)
+        support = np.flatnonzero(touched)                       # (S,)
         e = emb.E[support]                                      # (S, d) float32
         compact = a[support][:, support].tocsr()                # (S, S)
         factors = {}                                            # layers sharing a power share P
-        sources = np.flatnonzero(np.diff(compact.indptr))       # rows where A_s^k E can be ≠ 0
-        y, at = e, 0
-        for power in sorted(set(powers)):                       # one (S, d) block alive at a time
-            y = linalg.sparse_power_products(compact, y, [power - at])[0]
-            at = power
-            p = (e[sources].T @ y[sources]).astype(np.float64)  # (d, d)
+        distinct = sorted(set(powers))
+        projections = linalg.power_projections(compact, e, distinct, workers=cfg.workers)
+        for power, (p, _) in zip(distinct, projections):
             if p.any():                                         # else: no k-hop paths of this type
+                # P up to a power-of-two scale, which neither the SVD's shape nor the
+                # temperature scaling in _factor nor the Pearson sees.
                 factors[power] = (*_factor(p, len(slots), cfg.attn_temperature, d, dh), p)
         for layer, power in enumerate(powers):
             if power not in factors:

@@ -24,7 +24,7 @@ import torch
 from compiler.types import CompileConfig, Embedding, Vocab
 
 LOG_RANGE = (math.log(1e-3), math.log(1e3))
-BUDGET = 8_000_000        # score entries held at once (float64): 64 MB; ≥ 32 sources anyway
+BUDGET = 8_000_000        # score entries held at once (float64): 64 MB; ≥ 16 sources anyway
 
 
 def calibrate(vocab: Vocab, emb: Embedding, cfg: CompileConfig, seed: int) -> Embedding:
@@ -36,14 +36,14 @@ def calibrate(vocab: Vocab, emb: Embedding, cfg: CompileConfig, seed: int) -> Em
 
 
 def logit_scale(a: sp.csr_array, e: np.ndarray, h: np.ndarray, seed: int,
-                sources: int = 256, steps: int = 48) -> tuple[float, dict]:
+                sources: int = 256, steps: int = 32) -> tuple[float, dict]:
     """(τ, stats): τ and the link cross-entropy at τ and at 1, on up to `sources` sources
     (fewer on a big vocabulary: each holds a row of V scores)."""
     a = a.tocsr()
     rows = np.flatnonzero(np.diff(a.indptr))
     if len(rows) == 0 or not np.abs(e).any():
         return 1.0, {"logit_scale": 1.0, "link_ce": None, "link_ce_unscaled": None}
-    sources = min(sources, max(32, BUDGET // max(h.shape[0], 1)))
+    sources = min(sources, max(16, BUDGET // max(h.shape[0], 1)))
     if len(rows) > sources:
         rows = np.sort(np.random.default_rng(seed).choice(rows, sources, replace=False))
     sub = a[rows].tocoo()                                       # links of the sampled sources

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from compiler.semcons import build_semcons
 from compiler.types import CompileConfig, Compiled
 from compiler.vocab import build_vocab
 from graph.focus import compute_focus
-from graph.snapshot import Snapshot
+from graph.snapshot import Snapshot, typed_edges
 from graph.store import Store
 
 
@@ -47,10 +48,13 @@ def compile_snapshot(store: Store, snap: Snapshot, out: Path, cfg: CompileConfig
         say(f"{name} done in {timings[name]:.2f} s")
 
     with threadpool_limits(cfg.threads), torch_threads(cfg.threads):
+        with timed("links"):  # one query for both passes: hashing every link's axon is most of it
+            links = typed_edges(store, snap)
         with timed("vocab"):
-            vocab = build_vocab(store, snap)
+            vocab = build_vocab(store, snap, links)
         with timed("semcons"):
-            semcons = build_semcons(store, snap, vocab)
+            semcons = build_semcons(store, snap, vocab, links)
+        del links
         with timed("focus"):
             pi = compute_focus(vocab.adjacency).pi
         with timed("architecture"):
@@ -64,12 +68,14 @@ def compile_snapshot(store: Store, snap: Snapshot, out: Path, cfg: CompileConfig
         compiled = Compiled(**{**compiled.__dict__, "snapshot": snap.id, "timings": timings})
         with timed("pack"):
             record = pack.pack_llama(compiled, out, tensors)
+        checks = {"P-EMBED": certificate.p_embed(compiled.embedding.stats["p_embed"]),
+                  "P-ATTN": certificate.p_attn(compiled.attention.pearson)}
+        del compiled, tensors  # the certificate loads the checkpoint afresh: drop our copy
         with timed("certificate"):
             load, layer = certificate.load_and_probe(out, seed)
     first = {n: t["blake3"] for n, t in record["tensors"].items()}
     return certificate.write_certificate(out, {
-        "P-EMBED": certificate.p_embed(compiled.embedding.stats["p_embed"]),
-        "P-ATTN": certificate.p_attn(compiled.attention.pearson),
+        **checks,
         "P-LAYER": layer,
         "P-DET": certificate.p_det(first, second),
         "P-LOAD": load,
@@ -89,7 +95,16 @@ def _weights(vocab, semcons, pi, arch, cfg, seed, timed):
         mlp = build_mlp(vocab, emb, arch, cfg, seed)
     compiled = Compiled(snapshot="", config=cfg, vocab=vocab, semcons=semcons, arch=arch,
                         embedding=emb, attention=attn, mlp=mlp, timings={})
-    return compiled, pack.state_dict(compiled)
+    tensors = pack.state_dict(compiled)
+    # E and H now sit in the checkpoint's tensors under the special-token rows: keep views
+    # of those rather than a second copy of each (V, d) block.
+    n = vocab.offset
+    views = {"E": tensors["model.embed_tokens.weight"][n:]}
+    if "lm_head.weight" in tensors:
+        views["H"] = tensors["lm_head.weight"][n:]
+    del emb
+    compiled = replace(compiled, embedding=replace(compiled.embedding, **views))
+    return compiled, tensors
 
 
 @contextmanager

@@ -18,6 +18,8 @@ import scipy.sparse as sp
 from compiler import linalg
 from compiler.types import Arch, CompileConfig, Embedding, Vocab
 
+_CHUNK = 8192  # rows per in-place step: the temporaries stay small
+
 
 def build_embedding(vocab: Vocab, pi: np.ndarray, arch: Arch, cfg: CompileConfig,
                     seed: int) -> Embedding:
@@ -27,29 +29,54 @@ def build_embedding(vocab: Vocab, pi: np.ndarray, arch: Arch, cfg: CompileConfig
         vocab: the vocabulary and its (V, V) adjacency A.
         pi: (V,) focus.
         arch: the architecture (d).
-        cfg: randomized SVD accuracy, weighting, BLAS threads.
+        cfg: randomized SVD accuracy, weighting, BLAS threads and workers.
         seed: from the snapshot id, so two compiles are identical.
 
     Returns:
         Embedding with E, H (V, d) float32, σ, the fill mask, row scales and P-EMBED.
     """
     m = focus_weighted(vocab.adjacency, pi) if cfg.focus_weighting else vocab.adjacency
-    u, s, vt = linalg.randomized_svd(m, arch.d, oversample=cfg.oversample,
+    u, s, vt = linalg.randomized_svd(m, arch.d, oversample=cfg.oversample,   # (V, d), (d,), (d, V)
                                      power_iters=cfg.power_iters, seed=seed,
-                                     threads=cfg.threads)       # (V, d), (d,), (d, V)
+                                     threads=cfg.threads, workers=cfg.workers)
     root = np.sqrt(s).astype(np.float32)
-    e = u * root                                                # (V, d)
-    h = np.ascontiguousarray(vt.T) * root                       # (V, d)
+    # In place: at Bostrom scale each (V, d) block is 3 GB, and E, H take over U's and V's.
+    e = _scale_columns(u, root)                                 # (V, d) U√Σ
+    h = _scale_columns(vt.T, root)                              # (V, d) V√Σ, C order
+    del u, vt
     stats = {"p_embed": relative_residual(m, s), "sigma_max": float(s[0]) if len(s) else 0.0,
              "sigma_min": float(s[-1]) if len(s) else 0.0, "rank": int((s > 0).sum())}
-    norms = np.sqrt((e.astype(np.float64) ** 2).mean(axis=1))   # (V,)
+    norms = _row_rms(e)                                         # (V,)
     filled = norms <= 1e-6 * max(float(norms.max(initial=0.0)), 1e-30)
     e[filled] = h[filled]
-    rms = np.sqrt((e.astype(np.float64) ** 2).mean(axis=1))
+    rms = _row_rms(e)
     scale = np.where(rms > 0, 1.0 / np.maximum(rms, 1e-30), 0.0)  # (V,)
-    e *= scale[:, None].astype(np.float32)
+    _scale_rows(e, scale.astype(np.float32))
     stats.update(filled=int(filled.sum()), zero_rows=int((rms == 0).sum()))
     return Embedding(E=e, H=h, sigma=s, filled=filled, scale=scale, stats=stats)
+
+
+def _scale_columns(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """x *= c (per column) in place, a chunk of rows at a time; returns x."""
+    for start in range(0, len(x), _CHUNK):
+        x[start : start + _CHUNK] *= c
+    return x
+
+
+def _scale_rows(x: np.ndarray, c: np.ndarray) -> None:
+    """x *= c (per row) in place, a chunk of rows at a time."""
+    for start in range(0, len(x), _CHUNK):
+        x[start : start + _CHUNK] *= c[start : start + _CHUNK, None]
+
+
+def _row_rms(x: np.ndarray) -> np.ndarray:
+    """Root mean square of each row in float64, without a float64 copy of x."""
+    out = np.empty(len(x))
+    for start in range(0, len(x), _CHUNK):
+        block = x[start : start + _CHUNK].astype(np.float64)   # (c, d)
+        out[start : start + len(block)] = np.sqrt(np.einsum("ij,ij->i", block, block)
+                                                  / max(x.shape[1], 1))
+    return out
 
 
 def focus_weighted(a: sp.csr_array, pi: np.ndarray) -> sp.csr_array:

@@ -37,7 +37,8 @@ def build_mlp(vocab: Vocab, emb: Embedding, arch: Arch, cfg: CompileConfig, seed
 
 
 def random_walks(a: sp.csr_array, per_node: int, length: int, seed: int) -> np.ndarray:
-    """Stake-weighted walks, all walkers stepped together; -1 marks a stopped walker.
+    """Stake-weighted walks, all walkers stepped together; -1 marks a stopped walker, which
+    stays stopped. Returns (W, T), the transposed view of a (T, W) array.
 
     Walkers start at every node with out-links (per_node each), thinned evenly when the
     co-occurrence pairs would exceed MAX_PAIRS.
@@ -50,32 +51,47 @@ def random_walks(a: sp.csr_array, per_node: int, length: int, seed: int) -> np.n
         starts = starts[np.linspace(0, len(starts) - 1, budget).astype(np.int64)]
     cum = np.cumsum(a.data)                                      # (nnz,)
     before = np.concatenate([[0.0], cum])[a.indptr[:-1]]        # (V,) cum stake before row
-    walks = np.full((len(starts), length), -1, dtype=np.int64)
-    walks[:, 0] = cur = starts
+    steps = np.full((length, len(starts)), -1, np.int32 if a.shape[0] < 2**31 else np.int64)
+    if length:
+        steps[0] = starts
+    # Only walkers still moving are stepped (most stop within a few steps on a sparse
+    # graph); they stay in walker order, so the draws match stepping every walker.
+    walker, cur = np.arange(len(starts)), starts
     for t in range(1, length):
-        alive = cur >= 0
-        has = np.zeros_like(alive)
-        has[alive] = a.indptr[cur[alive] + 1] > a.indptr[cur[alive]]
-        nxt = np.full_like(cur, -1)
-        row = cur[has]
+        has = a.indptr[cur + 1] > a.indptr[cur]
+        walker, row = walker[has], cur[has]
         target = before[row] + rng.random(len(row)) * (cum[a.indptr[row + 1] - 1] - before[row])
         pos = np.searchsorted(cum, target, side="right")
-        nxt[has] = a.indices[np.minimum(pos, a.indptr[row + 1] - 1)]
-        walks[:, t] = cur = nxt
-    return walks
+        cur = a.indices[np.minimum(pos, a.indptr[row + 1] - 1)]
+        steps[t, walker] = cur
+    return steps.T                                              # (W, T)
 
 
 def cooccurrence(walks: np.ndarray, window: int, v: int) -> sp.csr_array:
-    """Symmetric counts of particles within `window` steps of each other on a walk."""
-    rows, cols = [], []
+    """Symmetric counts of particles within `window` steps of each other on a walk.
+
+    Args:
+        walks: (W, T) node ids, -1 once a walker has stopped (to the end of its row).
+        window: the largest step gap that counts.
+        v: the number of nodes.
+    """
+    steps = np.ascontiguousarray(walks.T)                       # (T, W)
+    # Walkers longest first: those alive at step t are then a prefix of each row, and
+    # every pair below is a pair of slices, with no masks over stopped walkers.
+    walked = (steps >= 0).sum(axis=0)                           # (W,) steps per walker
+    steps = steps[:, np.argsort(-walked, kind="stable")]
+    live = len(walked) - np.searchsorted(np.sort(walked), np.arange(len(steps)), side="right")
+    xs, ys = [], []
     for gap in range(1, window + 1):
-        x, y = walks[:, :-gap].ravel(), walks[:, gap:].ravel()
-        ok = (x >= 0) & (y >= 0)
-        rows += [x[ok], y[ok]]
-        cols += [y[ok], x[ok]]
-    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    m = sp.coo_array((np.ones(len(r)), (r, c)), shape=(v, v)).tocsr()
+        for t in range(len(steps) - gap):
+            n = int(live[t + gap])                              # alive at t + gap, so at t
+            xs.append(steps[t, :n])
+            ys.append(steps[t + gap, :n])
+    kind = np.int32 if v < 2**31 else np.int64
+    x = np.concatenate(xs).astype(kind) if xs else np.zeros(0, kind)
+    y = np.concatenate(ys).astype(kind) if ys else np.zeros(0, kind)
+    half = sp.coo_array((np.ones(len(x)), (x, y)), shape=(v, v)).tocsr()   # (x, y) pairs
+    m = (half + half.T).tocsr()                                 # and (y, x): symmetric
     m.sum_duplicates()
     return m
 

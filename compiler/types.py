@@ -39,6 +39,7 @@ class CompileConfig:
     rope_theta: float = 1e300       # overflows float32: every RoPE pair but the first stops turning
     rms_norm_eps: float = 1e-6
     threads: int = 1                # BLAS threads during compile: float bits depend on it
+    workers: int = 2                # threads for row-block kernels (SVD, attention): bits don't
     check_determinism: bool = True  # compile the weights twice and compare (P-DET)
     calibrate: bool = True          # fit the logit scale τ to the links (calibrate.py)
 
@@ -59,8 +60,8 @@ class CompileConfig:
         if self.attn_gain < 0 or self.mlp_gain < 0 or self.attn_temperature <= 0:
             problems.append(f"attn_gain={self.attn_gain}, mlp_gain={self.mlp_gain}, "
                             f"attn_temperature={self.attn_temperature} (expected >= 0, >= 0, > 0)")
-        if self.threads < 1:
-            problems.append(f"threads={self.threads} (expected >= 1)")
+        if self.threads < 1 or self.workers < 1:
+            problems.append(f"threads={self.threads}, workers={self.workers} (expected >= 1)")
         if problems:
             raise GraftError("bad compile config: " + "; ".join(problems))
 

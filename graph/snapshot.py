@@ -97,8 +97,19 @@ def snapshot_links(store: Store, snap: Snapshot) -> pa.Table:
 
     A label link is one whose target is the axon of another link in the snapshot.
     """
-    table = store.arrow(sql.SNAPSHOT_LINKS, {"max_seq": snap.max_seq,
-                                             "sha256": store.hash_name == "sha256"})
+    return _with_labels(store, store.arrow(sql.SNAPSHOT_LINKS, {
+        "max_seq": snap.max_seq, "sha256": store.hash_name == "sha256"}))
+
+
+def typed_edges(store: Store, snap: Snapshot) -> pa.Table:
+    """src, dst, w, axon and is_label of every link, in canonical order: snapshot_links
+    without the columns only exports need (what the compiler's vocab and semcons read)."""
+    return _with_labels(store, store.arrow(sql.SNAPSHOT_TYPED_EDGES, {
+        "max_seq": snap.max_seq, "sha256": store.hash_name == "sha256"}))
+
+
+def _with_labels(store: Store, table: pa.Table) -> pa.Table:
+    """Fill the axons SQL left null, then mark label links (target = another link's axon)."""
     if table.column("axon").null_count:  # blake3 stores, CIDs: the same rule, in Python
         axon = table.column("axon").to_pylist()
         src, dst = table.column("src").to_pylist(), table.column("dst").to_pylist()

@@ -283,6 +283,21 @@ SNAPSHOT_LINKS = f"""
     ORDER BY l.time, l.src, l.dst, l.neuron, l.token, l.valence, l.amount, l.amount_big
 """
 
+# What the compiler reads of a snapshot, for its vocab and semcons passes at once: each
+# link's ends, w and axon as in SNAPSHOT_LINKS, canonical order, without the columns only
+# exports need. The axon hash is most of the cost, so it runs once. Valid ids of length 64
+# are hex (see ALL_HEX_IDS), so the length test alone guards unhex.
+SNAPSHOT_TYPED_EDGES = f"""
+    SELECT l.src, l.dst,
+           CASE WHEN l.valence = 1 THEN {AMOUNT_FLOAT.replace('amount', 'l.amount')} * coalesce(t.rho, 1)
+                ELSE 0 END AS w,
+           CASE WHEN $sha256 AND length(l.src) = 64 AND length(l.dst) = 64
+                THEN lower(sha256(unhex(l.src) || unhex(l.dst))) END AS axon
+    FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token
+    WHERE l.seq <= $max_seq
+    ORDER BY l.time, l.src, l.dst, l.neuron, l.token, l.valence, l.amount, l.amount_big
+"""
+
 # -- stats ---------------------------------------------------------------------------------
 STATS_COUNTS = """
     SELECT

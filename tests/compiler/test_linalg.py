@@ -1,5 +1,5 @@
 """Tests for compiler/linalg.py: randomized and dense SVD against numpy's exact SVD, the sign
-convention, zero rows and missing ranks, determinism, sparse powers, Pearson."""
+convention, zero rows and missing ranks, determinism, power projections, Pearson."""
 from __future__ import annotations
 
 import numpy as np
@@ -156,6 +156,21 @@ def test_deterministic_bytes_for_a_seed():
     np.testing.assert_allclose(other[1], first[1], rtol=1e-5)
 
 
+def test_workers_do_not_change_a_bit():
+    # Tall enough for several row chunks and sparse-product blocks on both sides.
+    a = _power_law(30_000, 60_000, seed=23)
+    x = np.random.default_rng(24).standard_normal((30_000, 16)).astype(np.float32)
+    one = linalg.randomized_svd(a, 20, seed=5, workers=1)
+    two = linalg.randomized_svd(a, 20, seed=5, workers=2)
+    for p, q in zip(one, two):
+        assert p.tobytes() == q.tobytes()
+    for (p, e), (q, f) in zip(linalg.power_projections(a, x, [1, 2], workers=1),
+                              linalg.power_projections(a, x, [1, 2], workers=2)):
+        assert e == f and p.tobytes() == q.tobytes()
+    with pytest.raises(GraftError, match="workers=0"):
+        linalg.randomized_svd(a, 3, seed=0, workers=0)
+
+
 def test_empty_matrix_and_bad_input():
     u, s, vt = linalg.randomized_svd(sp.csr_array((5, 4)), 3, seed=0)
     assert u.shape == (5, 3) and vt.shape == (3, 4) and not (u.any() or s.any() or vt.any())
@@ -184,22 +199,49 @@ def test_dense_svd_matches_numpy_with_signs_and_padding():
         linalg.dense_svd(np.array([[np.inf]]), 1)
 
 
-# -- sparse_power_products ---------------------------------------------------------------------
-def test_sparse_powers_match_matrix_power():
+# -- power_projections -------------------------------------------------------------------------
+def test_power_projections_match_matrix_power():
     a = _power_law(50, 150, seed=19)
     x = np.random.default_rng(20).standard_normal((50, 3))
-    got = linalg.sparse_power_products(a, x, [0, 1, 3, 3, 4])
+    got = linalg.power_projections(a, x, [0, 1, 3, 3, 4])
     dense = a.toarray()
-    for p, out in zip([0, 1, 3, 3, 4], got):
-        np.testing.assert_allclose(out, np.linalg.matrix_power(dense, p) @ x, rtol=1e-10)
-    assert got[0] is not x
+    for p, (proj, shift) in zip([0, 1, 3, 3, 4], got):
+        want = x.T @ np.linalg.matrix_power(dense, p) @ x
+        np.testing.assert_allclose(np.ldexp(proj, shift), want, rtol=1e-10,
+                                   atol=1e-12 * np.abs(want).max())
     with pytest.raises(GraftError, match="ascending"):
-        linalg.sparse_power_products(a, x, [2, 1])
+        linalg.power_projections(a, x, [2, 1])
     with pytest.raises(GraftError, match="does not fit"):
-        linalg.sparse_power_products(a, x[:10], [1])
+        linalg.power_projections(a, x[:10], [1])
 
 
-# -- pearson -----------------------------------------------------------------------------------
+def test_power_projections_walk_either_way():
+    # Leaves 1..8 → hub 0 → 9: walking forward keeps 8 rows at p = 1, backward 2 (0 and 9);
+    # the transpose flips that. Both must give xᵀ aᵖ x.
+    src, dst = np.r_[np.arange(1, 9), 0], np.r_[np.zeros(8, int), 9]
+    w = np.arange(1.0, 10.0)
+    x = np.random.default_rng(21).standard_normal((10, 4))
+    for a in (sp.csr_array(sp.coo_array((w, (src, dst)), shape=(10, 10))),
+              sp.csr_array(sp.coo_array((w, (dst, src)), shape=(10, 10)))):
+        dense = a.toarray()
+        for p, (proj, shift) in zip([1, 2, 3], linalg.power_projections(a, x, [1, 2, 3])):
+            want = x.T @ np.linalg.matrix_power(dense, p) @ x
+            np.testing.assert_allclose(np.ldexp(proj, shift), want, rtol=1e-10, atol=1e-12)
+
+
+def test_power_projections_scale_past_float64_and_stop_on_a_dag():
+    # A 3-cycle with stakes 1e30: its 12th power is 1e360, past float64; the exponent
+    # carries the scale. A chain 0 → 1 → 2 has no path of length 3.
+    cycle = sp.csr_array(sp.coo_array((np.full(3, 1e30), ([0, 1, 2], [1, 2, 0])), shape=(3, 3)))
+    (proj, shift), = linalg.power_projections(cycle, np.eye(3), [12])
+    np.testing.assert_allclose(proj, proj[0, 0] * np.eye(3))
+    np.testing.assert_allclose(np.log2(proj[0, 0]) + shift, 360 * np.log2(10), rtol=1e-12)
+    chain = sp.csr_array(sp.coo_array((np.array([2.0, 3.0]), ([0, 1], [1, 2])), shape=(3, 3)))
+    got = linalg.power_projections(chain, np.eye(3), [2, 3, 9])
+    assert np.ldexp(got[0][0], got[0][1])[0, 2] == 6.0 and np.count_nonzero(got[0][0]) == 1
+    assert not got[1][0].any() and not got[2][0].any()
+
+
 def test_pearson_hand_computed_values():
     # x - x̄ = (-1, 0, 1), y - ȳ = (-7, -1, 8)/3: r = 5 / (√2 · √114 / 3) = 15 / √228.
     assert linalg.pearson(np.array([1, 2, 3]), np.array([2, 4, 7])) == pytest.approx(

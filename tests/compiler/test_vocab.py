@@ -4,7 +4,7 @@ from __future__ import annotations
 from transformers import AutoTokenizer
 
 from compiler.types import SPECIAL_TOKENS
-from compiler.vocab import build_vocab, make_tokenizer, token_of
+from compiler.vocab import build_vocab, make_tokenizer, save_tokenizer, token_of
 from graph.ingest import ingest_link_rows
 from graph.snapshot import take_snapshot
 from tests.conftest import ingest_fixture, link, pid
@@ -37,3 +37,18 @@ def test_tokenizer_round_trip_through_auto_tokenizer(store, tmp_path):
     ids = tok("cat dog wolf")["input_ids"]
     assert ids == [vocab.tokens.index("cat"), vocab.tokens.index("dog"), 1]  # wolf → <unk>
     assert tok.decode(ids[:2]) == "cat dog"
+
+
+def test_save_tokenizer_writes_what_save_pretrained_writes(store, tmp_path):
+    particles = [{"name": "grüner tee"}, {"name": "茶"}, {"name": 'quote"back\\slash'}]
+    rows = [link("grüner tee", "茶", time=1), link("茶", 'quote"back\\slash', time=2)]
+    ingest_link_rows(store, rows, source="t", particles=particles)
+    vocab = build_vocab(store, take_snapshot(store))
+    make_tokenizer(vocab).save_pretrained(tmp_path / "hf")
+    save_tokenizer(vocab, tmp_path / "ours")
+    names = sorted(p.name for p in (tmp_path / "hf").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "ours").iterdir())
+    for name in names:
+        assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "ours" / name).read_bytes()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "ours")
+    assert tok("茶 grüner▁tee")["input_ids"] == [vocab.tokens.index("茶"), vocab.tokens.index("grüner▁tee")]
