@@ -24,7 +24,7 @@ import torch
 from compiler.types import CompileConfig, Embedding, Vocab
 
 LOG_RANGE = (math.log(1e-3), math.log(1e3))
-BUDGET = 8_000_000        # score entries held at once (float64): 64 MB; ≥ 16 sources anyway
+BUDGET = 2_000_000        # score entries per evaluation (float32): 8 MB; ≥ 16 sources anyway
 
 
 def calibrate(vocab: Vocab, emb: Embedding, cfg: CompileConfig, seed: int) -> Embedding:
@@ -50,13 +50,12 @@ def logit_scale(a: sp.csr_array, e: np.ndarray, h: np.ndarray, seed: int,
     w = torch.as_tensor(np.abs(sub.data), dtype=torch.float64)
     w = w / w.sum()
     s = torch.as_tensor(e[rows], dtype=torch.float32) @ torch.as_tensor(h).T   # (n, V)
-    s = s.double()
-    target = s[torch.as_tensor(sub.row), torch.as_tensor(sub.col)]             # (links,)
+    target = s[torch.as_tensor(sub.row), torch.as_tensor(sub.col)].double()    # (links,)
     src = torch.as_tensor(sub.row)
 
     def ce(log_tau: float) -> float:
         tau = math.exp(log_tau)
-        lse = torch.logsumexp(tau * s, dim=1)                                  # (n,)
+        lse = torch.logsumexp(tau * s, dim=1).double()                         # (n,)
         return float((w * (lse[src] - tau * target)).sum())
 
     lo, hi = LOG_RANGE
