@@ -96,14 +96,6 @@ def run_bare(model: Path, corpus: Path, steps: int) -> dict:
     return {"tokens": tokens, "per_step": per_step}
 
 
-def _vm_hwm_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure(mode: str, model: Path, corpus: Path, steps: int, repeats: int,
             workdir: Path) -> dict:
     runs = []
@@ -130,6 +122,7 @@ def main() -> None:
         mode, model, corpus, steps, out = args.one
         run = (run_graft(Path(model), Path(corpus), int(steps), Path(out)) if mode == "graft"
                else run_bare(Path(model), Path(corpus), int(steps)))
+        from bench.ingest import _vm_hwm_mib
         print(json.dumps({**run, "peak_mib": _vm_hwm_mib()}))
         return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="graft-bench-tune-"))

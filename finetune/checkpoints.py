@@ -28,6 +28,12 @@ def load_checked(path: Path, **kwargs):
     return model
 
 
+def require_adapter(adapter: Path | None) -> None:
+    """A peft adapter folder (or None) — else a clear error naming it."""
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").exists():
+        raise GraftError(f"{adapter}: no adapter_config.json (not a peft adapter folder)")
+
+
 def merge_adapter(adapter: Path, out: Path, base: Path | None = None) -> dict:
     """Merge a LoRA adapter into its base model and save a plain checkpoint at `out`.
 
@@ -36,9 +42,8 @@ def merge_adapter(adapter: Path, out: Path, base: Path | None = None) -> dict:
     """
     from peft import PeftModel
     adapter, out = Path(adapter), Path(out)
+    require_adapter(adapter)
     config = adapter / "adapter_config.json"
-    if not config.exists():
-        raise GraftError(f"{adapter}: no adapter_config.json (not a peft adapter folder)")
     base = Path(base or json.loads(config.read_text())["base_model_name_or_path"])
     if not base.exists():
         raise GraftError(f"{config}: base_model_name_or_path {base} does not exist "

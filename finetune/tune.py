@@ -63,15 +63,11 @@ class TuneConfig:
 
 def load_for_tuning(model_dir: Path, cfg: TuneConfig):
     """The model with what `cfg.method` trains made trainable (peft for lora/qlora)."""
-    from transformers import AutoModelForCausalLM
+    from finetune.checkpoints import load_checked
     kwargs = {}
     if cfg.method == "qlora":
         kwargs = {"quantization_config": _four_bit(), "device_map": {"": "cpu"}}
-    model, info = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), output_loading_info=True, dtype=torch.float32, **kwargs)
-    missing = {k: v for k, v in info.items() if v}
-    if missing:
-        raise GraftError(f"{model_dir}: checkpoint does not match its config: {missing}")
+    model = load_checked(model_dir, dtype=torch.float32, **kwargs)
     if cfg.method == "full":
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training

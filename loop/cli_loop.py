@@ -8,10 +8,11 @@ from graph.store import Store
 
 def cmd_extract(args, say, emit) -> None:
     from graph import sql_loop
-    from loop.extract import ExtractConfig, check_adapter, extract
+    from finetune.checkpoints import require_adapter
+    from loop.extract import ExtractConfig, extract
     from loop.review import add_proposals
     adapter = Path(args.adapter) if args.adapter else None
-    check_adapter(adapter)
+    require_adapter(adapter)
     cfg = ExtractConfig(top_k=args.top_k, per_source=args.per_source,
                         per_target=args.per_target, beta=args.beta)
     with Store(args.db) as store:

@@ -342,9 +342,8 @@ def model_scorer(model_dir: Path, index: list[str], adapter: Path | None = None)
     model = load_checked(Path(model_dir), dtype=torch.float32)
     if adapter is not None:
         from peft import PeftModel
-        if not (Path(adapter) / "adapter_config.json").exists():
-            raise GraftError(f"{adapter}: no adapter_config.json (not a peft adapter folder; "
-                             "pass a full checkpoint as --model)")
+        from finetune.checkpoints import require_adapter
+        require_adapter(adapter)
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     offset = len(SPECIAL_TOKENS)

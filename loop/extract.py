@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from compiler.types import SPECIAL_TOKENS
-from graph.errors import GraftError
 
 
 @dataclass(frozen=True)
@@ -230,8 +229,3 @@ def _corpus_lines(model_dir: Path, corpus: Path | None, src, dst, keep: int) -> 
         both = sorted(set(where.get(int(s), [])) & set(where.get(int(d), [])))[:keep]
         out.append([[n, texts[n - 1][:300]] for n in both])
     return out
-
-
-def check_adapter(adapter: Path | None) -> None:
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").exists():
-        raise GraftError(f"{adapter}: no adapter_config.json (not a peft adapter folder)")
