@@ -13,7 +13,7 @@ graft split-holdout "$CW/train_links.jsonl" --fraction 0.1 --seed 1 --token link
 graft --db "$W/g.duckdb" ingest particles "$CW/particles.jsonl"
 graft --db "$W/g.duckdb" ingest links "$W/train.jsonl"
 graft --db "$W/g.duckdb" eval --holdout "$W/holdout.jsonl" \
-      --methods popularity,adamic_adar,ppmi,spectral,mentions | tee "$W/baselines.txt"
+      --methods popularity,focus,adamic_adar,ppmi,spectral,mentions,pykeen | tee "$W/baselines.txt"
 graft --db "$W/g.duckdb" cycle --cycles "$N" --corpus "$CW/corpus.txt" --out "$W/out" \
       --holdout "$W/holdout.jsonl" --auto-accept "$K" --max-steps 150 --top-k 500 \
       | tee "$W/cycles.txt"

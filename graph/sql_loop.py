@@ -109,3 +109,9 @@ STEPS_ALL = """
     SELECT cycle, step, CAST(detail AS VARCHAR), CAST(finished AS VARCHAR) FROM cycle_steps
     ORDER BY cycle, finished
 """
+
+# -- the ranker's fold: a scratch store with a share of the ground-truth links hidden ----------
+# Fixed table names (never values) in copy order: batches first, links last.
+FOLD_TABLES = ("batches", "particles", "neurons", "tokens", "cyberlinks")
+FOLD_READ = {t: f"SELECT * FROM {t}" for t in FOLD_TABLES}
+FOLD_WRITE = {t: f"INSERT INTO {t} SELECT * FROM fold_view" for t in FOLD_TABLES}

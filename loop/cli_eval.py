@@ -19,12 +19,19 @@ def cmd_eval(args, say, emit) -> None:
     queries = evaluate.select_queries(graph, rows)
     if any(queries.skipped.values()):
         say(f"skipped held-out links: {queries.skipped}")
+    adapter = Path(args.adapter) if args.adapter else None
     scorers = {}
     for name in methods:
         say(f"building {name} …")
-        scorers[name] = (evaluate.model_scorer(Path(args.model), graph.index,
-                                               Path(args.adapter) if args.adapter else None)
-                         if name == "graft" else baselines.BASELINES[name](graph, cfg))
+        if name == "graft" and args.ranker:
+            from loop.rank import Features, Ranker, ranker_scorer
+            scorers[name] = ranker_scorer(Features(graph, Path(args.model), adapter),
+                                          Ranker.load(Path(args.ranker)))
+            name = "graft_lm"                 # and the model's own logits beside it
+        if name in ("graft", "graft_lm"):
+            scorers[name] = evaluate.model_scorer(Path(args.model), graph.index, adapter)
+        else:
+            scorers[name] = baselines.BASELINES[name](graph, cfg)
     say(f"ranking {len(queries.pairs)} held-out links among {len(graph.index)} particles")
     result = evaluate.evaluate(graph, queries, scorers)
     emit(result.to_json(), evaluate.format_table(result))
@@ -33,6 +40,8 @@ def cmd_eval(args, say, emit) -> None:
 def _methods(args, available: list[str]) -> list[str]:
     """The methods asked for (default: graft when --model is given, then every baseline
     that can run here); unknown names are an error that lists the known ones."""
+    if args.ranker and not args.model:
+        raise GraftError("--ranker needs --model DIR (the checkpoint its features come from)")
     default = (["graft"] if args.model else []) + available
     if args.methods is None:
         return default
@@ -44,8 +53,9 @@ def _methods(args, available: list[str]) -> list[str]:
                          f"{['graft', *BASELINES]}")
     if "graft" in asked and not args.model:
         raise GraftError("--methods graft needs --model DIR (the checkpoint to score with)")
-    if args.adapter and "graft" not in asked:
-        raise GraftError("--adapter applies to the graft method, which --methods leaves out")
+    if (args.adapter or args.ranker) and "graft" not in asked:
+        raise GraftError("--adapter and --ranker apply to the graft method, which --methods "
+                         "leaves out")
     return list(dict.fromkeys(asked))
 
 
@@ -66,6 +76,9 @@ def add_commands(command) -> None:
     p.add_argument("--model", metavar="DIR", help="a compiled (or tuned) checkpoint: the graft "
                    "method, and E·Hᵀ for spectral (default: an SVD of the store's links)")
     p.add_argument("--adapter", metavar="DIR", help="a peft LoRA adapter applied to --model")
+    p.add_argument("--ranker", metavar="FILE", help="score graft by the extractor's fitted "
+                   "ranker (cycle-N/ranker.json) over --model and --adapter; the model's own "
+                   "logits are then shown as graft_lm")
     p.add_argument("--methods", metavar="A,B,…", help="graft and/or baselines: popularity, "
                    "focus, adamic_adar, ppmi, spectral, mentions, pykeen (default: all that run)")
     p.add_argument("--seed", type=int, default=0, help="seeds walks, the SVD and the KGE model")

@@ -7,18 +7,17 @@ from graph.store import Store
 
 
 def cmd_extract(args, say, emit) -> None:
-    from graph import sql_loop
     from finetune.checkpoints import require_adapter
     from loop.extract import ExtractConfig, extract
+    from loop.rank import Ranker
     from loop.review import add_proposals
     adapter = Path(args.adapter) if args.adapter else None
     require_adapter(adapter)
+    ranker = Ranker.load(Path(args.ranker)) if args.ranker else None
     cfg = ExtractConfig(top_k=args.top_k, per_source=args.per_source,
                         per_target=args.per_target, beta=args.beta)
     with Store(args.db) as store:
-        linked = set(store.query(sql_loop.LINKED_PAIRS))
-        proposals = extract(Path(args.model), linked, cfg, adapter=adapter,
-                            compiled_dir=Path(args.compiled) if args.compiled else None,
+        proposals = extract(store, Path(args.model), cfg, adapter=adapter, ranker=ranker,
                             corpus=Path(args.corpus) if args.corpus else None, say=say)
         new = add_proposals(store, proposals, args.cycle, str(Path(args.model).resolve()),
                             str(adapter.resolve()) if adapter else None)
@@ -60,7 +59,7 @@ def cmd_cycle(args, say, emit) -> None:
                       compile=CompileConfig(d=args.d, layers=args.layers,
                                             check_determinism=False),
                       tune=TuneConfig(max_steps=args.max_steps, replay=args.replay),
-                      extract=ExtractConfig(top_k=args.top_k, beta=args.beta))
+                      extract=ExtractConfig(top_k=args.top_k, beta=args.beta), fold=args.fold)
     with Store(args.db) as store:
         rows = run_cycles(store, cfg, say=say)
     page = write_report(rows, Path(args.out) / "report.html")
@@ -81,14 +80,14 @@ def add_commands(command) -> None:
                 "lacks (stored as pending proposals)")
     p.add_argument("model", metavar="MODEL_DIR", help="the compiled checkpoint")
     p.add_argument("--adapter", metavar="DIR", help="its LoRA adapter from `graft tune`")
-    p.add_argument("--compiled", metavar="DIR",
-                   help="without an adapter: the compiled checkpoint to compare against")
+    p.add_argument("--ranker", metavar="FILE", help="a fitted ranker (cycle-N/ranker.json of "
+                   "`graft cycle`); default: the lift log P_tuned − β·log P_compiled")
     p.add_argument("--corpus", metavar="FILE", help="text to quote as evidence")
     p.add_argument("--top-k", type=int, default=100, help="proposals kept")
     p.add_argument("--per-source", type=int, default=5, help="at most this many per source")
     p.add_argument("--per-target", type=int, default=5, help="at most this many per target")
     p.add_argument("--beta", type=float, default=0.5,
-                   help="score = log P_tuned − β·log P_compiled")
+                   help="without --ranker: score = log P_tuned − β·log P_compiled")
     p.add_argument("--cycle", type=int, default=0, help="the cycle these proposals belong to")
 
     p = command("review", cmd_review, "list proposals, accept or reject them; accepted ones "
@@ -118,7 +117,9 @@ def add_commands(command) -> None:
     p.add_argument("--max-steps", type=int, help="tuning steps per cycle (default: 3 epochs)")
     p.add_argument("--replay", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=100, help="proposals per cycle")
-    p.add_argument("--beta", type=float, default=0.5)
+    p.add_argument("--beta", type=float, default=0.5, help="the lift's β when no ranker is fitted")
+    p.add_argument("--fold", type=float, default=0.1, help="share of links hidden to fit the "
+                   "extractor's ranker each cycle (0: no fit, rank by the lift)")
 
     p = command("report", cmd_report, "write the cycles' HTML report")
     p.add_argument("--out", default="cycles/report.html", metavar="FILE")

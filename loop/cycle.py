@@ -1,4 +1,4 @@
-"""`graft cycle`: snapshot → compile → tune → extract → review → stake, N times, resumable.
+"""`graft cycle`: snapshot → compile → tune → fit → extract → review → stake, N times, resumable.
 
 Every step of every cycle is recorded in the store's `cycle_steps` journal with what it made
 and measured. Running the same command again skips recorded steps, so a process killed at
@@ -6,6 +6,11 @@ any point resumes where it stopped. Steps whose work commits before the journal 
 idempotent: compiling and tuning are seeded and rewrite their folder; proposals are unique
 per (cycle, src, dst); auto-accept picks the cycle's top K by score whatever their status and
 accepts the ones still pending; staking stakes accepted proposals that are not staked yet.
+
+The fit step fits the extractor's ranker (loop/rank.py) on a fold (loop/fold.py): a scratch
+copy of the store with a seeded share of its ground-truth links hidden is compiled and tuned
+like the cycle's own model, and the ranker learns to pick each hidden link's target from the
+text and the fold's models. With too few links to hide, the extractor falls back to the lift.
 
 Per cycle: approximation error (the compiled model's next-particle cross-entropy on the
 held-out text, before tuning), graph fit, proposals, accepted, precision of the accepted
@@ -27,7 +32,8 @@ from graph import sql_loop
 from graph.store import Store
 from loop.extract import ExtractConfig
 
-STEPS = ("snapshot", "compile", "tune", "extract", "review", "eval")
+STEPS = ("snapshot", "compile", "tune", "fit", "extract", "review", "eval")
+MIN_FOLD = 10               # hidden links needed to fit a ranker
 FAULT_ENV = "GRAFT_FAULT"   # "CYCLE:STEP": SIGKILL right after that step is done (tests)
 
 
@@ -41,6 +47,8 @@ class CycleConfig:
     compile: CompileConfig = field(default_factory=lambda: CompileConfig(check_determinism=False))
     tune: TuneConfig = field(default_factory=TuneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    fold: float = 0.1               # share of links hidden to fit the ranker; 0: no fit (lift)
+    fold_seed: int = 0              # the fold of cycle n is seeded fold_seed + n
 
 
 def run_cycles(store: Store, cfg: CycleConfig, say: Callable[[str], None] = lambda _: None
@@ -72,10 +80,12 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
     snap_id = step("snapshot", lambda: _snapshot(store))["snapshot"]
     step("compile", lambda: _compile(store, snap_id, model, cfg.compile, say))
     step("tune", lambda: _tune(store, model, adapter, cfg, say))
-    step("extract", lambda: _extract(store, model, adapter, n, cfg, say))
+    ranker = step("fit", lambda: _fit(store, folder, n, cfg, say)).get("ranker")
+    ranker = Path(ranker) if ranker else None
+    step("extract", lambda: _extract(store, model, adapter, ranker, n, cfg, say))
     step("review", lambda: _review(store, n, cfg.auto_accept, cfg.holdout))
     if cfg.holdout is not None:
-        step("eval", lambda: _eval(store, model, adapter, cfg.holdout))
+        step("eval", lambda: _eval(store, model, adapter, ranker, cfg.holdout))
 
 
 def _fault(point: str) -> None:
@@ -105,11 +115,50 @@ def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, say) -> di
             "graph_mrr_after": r["after"]["graph"]["mrr"], "tune_steps": r["steps"]}
 
 
-def _extract(store: Store, model: Path, adapter: Path, n: int, cfg: CycleConfig, say) -> dict:
+def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
+    """Hide a share of the links in a fold store, compile and tune it as the cycle did, and
+    fit the ranker on the hidden links (loop/fold.py says why not on the store itself)."""
+    import numpy as np
+
+    from compiler.compile import compile_snapshot
+    from finetune.tune import tune
+    from graph.errors import GraftError
+    from graph.snapshot import take_snapshot
+    from loop.evaluate import load_graph
+    from loop.fold import make_fold
+    from loop.rank import Features, fit_ranker
+    if cfg.fold <= 0:
+        return {"ranker": None, "skipped": "no fold asked for (--fold 0)"}
+    fold = folder / "fold"
+    fold.mkdir(parents=True, exist_ok=True)
+    try:
+        hidden = make_fold(store, fold / "fold.duckdb", cfg.fold, cfg.fold_seed + n)
+    except GraftError as exc:
+        return {"ranker": None, "skipped": str(exc)}
+    if len(hidden) < MIN_FOLD:
+        return {"ranker": None, "skipped": f"{len(hidden)} hidden links (< {MIN_FOLD})"}
+    with Store(fold / "fold.duckdb") as fs:
+        say(f"cycle {n}: fit: compiling and tuning the fold ({len(hidden)} links hidden)")
+        compile_snapshot(fs, take_snapshot(fs), fold / "model", cfg.compile)
+        tune(fold / "model", cfg.corpus, fold / "adapter", cfg.tune, fs, say=say)
+        graph = load_graph(fs)
+    pos = graph.position()
+    pairs = np.array([(pos[s], pos[d]) for s, d in hidden if s in pos and d in pos],
+                     dtype=np.int64).reshape(-1, 2)
+    ranker = fit_ranker(Features(graph, fold / "model", fold / "adapter"), graph.known, pairs,
+                        seed=cfg.fold_seed + n, say=say)
+    path = ranker.save(folder / "ranker.json")
+    return {"ranker": str(path), "fold_hidden": len(hidden), "fold_mrr": ranker.fit["mrr"],
+            "weights": dict(zip(ranker.features, ranker.weights))}
+
+
+def _extract(store: Store, model: Path, adapter: Path, ranker: Path | None, n: int,
+             cfg: CycleConfig, say) -> dict:
     from loop.extract import extract
+    from loop.rank import Ranker
     from loop.review import add_proposals
-    linked = set(store.query(sql_loop.LINKED_PAIRS))
-    props = extract(model, linked, cfg.extract, adapter=adapter, corpus=cfg.corpus, say=say)
+    props = extract(store, model, cfg.extract, adapter=adapter,
+                    ranker=Ranker.load(ranker) if ranker else None, corpus=cfg.corpus, say=say)
     new = add_proposals(store, props, n, str(model.resolve()), str(adapter.resolve()))
     return {"proposals": len(props), "new": new}
 
@@ -129,12 +178,18 @@ def _review(store: Store, n: int, k: int, holdout: Path | None) -> dict:
     return detail
 
 
-def _eval(store: Store, model: Path, adapter: Path, holdout: Path) -> dict:
+def _eval(store: Store, model: Path, adapter: Path, ranker: Path | None, holdout: Path) -> dict:
+    """graft (the extractor's ranker over this cycle's models) and graft_lm (the tuned
+    model's logits alone) on the held-out links."""
     from loop import evaluate
+    from loop.extract import lift_ranker
+    from loop.rank import Features, Ranker, ranker_scorer
     graph = evaluate.load_graph(store)
     queries = evaluate.select_queries(graph, evaluate.read_holdout(holdout))
+    fitted = Ranker.load(ranker) if ranker else lift_ranker(0.5, True)
     result = evaluate.evaluate(graph, queries, {
-        "graft": evaluate.model_scorer(model, graph.index, adapter)})
+        "graft": ranker_scorer(Features(graph, model, adapter), fitted),
+        "graft_lm": evaluate.model_scorer(model, graph.index, adapter)})
     return {"eval": result.to_json()}
 
 
@@ -148,7 +203,10 @@ def cycle_metrics(store: Store) -> list[dict]:
         row["wall_seconds"] = round(row["wall_seconds"] + d.pop("seconds", 0.0), 3)
         if name == "eval":
             g = d["eval"]["methods"].get("graft", {})
-            row.update(eval_mrr=g.get("mrr"), eval_hits10=g.get("hits10"), eval_n=d["eval"]["n"])
+            lm = d["eval"]["methods"].get("graft_lm", {})
+            row.update(eval_mrr=g.get("mrr"), eval_hits1=g.get("hits1"),
+                       eval_hits10=g.get("hits10"), eval_auc=g.get("auc"),
+                       eval_lm_mrr=lm.get("mrr"), eval_n=d["eval"]["n"])
         else:
             row.update(d)
     return [by_cycle[c] for c in sorted(by_cycle)]
@@ -156,14 +214,16 @@ def cycle_metrics(store: Store) -> list[dict]:
 
 def format_metrics(rows: list[dict]) -> str:
     head = (f"{'cycle':>5} {'approx. error':>13} {'tuned loss':>10} {'graph MRR':>9} "
-            f"{'proposals':>9} {'accepted':>8} {'precision':>9} {'eval MRR':>8} {'wall s':>7}")
+            f"{'fold MRR':>8} {'proposals':>9} {'accepted':>8} {'precision':>9} {'eval MRR':>8} "
+            f"{'Hits@10':>7} {'LM MRR':>7} {'wall s':>7}")
     lines = [head]
     for r in rows:
         lines.append(f"{r['cycle']:>5} {_f(r.get('approximation_error')):>13} "
                      f"{_f(r.get('tuned_heldout_loss')):>10} {_f(r.get('graph_mrr_after')):>9} "
-                     f"{r.get('proposals', '-'):>9} {r.get('accepted', '-'):>8} "
-                     f"{_f(r.get('precision')):>9} {_f(r.get('eval_mrr')):>8} "
-                     f"{r['wall_seconds']:>7.1f}")
+                     f"{_f(r.get('fold_mrr')):>8} {r.get('proposals', '-'):>9} "
+                     f"{r.get('accepted', '-'):>8} {_f(r.get('precision')):>9} "
+                     f"{_f(r.get('eval_mrr')):>8} {_f(r.get('eval_hits10')):>7} "
+                     f"{_f(r.get('eval_lm_mrr')):>7} {r['wall_seconds']:>7.1f}")
     return "\n".join(lines)
 
 

@@ -1,21 +1,25 @@
-"""Extract: what the tuned model believes about pairs the graph does not link, against what
-the compiled model believed (DESIGN §4).
+"""Extract: links the graph lacks, ranked by the extractor's ranker (loop/rank.py) over the
+text, the compiled model and the tuned model (DESIGN §4).
 
-For every source p of the checkpoint, one batched forward pass of the one-token prompt [p]
-gives log P(q | p) under the tuned model (compiled + adapter) and, with the adapter switched
-off, under the compiled model. The score of (p, q) is
+For every source p (batches of sources, never a Python loop over V² pairs) the ranker scores
+every particle q; pairs already linked (any origin), p itself and nothing else are masked.
+A pair's score is its log-probability under the ranker's softmax over p's candidates, so
+scores of different sources compare; each batch keeps its best `per_source` per row, and the
+global top-k is taken from those with at most `per_target` into one target.
 
-    score = log P_tuned(q | p) − β · log P_compiled(q | p)
-
-β = 0 ranks by the tuned belief alone, β = 1 by what tuning added (the lift). Existing
-links, p itself and special tokens are masked; each batch keeps its best `per_source` per
-row, and the global top-k is taken from those — never a Python loop over V² pairs.
+Without a fitted ranker the score is the lift of DESIGN §4, log P_tuned − β · log P_compiled
+(β = 0 ranks by the tuned belief alone, β = 1 by what tuning added), as a ranker of two
+features.
 
 For each proposal the per-head view is computed: every head's contribution to the logit of
 q (its o_proj slice of the attention output, through the final RMSNorm frozen, against
 lm_head[q]) in the tuned and the compiled model; the head whose contribution tuning moved
-most gives the proposal its semcon (head i is semcon i of compile.json). Evidence: those
-deltas, the two log-probabilities, and the corpus lines where both particles occur.
+most (without an adapter: the largest contribution) gives the proposal its semcon (head i
+is semcon i of compile.json). Evidence: the features, each one's share of the score
+(weight × value), the per-head deltas and the corpus lines where both particles occur.
+
+Letters in shape comments: P particles in the store's index, B sources in a batch, k kept
+per source, F features.
 """
 from __future__ import annotations
 
@@ -36,8 +40,8 @@ class ExtractConfig:
     top_k: int = 100               # proposals kept in all
     per_source: int = 5            # at most this many per source
     per_target: int = 5            # ... and per target (a hub would otherwise take them all)
-    beta: float = 0.5              # weight of the compiled belief subtracted from the tuned
-    batch: int = 512               # sources per forward pass
+    beta: float = 0.5              # without a ranker: the compiled belief's weight subtracted
+    batch: int = 256               # sources per batch (fewer when the index is large)
     threads: int = 1               # torch threads (see compiler.compile.torch_threads)
     evidence_lines: int = 3        # corpus lines kept per proposal
 
@@ -46,10 +50,10 @@ class ExtractConfig:
 class Proposal:
     src: str
     dst: str
-    score: float
-    confidence: float              # P_tuned(dst | src)
-    tuned: float
-    compiled: float
+    score: float                   # log P_ranker(dst | src) over src's candidates
+    confidence: float              # P_ranker(dst | src)
+    tuned: float                   # log P_tuned(dst | src) (the compiled one without adapter)
+    compiled: float                # log P_compiled(dst | src)
     head: int | None
     semcon: str | None
     evidence: dict
@@ -57,7 +61,7 @@ class Proposal:
 
 def load_pair(model_dir: Path, adapter: Path | None):
     """The tuned model (compiled + adapter, or a merged/tuned folder) and a context that
-    switches it back to the compiled model (the adapter disabled), or a second model."""
+    switches it back to the compiled model (the adapter disabled), or None without one."""
     from finetune.checkpoints import load_checked
     base = load_checked(model_dir, dtype=torch.float32).eval()
     if adapter is None:
@@ -67,71 +71,109 @@ def load_pair(model_dir: Path, adapter: Path | None):
     return tuned, tuned.disable_adapter
 
 
-def extract(model_dir: Path, linked: set[tuple[str, str]], cfg: ExtractConfig = ExtractConfig(),
-            adapter: Path | None = None, compiled_dir: Path | None = None,
-            corpus: Path | None = None, say: Callable[[str], None] = lambda _: None
-            ) -> list[Proposal]:
-    """Top-k proposals (p, q) with (p, q) not in `linked`; see `_extract`."""
+def lift_ranker(beta: float, adapter: bool):
+    """The ranker without a fit: log P_tuned − β · log P_compiled (log P_compiled alone
+    without an adapter)."""
+    from loop.rank import Ranker
+    if not adapter:
+        return Ranker(("compiled",), (1.0,), {"kind": "compiled belief"})
+    return Ranker(("tuned", "compiled"), (1.0, -beta), {"kind": "lift", "beta": beta})
+
+
+def extract(store, model_dir: Path, cfg: ExtractConfig = ExtractConfig(),
+            adapter: Path | None = None, ranker=None, corpus: Path | None = None,
+            say: Callable[[str], None] = lambda _: None) -> list:
+    """Top-k proposals (p, q) of particles of `store` that no link joins yet.
+
+    Args:
+        store: the graph store (read only): its particles, their text, its links.
+        model_dir: the compiled checkpoint (or a merged / fully tuned one).
+        cfg: how many and how capped.
+        adapter: the LoRA adapter tuned on text over `model_dir`, or None.
+        ranker: a loop.rank.Ranker (fitted on a fold by `graft cycle`), or None for the lift.
+        corpus: text to quote as evidence (lines where both names occur).
+
+    Returns:
+        Proposals, best first.
+    """
     from compiler.compile import torch_threads
     with torch_threads(cfg.threads), torch.no_grad():
-        return _extract(model_dir, linked, cfg, adapter, compiled_dir, corpus, say)
+        return _extract(store, Path(model_dir), cfg, adapter, ranker, corpus, say)
 
 
-def _extract(model_dir, linked, cfg, adapter, compiled_dir, corpus, say) -> list[Proposal]:
-    """Top-k proposals (p, q) with (p, q) not in `linked`.
-
-    `adapter`: a LoRA adapter over `model_dir`. Without one, `compiled_dir` (a second
-    checkpoint, e.g. the compiled model before full fine-tuning) gives the compiled belief;
-    with neither, the compiled belief is the model itself (the score is then (1 − β)·log P).
-    """
-    model_dir = Path(model_dir)
+def _extract(store, model_dir, cfg, adapter, ranker, corpus, say) -> list:
+    from graph import sql_loop
+    from loop.evaluate import load_graph
+    from loop.rank import Features
     torch.set_flush_denormal(True)                # tiny singular values: ~20× (DESIGN §7)
-    particles = json.loads((model_dir / "particles.json").read_text())
-    offset, v = len(SPECIAL_TOKENS), len(particles)
-    tuned, switch_off = load_pair(model_dir, adapter)
-    other = None
-    if switch_off is None and compiled_dir is not None:
-        from finetune.checkpoints import load_checked
-        other = load_checked(compiled_dir, dtype=torch.float32).eval()
-    index = {p: i for i, p in enumerate(particles)}
+    graph = load_graph(store)
+    feats = Features(graph, model_dir, adapter)
+    ranker = ranker or lift_ranker(cfg.beta, adapter is not None)
+    pos = graph.position()
+    size = len(graph.index)
+    linked = [(pos[s], pos[d]) for s, d in store.query(sql_loop.LINKED_PAIRS)
+              if s in pos and d in pos]
     mask_rows: dict[int, list[int]] = {}
     for s, d in linked:
-        if s in index and d in index:
-            mask_rows.setdefault(index[s], []).append(index[d])
-    best_s, best_q, best_v = [], [], []
-    for start in range(0, v, cfg.batch):
-        rows = np.arange(start, min(start + cfg.batch, v))
-        lp_t, lp_c = _logprobs(tuned, switch_off, other, rows + offset, offset)
-        score = lp_t - cfg.beta * lp_c                                       # (B, V)
-        score[np.arange(len(rows)), rows] = -np.inf                          # no self-links
+        mask_rows.setdefault(s, []).append(d)
+    names = tuple(dict.fromkeys(ranker.features + ("compiled",) + (
+        ("tuned",) if adapter is not None else ())))
+    w = np.zeros(len(names), dtype=np.float32)                                 # (F,)
+    for f, value in zip(ranker.features, ranker.weights):
+        w[names.index(f)] = value
+    batch = max(1, min(cfg.batch, 50_000_000 // (size * len(names))))
+    k = min(cfg.per_source, size)
+    kept_s, kept_q, kept_v, kept_f = [], [], [], []
+    for start in range(0, size, batch):
+        rows = np.arange(start, min(start + batch, size))                      # (B,)
+        x = feats.block(rows, names)                                           # (B, P, F)
+        score = x @ w                                                          # (B, P)
+        score[np.arange(len(rows)), rows] = -np.inf                            # no self-links
         for j, r in enumerate(rows):
             if r in mask_rows:
                 score[j, mask_rows[r]] = -np.inf
-        k = min(cfg.per_source, v)
-        top = np.argpartition(-score, k - 1, axis=1)[:, :k]                   # (B, k)
-        vals = np.take_along_axis(score, top, axis=1)
-        keep = np.isfinite(vals)
-        best_s.append(np.repeat(rows, k)[keep.ravel()])
-        best_q.append(top.ravel()[keep.ravel()])
-        best_v.append(np.stack([vals, np.take_along_axis(lp_t, top, 1),
-                                np.take_along_axis(lp_c, top, 1)], -1).reshape(-1, 3)[keep.ravel()])
-    src, dst = np.concatenate(best_s), np.concatenate(best_q)
-    vals = np.concatenate(best_v)
-    order = _capped(np.lexsort((dst, src, -vals[:, 0])), dst, cfg.per_target, cfg.top_k)
-    say(f"extract: {v} sources scored, {len(order)} proposals")
-    heads = _head_deltas(tuned, switch_off, other, src[order] + offset, dst[order] + offset)
+        finite = np.isfinite(score)
+        flat = (np.where(finite, score, -np.inf).max(axis=1)
+                == np.where(finite, score, np.inf).min(axis=1))
+        score[flat] = -np.inf                # every candidate alike: nothing to propose
+        finite[flat] = False
+        top = np.max(np.where(finite, score, -np.inf), axis=1, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            lse = top + np.log(np.sum(np.where(finite, np.exp(score - top), 0.0), axis=1,
+                                      keepdims=True))
+            logp = np.where(finite, score - lse, -np.inf)                      # (B, P)
+        best = np.argpartition(-logp, k - 1, axis=1)[:, :k]                    # (B, k)
+        vals = np.take_along_axis(logp, best, axis=1)
+        keep = np.isfinite(vals).ravel()
+        kept_s.append(np.repeat(rows, k)[keep])
+        kept_q.append(best.ravel()[keep])
+        kept_v.append(vals.ravel()[keep])
+        kept_f.append(np.take_along_axis(x, best[..., None], axis=1).reshape(-1, len(names))[keep])
+    src, dst = np.concatenate(kept_s), np.concatenate(kept_q)
+    vals, fvals = np.concatenate(kept_v), np.concatenate(kept_f)
+    order = _capped(np.lexsort((dst, src, -vals)), dst, cfg.per_target, cfg.top_k)
+    say(f"extract: {size} sources scored, {len(order)} proposals")
+    heads = _proposal_heads(feats, src[order], dst[order])
     semcons = json.loads((model_dir / "compile.json").read_text()).get("semcons", [])
-    lines = _corpus_lines(model_dir, corpus, src[order], dst[order], cfg.evidence_lines)
+    lines = _corpus_lines(graph, corpus, src[order], dst[order], cfg.evidence_lines)
+    tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
     out = []
     for n, i in enumerate(order):
         delta = heads[n]
-        head = int(np.argmax(np.abs(delta))) if len(delta) and np.abs(delta).max() > 0 else None
+        head = (int(np.argmax(np.abs(delta))) if delta is not None and len(delta)
+                and np.abs(delta).max() > 0 else None)
         semcon = semcons[head]["particle"] if head is not None and head < len(semcons) else None
+        values = {f: round(float(fvals[i, names.index(f)]), 6) for f in names}
         out.append(Proposal(
-            src=particles[src[i]], dst=particles[dst[i]], score=float(vals[i, 0]),
-            confidence=float(np.exp(vals[i, 1])), tuned=float(vals[i, 1]),
-            compiled=float(vals[i, 2]), head=head, semcon=semcon,
-            evidence={"head_deltas": [round(float(x), 6) for x in delta],
+            src=graph.index[src[i]], dst=graph.index[dst[i]], score=float(vals[i]),
+            confidence=float(np.exp(vals[i])), tuned=float(fvals[i, tuned_col]),
+            compiled=float(fvals[i, names.index("compiled")]), head=head, semcon=semcon,
+            evidence={"features": values,
+                      "contributions": {f: round(float(wt) * values[f], 6)
+                                        for f, wt in zip(ranker.features, ranker.weights)},
+                      "head_deltas": [round(float(x), 6) for x in (delta if delta is not None
+                                                                   else [])],
                       "lines": lines[n]}))
     return out
 
@@ -150,31 +192,29 @@ def _capped(order: np.ndarray, dst: np.ndarray, per_target: int, k: int) -> np.n
     return np.asarray(keep, dtype=np.int64)
 
 
-def _logprobs(tuned, switch_off, other, ids: np.ndarray, offset: int):
-    x = torch.as_tensor(ids)[:, None]
-    lp_t = torch.log_softmax(tuned(input_ids=x).logits[:, -1].float(), -1)[:, offset:]
-    if switch_off is not None:
-        with switch_off():
-            lp_c = torch.log_softmax(tuned(input_ids=x).logits[:, -1].float(), -1)[:, offset:]
-    elif other is not None:
-        lp_c = torch.log_softmax(other(input_ids=x).logits[:, -1].float(), -1)[:, offset:]
-    else:
-        lp_c = lp_t
-    return lp_t.numpy().astype(np.float64), lp_c.numpy().astype(np.float64)
+def _proposal_heads(feats, src: np.ndarray, dst: np.ndarray) -> list:
+    """Per proposal, the per-head deltas (tuned − compiled; the compiled contributions
+    without an adapter), or None when the checkpoint lacks one of its ends."""
+    offset = len(SPECIAL_TOKENS)
+    s, d = feats.ckpt[src], feats.ckpt[dst]
+    ok = np.flatnonzero((s >= 0) & (d >= 0))
+    out: list = [None] * len(src)
+    if len(ok):
+        deltas = _head_deltas(feats.model, feats.switch_off, s[ok] + offset, d[ok] + offset)
+        for j, i in enumerate(ok):
+            out[i] = deltas[j]
+    return out
 
 
-def _head_deltas(tuned, switch_off, other, src_ids, dst_ids) -> np.ndarray:
-    """(n, heads): per-head logit contribution to dst after [src], tuned minus compiled."""
+def _head_deltas(tuned, switch_off, src_ids, dst_ids) -> np.ndarray:
+    """(n, heads): per-head logit contribution to dst after [src], tuned minus compiled
+    (without an adapter: the contributions themselves)."""
     if len(src_ids) == 0:
         return np.zeros((0, 0))
     t = _head_logits(tuned, src_ids, dst_ids, nullcontext)
-    if switch_off is not None:
-        c = _head_logits(tuned, src_ids, dst_ids, switch_off)
-    elif other is not None:
-        c = _head_logits(other, src_ids, dst_ids, nullcontext)
-    else:
-        c = np.zeros_like(t)
-    return t - c
+    if switch_off is None:
+        return t
+    return t - _head_logits(tuned, src_ids, dst_ids, switch_off)
 
 
 def _head_logits(model, src_ids, dst_ids, context) -> np.ndarray:
@@ -210,20 +250,20 @@ def _head_logits(model, src_ids, dst_ids, context) -> np.ndarray:
     return heads.numpy().astype(np.float64)
 
 
-def _corpus_lines(model_dir: Path, corpus: Path | None, src, dst, keep: int) -> list[list]:
-    """For each pair, up to `keep` (line number, text) of the corpus where both occur."""
+def _corpus_lines(graph, corpus: Path | None, src, dst, keep: int) -> list[list]:
+    """For each pair (index positions), up to `keep` (line number, text) of the corpus where
+    both names occur."""
     if corpus is None:
         return [[] for _ in src]
     from finetune.text import Lexicon
-    lexicon = Lexicon.of_checkpoint(model_dir)
-    offset = len(SPECIAL_TOKENS)
+    lexicon = Lexicon(graph.names)
     wanted = set(int(x) for x in src) | set(int(x) for x in dst)
     where: dict[int, list[int]] = {}
     texts = Path(corpus).read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(texts, 1):
         for token in set(lexicon.match(line)[0]):
-            if token - offset in wanted:
-                where.setdefault(token - offset, []).append(number)
+            if token in wanted:
+                where.setdefault(token, []).append(number)
     out = []
     for s, d in zip(src, dst):
         both = sorted(set(where.get(int(s), [])) & set(where.get(int(d), [])))[:keep]

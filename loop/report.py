@@ -8,8 +8,10 @@ from pathlib import Path
 
 COLUMNS = (("cycle", "cycle"), ("approximation_error", "approximation error (nats)"),
            ("tuned_heldout_loss", "tuned held-out loss"), ("graph_mrr_after", "graph MRR"),
-           ("proposals", "proposals"), ("accepted", "accepted"), ("precision", "precision"),
-           ("eval_mrr", "eval MRR"), ("wall_seconds", "wall s"))
+           ("fold_mrr", "ranker MRR on its fold"), ("proposals", "proposals"),
+           ("accepted", "accepted"), ("precision", "precision"), ("eval_mrr", "eval MRR"),
+           ("eval_hits10", "eval Hits@10"), ("eval_lm_mrr", "tuned LM alone MRR"),
+           ("wall_seconds", "wall s"))
 
 
 def write_report(rows: list[dict], out: Path) -> Path:

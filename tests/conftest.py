@@ -61,3 +61,30 @@ def ingest_fixture(store: Store, name: str) -> None:
     from graph.ingest_rows import ingest_particles
     ingest_particles(store, [FIXTURES / f"{name}.particles.jsonl"])
     ingest_links(store, [FIXTURES / f"{name}.links.jsonl"])
+
+
+def write_wiki(root: Path, pages: int = 40, links: int = 4, decoys: int = 3, seed: int = 0,
+               mention_links: bool = True) -> tuple[Path, Path, Path]:
+    """A seeded toy wiki: page i links `links` random pages; its text names `decoys` other
+    pages and, when `mention_links`, every page it links (else only the decoys). Writes
+    particles, links and a corpus (the pages' texts, one document each); returns their paths."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    names = [f"page{i:02d}" for i in range(pages)]
+    particles, rows, docs = [], [], []
+    for i, name in enumerate(names):
+        others = rng.permutation([j for j in range(pages) if j != i])
+        targets, extra = others[:links], others[links:links + decoys]
+        said = list(extra) + (list(targets) if mention_links else [])
+        text = " ".join(f"see {names[j]}." for j in rng.permutation(said))
+        particles.append({"particle": pid(name), "name": name, "text": text})
+        rows += [link(name, names[j], time=i) for j in targets]
+        docs.append(f"{name}\n{text}")
+    return (write_jsonl(root / "wiki.particles.jsonl", particles),
+            write_jsonl(root / "wiki.links.jsonl", rows),
+            _write_text(root / "wiki.corpus.txt", "\n\n".join(docs) + "\n"))
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -78,3 +78,48 @@ def test_report_is_escaped_html(setup):
                           "wall_seconds": 2.0}], setup / "r.html")
     text = page.read_text()
     assert "&lt;script&gt;" in text and "<script>" not in text
+
+
+def test_a_cycle_fits_its_ranker_on_a_fold_and_ranks_with_it(tmp_path):
+    from tests.conftest import write_wiki
+    particles, links, corpus = write_wiki(tmp_path, pages=50)
+    split = graft(tmp_path, "split-holdout", str(links), "--fraction", "0.1", "--seed", "0",
+                  "--train", str(tmp_path / "train.jsonl"), "--holdout", str(tmp_path / "h.jsonl"))
+    assert split.returncode == 0, split.stderr[-2000:]
+    for kind, path in (("particles", particles), ("links", tmp_path / "train.jsonl")):
+        assert graft(tmp_path, "ingest", kind, str(path)).returncode == 0
+    run = graft(tmp_path, "cycle", "--cycles", "1", "--max-steps", "5", "--top-k", "10",
+                "--auto-accept", "3", "--d", "16", "--layers", "1", "--corpus", str(corpus),
+                "--out", str(tmp_path / "out"), "--holdout", str(tmp_path / "h.jsonl"), "--json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    row = json.loads(run.stdout)["cycles"][0]
+    assert row["steps"] == ["snapshot", "compile", "tune", "fit", "extract", "review", "eval"]
+    assert row["fold_hidden"] == 18 and row["weights"]["mention"] > 0    # texts name the links
+    assert row["eval_mrr"] > row["eval_lm_mrr"] and row["accepted"] == 3
+    ranker = tmp_path / "out" / "cycle-1" / "ranker.json"
+    assert json.loads(ranker.read_text())["features"][-1] == "tuned"
+    with Store(tmp_path / "g.duckdb", create=False, read_only=True) as store:
+        evidence = [json.loads(e) for (e,) in store.query("SELECT evidence FROM proposals")]
+    assert all(set(e) >= {"features", "contributions", "head_deltas", "lines"} for e in evidence)
+    first = evidence[0]
+    assert first["contributions"]["mention"] == pytest.approx(
+        row["weights"]["mention"] * first["features"]["mention"], abs=1e-5)
+    # the same ranker through `graft eval --ranker`: graft and graft_lm as the cycle saw them
+    again = graft(tmp_path, "eval", "--holdout", str(tmp_path / "h.jsonl"), "--model",
+                  str(tmp_path / "out" / "cycle-1" / "model"), "--adapter",
+                  str(tmp_path / "out" / "cycle-1" / "adapter"), "--ranker", str(ranker),
+                  "--methods", "graft,mentions", "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    methods = json.loads(again.stdout)["methods"]
+    assert set(methods) == {"graft", "graft_lm", "mentions"}
+
+
+def test_a_graph_too_small_to_fold_falls_back_to_the_lift(setup):
+    root = setup
+    run = graft(root, "cycle", "--cycles", "1", "--max-steps", "5", "--top-k", "3",
+                "--d", "12", "--layers", "2", "--corpus", str(root / "corpus.txt"),
+                "--out", str(root / "out"), "--json")
+    assert run.returncode == 0, run.stderr[-2000:]
+    row = json.loads(run.stdout)["cycles"][0]
+    assert "too few" in row["skipped"] or "hidden links" in row["skipped"]
+    assert row["ranker"] is None and row["proposals"] == 3

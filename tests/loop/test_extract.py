@@ -10,7 +10,6 @@ from compiler.compile import compile_snapshot
 from compiler.types import CompileConfig
 from finetune.trl_jobs import preference_pairs
 from finetune.tune import TuneConfig, tune
-from graph import sql_loop
 from graph.errors import GraftError
 from graph.snapshot import take_snapshot
 from graph.store import Store
@@ -36,13 +35,9 @@ def tuned(tmp_path_factory):
     return root
 
 
-def linked(store):
-    return set(store.query(sql_loop.LINKED_PAIRS))
-
-
 def test_the_missing_link_the_text_states_is_proposed(tuned):
     with Store(tuned / "g.duckdb") as store:
-        props = extract(tuned / "ckpt", linked(store), ExtractConfig(top_k=50, per_source=3),
+        props = extract(store, tuned / "ckpt", ExtractConfig(top_k=50, per_source=3),
                         adapter=tuned / "adapter", corpus=tuned / "corpus.txt")
     from_tail = [p for p in props if p.src == pid("tail")]
     assert from_tail and from_tail[0].dst == pid("dog"), [(p.src[:6], p.dst[:6]) for p in props]
@@ -59,7 +54,7 @@ def test_review_stakes_accepted_once_and_feeds_dpo(tuned, tmp_path):
     db = tmp_path / "g.duckdb"
     db.write_bytes((tuned / "g.duckdb").read_bytes())
     with Store(db) as store:
-        props = extract(tuned / "ckpt", linked(store), ExtractConfig(top_k=20),
+        props = extract(store, tuned / "ckpt", ExtractConfig(top_k=50),
                         adapter=tuned / "adapter")
         assert add_proposals(store, props, cycle=1, model="m", adapter="a") == len(props)
         assert add_proposals(store, props, cycle=1, model="m", adapter="a") == 0   # rerun
@@ -98,7 +93,6 @@ def test_cli_extract_and_review(tuned, tmp_path, capsys):
 
 def test_no_target_takes_more_than_its_cap(tuned):
     with Store(tuned / "g.duckdb") as store:
-        props = extract(tuned / "ckpt", linked(store),
-                        ExtractConfig(top_k=50, per_source=5, per_target=1))
+        props = extract(store, tuned / "ckpt", ExtractConfig(top_k=50, per_source=5, per_target=1))
     targets = [p.dst for p in props]
     assert len(targets) == len(set(targets)) and len(props) > 1
