@@ -78,7 +78,8 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
         return detail
 
     snap_id = step("snapshot", lambda: _snapshot(store))["snapshot"]
-    step("compile", lambda: _compile(store, snap_id, model, cfg.compile, say))
+    compile_cfg = cfg.compile if n == 1 else _pinned(cfg.compile, cfg.out / "cycle-1" / "model")
+    step("compile", lambda: _compile(store, snap_id, model, compile_cfg, say))
     step("tune", lambda: _tune(store, model, adapter, cfg, say))
     ranker = step("fit", lambda: _fit(store, folder, n, cfg, say)).get("ranker")
     ranker = Path(ranker) if ranker else None
@@ -99,11 +100,27 @@ def _snapshot(store: Store) -> dict:
     return {"snapshot": snap.id, "links": snap.links}
 
 
+def _pinned(cfg: CompileConfig, first: Path) -> CompileConfig:
+    """The hidden size and depth of the checkpoint `first` (cycle 1's for a later cycle; the
+    cycle's own for its fold), unless the command fixed them.
+
+    The derived d* follows the spectral entropy of the focus matrix, which a few links can
+    move a lot (cyberwiki: 50 accepted links took the exact effective rank from 178 to 36),
+    and the approximation error of a d = 64 model is not comparable with a d = 178 one: the
+    cycles would measure the architecture, not the links.
+    """
+    from dataclasses import replace
+    used = json.loads((first / "compile.json").read_text())["arch"]["used"]
+    return replace(cfg, d=cfg.d or used["d"], layers=cfg.layers or used["layers"])
+
+
 def _compile(store: Store, snap_id: str, out: Path, cfg: CompileConfig, say) -> dict:
     from compiler.compile import compile_snapshot
     from graph.snapshot import get_snapshot
     cert = compile_snapshot(store, get_snapshot(store, snap_id), out, cfg)
-    return {"model": str(out), "certificate": bool(cert["pass"])}
+    used = json.loads((out / "compile.json").read_text())["arch"]["used"]
+    return {"model": str(out), "certificate": bool(cert["pass"]), "d": used["d"],
+            "layers": used["layers"]}
 
 
 def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, say) -> dict:
@@ -139,7 +156,8 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
         return {"ranker": None, "skipped": f"{len(hidden)} hidden links (< {MIN_FOLD})"}
     with Store(fold / "fold.duckdb") as fs:
         say(f"cycle {n}: fit: compiling and tuning the fold ({len(hidden)} links hidden)")
-        compile_snapshot(fs, take_snapshot(fs), fold / "model", cfg.compile)
+        compile_snapshot(fs, take_snapshot(fs), fold / "model",   # the cycle's d and depth
+                         _pinned(cfg.compile, folder / "model"))
         tune(fold / "model", cfg.corpus, fold / "adapter", cfg.tune, fs, say=say)
         graph = load_graph(fs)
     pos = graph.position()
