@@ -159,16 +159,18 @@ function select(i) {
 async function decide(body) {
   body.reviewer = $("reviewer").value.trim() || "curator";
   localStorage.setItem("graft-reviewer", body.reviewer);
+  let message, kind = "ok";
   try {
     const res = await api("/api/decide", body);
     const what = body.accept_above !== undefined ? `accepted ${res.decided.length} with score ≥ ${body.accept_above}`
       : res.decided.length ? `${body.accept ? "accepted" : "rejected"} #${res.decided[0]}`
         : `#${(body.accept || body.reject)[0]} was already decided (by another reviewer or the CLI)`;
-    say(`${what}; ${res.staked} link(s) staked`, "ok");
+    message = `${what}; ${res.staked} link(s) staked`;
   } catch (err) {
-    say("not decided: " + err.message, "error");
+    [message, kind] = ["not decided: " + err.message, "error"];
   }
-  if (state.page === "queue") await showQueue(); else route();
+  await route();                  // the queue as it is now, then the outcome
+  say(message, kind);
 }
 
 // -- why panel -----------------------------------------------------------------------------
@@ -213,7 +215,8 @@ async function showWhy(r, box) {
     el("h3", {}, `why ${t.q.name} after ${t.p.name}`),
     el("p", { class: "muted" }, `zero-layer logit ${fmt(z.value)} (rank ${fmt(z.rank)} of ${t.particles}); `
       + `model logit ${fmt(m.logit)} (rank ${fmt(m.rank)}) · checkpoint ${data.model}`),
-    barChart(`share of the zero-layer logit by link (${z.links_total} links; ${z.rule})`, links),
+    barChart(`share of the zero-layer logit by link (${z.links_total} link${z.links_total === 1 ? "" : "s"}; `
+      + `${z.rule})`, links),
     barChart("share by neuron", neurons),
     barChart("model logit by part (direct logit attribution, approximate)", parts, (x) => fmt(x, 3)));
 }

@@ -346,6 +346,7 @@ def test_a_curator_accepts_a_proposal_in_chromium(served, db, tmp_path):
         page.keyboard.press("a")
         page.wait_for_selector("#status.ok")     # (the page's CSP forbids wait_for_function's eval)
         assert "1 link(s) staked" in page.text_content("#status")
+        assert page.text_content("#detail h2") != "tail → dog"      # the queue moved on
         page.screenshot(path=shots / "3-accepted.png")
         page.goto(f"{served}/#/particle/{pid(EVIL)}")
         page.wait_for_selector("#particle-name")
