@@ -8,6 +8,10 @@ class GraftError(ValueError):
     """Base class for every error graft raises on purpose (bad input, bad state, bad config)."""
 
 
+class StoreBusy(GraftError):
+    """Another process held the store's file lock for longer than graft waits."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One bad value in one input file.

@@ -56,6 +56,7 @@ PROPOSALS_LIST = """
     LEFT JOIN particles a ON a.particle = p.src
     LEFT JOIN particles b ON b.particle = p.dst
     WHERE ($status IS NULL OR p.status = $status) AND ($cycle IS NULL OR p.cycle = $cycle)
+      AND ($particle IS NULL OR p.src = $particle OR p.dst = $particle)
     ORDER BY p.score DESC, p.id
     LIMIT $limit
 """
@@ -115,3 +116,29 @@ STEPS_ALL = """
 FOLD_TABLES = ("batches", "particles", "neurons", "tokens", "cyberlinks")
 FOLD_READ = {t: f"SELECT * FROM {t}" for t in FOLD_TABLES}
 FOLD_WRITE = {t: f"INSERT INTO {t} SELECT * FROM fold_view" for t in FOLD_TABLES}
+
+# The curator workbench (loop/serve.py): reads only; its decisions go through PROPOSALS_DECIDE.
+PROPOSALS_BY_STATUS = "SELECT status, count(*) FROM proposals GROUP BY status ORDER BY status"
+# A particle by exact id: a row of particles, or only an end of some link.
+PARTICLE_KNOWN = """
+    SELECT particle FROM particles WHERE particle = $ref
+    UNION SELECT src FROM cyberlinks WHERE src = $ref
+    UNION SELECT dst FROM cyberlinks WHERE dst = $ref
+"""
+PARTICLE_GET = "SELECT name, aliases, text FROM particles WHERE particle = $particle"
+PARTICLE_DEGREE = """
+    SELECT count(*) FILTER (WHERE src = $particle), count(*) FILTER (WHERE dst = $particle)
+    FROM cyberlinks WHERE src = $particle OR dst = $particle
+"""
+# Newest first; `other` is the far end, `out` whether the link leaves the particle.
+PARTICLE_LINKS = """
+    SELECT l.seq, l.src = $particle AS out,
+           CASE WHEN l.src = $particle THEN l.dst ELSE l.src END AS other, o.name AS other_name,
+           l.neuron, l.token, coalesce(CAST(l.amount AS VARCHAR), l.amount_big) AS amount,
+           l.valence, l.origin, l.cycle
+    FROM cyberlinks l
+    LEFT JOIN particles o ON o.particle = CASE WHEN l.src = $particle THEN l.dst ELSE l.src END
+    WHERE l.src = $particle OR l.dst = $particle
+    ORDER BY l.seq DESC
+    LIMIT $limit
+"""

@@ -52,6 +52,17 @@ def graph_stats(store: Store, top: int = 10) -> dict:
     return result
 
 
+def current_focus(store: Store) -> dict[str, float]:
+    """Focus π of every linked particle over all links in the store now (label links
+    excluded, as in the adjacency); {} for a store without links."""
+    max_seq = store.scalar(sql.MAX_SEQ)
+    if not max_seq:
+        return {}
+    links = store.scalar(sql.LINK_COUNT_UPTO, [max_seq])
+    adj = adjacency(store, Snapshot(id="(current)", max_seq=max_seq, links=links, created=""))
+    return dict(zip(adj.index, compute_focus(adj.matrix).pi.tolist()))
+
+
 def _summary(values: np.ndarray) -> dict:
     return {"mean": round(float(values.mean()), 3), "median": float(np.median(values)),
             "max": int(values.max())}

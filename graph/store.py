@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,10 +12,13 @@ import duckdb
 import pyarrow as pa
 
 from graph import sql
-from graph.errors import GraftError
+from graph.errors import GraftError, StoreBusy
 from graph.ids import HASHES
 
 DEFAULT_DB = "graft.duckdb"
+# DuckDB lets one process open a file read-write, and readers cannot open it while a writer
+# holds it; graft commands are short, so waiting a little for the other one beats failing.
+LOCK_WAIT = float(os.environ.get("GRAFT_LOCK_WAIT", "5"))
 
 
 def default_path() -> str:
@@ -26,7 +30,8 @@ class Store:
     """A graft store in one DuckDB file. Use as a context manager, or call close()."""
 
     def __init__(self, path: str | os.PathLike = ":memory:", *, create: bool = True,
-                 hash_name: str = "sha256", read_only: bool = False):
+                 hash_name: str = "sha256", read_only: bool = False,
+                 wait: float | None = None):
         """Open (and migrate) the store at `path`.
 
         Args:
@@ -35,16 +40,15 @@ class Store:
             hash_name: the content hash a new store declares (sha256 or blake3); an existing
                 store keeps the hash it declared.
             read_only: open without write access (several readers may share a file).
+            wait: seconds to keep retrying while another process holds the file (default
+                LOCK_WAIT: $GRAFT_LOCK_WAIT or 5).
         """
         self.path = str(path)
         if self.path != ":memory:" and not create and not Path(self.path).exists():
             raise GraftError(f"{self.path}: no graft store here; run `graft init` or pass --db")
         if hash_name not in HASHES:
             raise GraftError(f"hash {hash_name!r} is not one of {HASHES}")
-        try:
-            self.con = duckdb.connect(self.path, read_only=read_only)
-        except duckdb.Error as exc:
-            raise GraftError(f"{self.path}: cannot open the store: {exc}") from exc
+        self.con = _connect(self.path, read_only, LOCK_WAIT if wait is None else wait)
         if not read_only:
             self._migrate(hash_name)
         self.hash_name = self.meta("hash") or hash_name
@@ -131,6 +135,30 @@ class Store:
 
     def unregister(self, name: str) -> None:
         self.con.unregister(name)
+
+
+def _connect(path: str, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, retried with backoff for `wait` seconds while another process holds
+    the file's lock; any other failure is reported at once."""
+    deadline, delay = time.monotonic() + wait, 0.02
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise GraftError(f"{path}: cannot open the store: {exc}") from exc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                holder = re.search(r"held in (.+)$", str(exc).split(". See")[0])
+                raise StoreBusy(f"{path}: another process holds the store"
+                                f"{f' ({holder.group(1)})' if holder else ''} and DuckDB allows "
+                                f"one writer; waited {wait:g} s. Retry when it finishes (`graft "
+                                "serve` holds it only per request; `graft cycle` for its "
+                                "whole run)") from exc
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, 0.25)
+        except duckdb.Error as exc:
+            raise GraftError(f"{path}: cannot open the store: {exc}") from exc
 
 
 def _used(statement: str, params: list | dict | None) -> list | dict:

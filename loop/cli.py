@@ -216,15 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", metavar="I[,J]", help="entry I,J (or row I) of --tensor")
     p.add_argument("--top", type=int, default=20, help="links shown (0: all)")
 
-    from loop import cli_loop, cli_tune
-    for module in (cli_tune, cli_loop):
+    from loop import cli_eval, cli_loop, cli_serve, cli_tune
+    for module in (cli_tune, cli_loop, cli_eval, cli_serve):
         module.add_commands(lambda name, func, help_: command(
             name, lambda a, f=func: f(a, _say, lambda payload, text: _emit(a, payload, text)),
             help_))
-
-    from loop import cli_eval
-    cli_eval.add_commands(lambda name, func, help_: command(
-        name, lambda a, f=func: f(a, _say, lambda payload, text: _emit(a, payload, text)), help_))
 
     command("demo", cmd_demo, "build the default data, ingest it, print stats")
     return parser

@@ -10,13 +10,16 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from graph import sql, sql_loop
 from graph.errors import GraftError
 from graph.store import Store
-from loop.extract import Proposal
+
+if TYPE_CHECKING:                  # loop.extract imports torch: seconds `graft review` needn't spend
+    from loop.extract import Proposal
 
 EXTRACTOR = "graft-extractor"      # the neuron that signs accepted proposals
 STAKE_SCALE = 1000                 # amount = max(1, round(confidence · STAKE_SCALE))
@@ -56,11 +59,12 @@ def add_proposals(store: Store, proposals: Iterable[Proposal], cycle: int, model
 
 
 def list_proposals(store: Store, status: str | None = "pending", cycle: int | None = None,
-                   limit: int = 50) -> list[dict]:
+                   limit: int = 50, particle: str | None = None) -> list[dict]:
+    """Proposals best score first, optionally of one status, cycle, or particle (either end)."""
     cols = ("id", "cycle", "src", "src_name", "dst", "dst_name", "score", "confidence",
             "semcon", "status", "reviewer", "evidence")
     rows = store.query(sql_loop.PROPOSALS_LIST, {"status": status, "cycle": cycle,
-                                                 "limit": limit})
+                                                 "limit": limit, "particle": particle})
     return [{**dict(zip(cols, r)), "evidence": json.loads(r[-1]) if r[-1] else {}}
             for r in rows]
 
