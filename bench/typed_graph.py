@@ -20,7 +20,8 @@ Per dataset (files shipped inside the installed pykeen package; nothing is downl
      belief alone — there is no text, so no tuning): precision@K against the held-out pairs
      (and the rate a uniform pick of an unlinked pair would get), and semcon accuracy — for
      proposals that hit a held-out pair, is the proposal's semcon (the head with the largest
-     |contribution|) one of the pair's held-out relations?
+     |contribution|) one of the pair's held-out relations? — and the same question with
+     the hits typed by their largest layer-0 QK head instead;
   5. per head, for every held-out pair (p, q): which head scores it highest — QK (layer-0
      x_p W_Q W_Kᵀ x_q / √d_h, as `graft trace --pair` reports it) and DLA (each head's
      o_proj contribution to q's logit after [p], loop/extract.py `_head_logits`) — against
@@ -244,12 +245,21 @@ def run_dataset(name: str, args, work: Path) -> dict:
         sem_name = lambda p: rel_of.get(p["semcon"], p["semcon"][:12])   # noqa: E731
         right = [p for p in typed if sem_name(p) in held[(p["src"], p["dst"])]]
         maj = Counter(r for p in hits for r in held[(p["src"], p["dst"])]).most_common(1)
+        qk_right = None
+        if hits:       # what typing the same hits by the QK head (as `graft trace`) would give
+            index = {q: i + 4 for i, q in enumerate(particles_json)}
+            carries, _ = head_semcon_names(ckpt)
+            top = head_views(ckpt, np.array([index[p["src"]] for p in hits]),
+                             np.array([index[p["dst"]] for p in hits]))["qk"].argmax(1)
+            qk_right = float(np.mean([bool(carries[t] & held[(p["src"], p["dst"])])
+                                      for t, p in zip(top, hits)]))
         extract[label] = {
             "proposals": len(props), "precision": len(hits) / max(len(props), 1),
             "precision_chance": len(held) / max(open_pairs, 1), "hits": len(hits),
             "with_semcon": len(typed),
             "semcon_acc": (len(right) / len(typed)) if typed else None,
             "semcon_chance": (maj[0][1] / len(hits)) if maj else None,
+            "qk_semcon_acc": qk_right,
             "semcons_proposed": dict(Counter(sem_name(p) for p in typed).most_common(5))}
 
     # 5. per-head vs relations, on every held-out pair the checkpoints know
@@ -323,10 +333,12 @@ def print_report(r: dict, top_k: int) -> None:
     for m, v in r["table"].items():
         print(f"| {m} | {v['mrr']:.3f} | {v['hits1']:.3f} | {v['hits10']:.3f} | {v['auc']:.3f} |")
     print(f"\n| extractor (no adapter, top-k {top_k}) | precision@K | chance | hits | "
-          f"semcon acc on hits | majority-relation rate on hits |\n|---|---|---|---|---|---|")
+          f"semcon acc on hits | QK-head acc on the same hits | majority-relation rate on hits |"
+          f"\n|---|---|---|---|---|---|---|")
     for label, e in r["extract"].items():
         print(f"| {label} | {e['precision']:.3f} | {e['precision_chance']:.3f} | {e['hits']} | "
               f"{fmt(e['semcon_acc'])} ({e['with_semcon']} with a semcon) | "
+              f"{fmt(e['qk_semcon_acc'])} | "
               f"{fmt(e['semcon_chance'])} |")
     print(f"\n| relation of held-out pair (n={r['held_pairs']}; {r['held_pairs_untyped']} "
           f"have no relation among the semcons) | accuracy |\n|---|---|")
