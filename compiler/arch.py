@@ -48,8 +48,8 @@ def derive_arch(adjacency: sp.csr_array, pi: np.ndarray, n_semcons: int, cfg: Co
     """Derive d*, h*, L* from the graph (DESIGN §2, pass 3) and pick the values to use.
 
     d* = ceil(exp H(σ̂)), σ̂ the top-1024 singular values of M = diag(√π) A diag(√π) over
-    their sum, clamped to [64, 4096], rounded up to a multiple of 2·h* (HF: d % heads == 0;
-    RoPE: even head size). h* = n_semcons. L* = diam · ceil(ln(1/0.01) / ln(1/κ)),
+    their sum, clamped to [64, 4096] (and to ≥ 4·h*, so a head has room beside RoPE pair 0),
+    rounded up to a multiple of 2·h* (HF: d % heads == 0; RoPE: even head size). h* = n_semcons. L* = diam · ceil(ln(1/0.01) / ln(1/κ)),
     κ = 0.85·|1 − λ₂|, λ₂ of the normalised Laplacian of A + Aᵀ (0 when disconnected), diam
     a double-sweep BFS bound clamped to [4, 512]. Set cfg.d / heads / layers override; an
     overridden heads count also sets the multiple d is rounded to.
@@ -110,8 +110,10 @@ def derive_arch(adjacency: sp.csr_array, pi: np.ndarray, n_semcons: int, cfg: Co
 
 
 def round_hidden(d_raw: int, heads: int) -> int:
-    """Clamp to [64, 4096], then round up to a multiple of 2·heads (an even head size);
-    down to the largest such multiple when rounding up passes 4096.
+    """Clamp to [64, 4096] and to at least 4·heads when that fits (a head size of 2 is all
+    RoPE pair 0, which the compiled heads leave empty: compiler/attention.py), then round up
+    to a multiple of 2·heads (an even head size); down to the largest such multiple when
+    rounding up passes 4096.
 
     Raises:
         GraftError: when 2·heads > 4096, so no hidden size in range fits.
@@ -120,7 +122,8 @@ def round_hidden(d_raw: int, heads: int) -> int:
     if step > D_MAX:
         raise GraftError(f"heads={heads} needs a hidden size of at least 2·heads = {step} > "
                          f"{D_MAX}; set CompileConfig(heads=...) lower, or set d explicitly")
-    d = math.ceil(min(max(d_raw, D_MIN), D_MAX) / step) * step
+    floor = max(D_MIN, 4 * heads) if 4 * heads <= D_MAX else D_MIN
+    d = math.ceil(min(max(d_raw, floor), D_MAX) / step) * step
     return d if d <= D_MAX else D_MAX // step * step
 
 

@@ -40,7 +40,7 @@ def build_attention(semcons: Semcons, emb: Embedding, arch: Arch,
     o = [np.zeros((d, h * dh), np.float32) for _ in powers]
     pearson = np.full((n_layers, h), np.nan)                    # NaN: nothing to approximate
     for head, a in enumerate(per_head):
-        if a is None or a.nnz == 0:
+        if a is None or a.nnz == 0 or len(slots) == 0:    # d_h = 2: all RoPE pair 0
             continue
         # A_s is zero outside the particles its links touch (S), so Eᵀ A_s^k E only needs
         # E[S] and A_s[S, S]: ~10× less work on a big graph with many small semcons.

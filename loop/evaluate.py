@@ -66,16 +66,21 @@ def load_graph(store: Store, tie_token: str = "link") -> EvalGraph:
             a page links). When no link carries it, every link counts.
 
     Returns:
-        EvalGraph; axons (targets of label links) are not particles here.
+        EvalGraph; axons (targets of label links) are not particles here, nor are semcons
+        (sources of label links) that are not an end of any other link.
     """
     # No snapshot row is written (eval only reads): the links a snapshot taken now would hold.
     now = Snapshot(id="", max_seq=store.scalar(sql.MAX_SEQ), links=0, created="")
     links = snapshot_links(store, now)
+    labels = links.filter(links.column("is_label"))
     links = links.filter(pc.invert(links.column("is_label")))
-    rows = store.query(sql.EVAL_PARTICLES)
-    ends = pc.unique(pa.concat_arrays([links.column("src").combine_chunks(),
-                                       links.column("dst").combine_chunks()])).to_pylist()
-    index = sorted({r[0] for r in rows} | set(ends))
+    ends = set(pc.unique(pa.concat_arrays([links.column("src").combine_chunks(),
+                                           links.column("dst").combine_chunks()])).to_pylist())
+    # Semcons (sources of label links) are link types, not targets: left out unless some
+    # content link also has them as an end.
+    types = set(pc.unique(labels.column("src").combine_chunks()).to_pylist()) - ends
+    rows = [r for r in store.query(sql.EVAL_PARTICLES) if r[0] not in types]
+    index = sorted({r[0] for r in rows} | ends)
     table = pa.array(index, pa.string())
     truth = links.filter(pc.is_in(links.column("origin"), value_set=pa.array(TRUTH)))
     src = pc.index_in(truth.column("src"), value_set=table).to_numpy()      # (N,)

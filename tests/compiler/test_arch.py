@@ -147,12 +147,15 @@ def test_slq_on_few_probes_stays_close() -> None:
 
 
 # -- rounding and clamps --------------------------------------------------------------------
-@pytest.mark.parametrize("d_raw, heads, d", [(1, 1, 64), (64, 32, 64), (64, 33, 66),
-                                             (65, 1, 66), (100, 13, 104), (5000, 1, 4096),
+@pytest.mark.parametrize("d_raw, heads, d", [(1, 1, 64), (64, 16, 64), (64, 32, 128),
+                                             (64, 33, 132), (65, 1, 66), (100, 13, 104),
+                                             (100, 47, 188), (5000, 1, 4096),
                                              (4095, 3, 4092), (4096, 2048, 4096)])
 def test_round_hidden(d_raw: int, heads: int, d: int) -> None:
     got = arch.round_hidden(d_raw, heads)
     assert got == d and got % heads == 0 and (got // heads) % 2 == 0
+    # a head keeps at least one rotary pair beside pair 0 (UMLS: 47 semcons, d* 100 → 188)
+    assert got // heads >= 4 or 4 * heads > arch.D_MAX
 
 
 def test_round_hidden_rejects_too_many_heads() -> None:

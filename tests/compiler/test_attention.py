@@ -57,3 +57,19 @@ def test_gain_zero_switches_attention_off(store):
     _, _, _, attn = compiled(store, gain=0.0)
     assert all(not o.any() for o in attn.o)
     assert any(q.any() for q in attn.q)            # the scores are still compiled
+
+
+def test_head_size_two_leaves_heads_empty_instead_of_failing(store):
+    """d_h = 2 is all RoPE pair 0: no room for a compiled score (was: dense_svd k=0 crash,
+    hit by UMLS's 47 semcons before round_hidden kept d_h ≥ 4)."""
+    ingest_fixture(store, "typed")
+    snap = take_snapshot(store)
+    vocab = build_vocab(store, snap)
+    semcons = build_semcons(store, snap, vocab)
+    arch = Arch(derived={"diameter": 2, "kappa": 0.5}, d=6, heads=3, head_dim=2, layers=2,
+                intermediate=6)
+    cfg = CompileConfig(attn_gain=1.0)
+    emb = build_embedding(vocab, compute_focus(vocab.adjacency).pi, arch, cfg, seed=1)
+    attn = build_attention(semcons, emb, arch, cfg)
+    assert all(not w.any() for w in attn.q + attn.k + attn.v + attn.o)
+    assert np.isnan(attn.pearson).all()

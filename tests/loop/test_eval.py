@@ -111,6 +111,17 @@ def test_candidates_drop_ingest_and_curator_targets_but_not_extract(store, tmp_p
     assert len(queries_of(graph, again).pairs) == 1
 
 
+def test_semcons_are_not_candidates_unless_also_linked(store, tmp_path):
+    """A link type (a semcon given by name: ingest makes it a named particle) is not a
+    target to rank; a semcon that is also the end of a content link stays a particle."""
+    ingest_links(store, [write_jsonl(tmp_path / "t.jsonl", [
+        link("alpha", "beta", semcon="parent_of"), link("beta", "gamma", semcon="sibling_of"),
+        link("gamma", "sibling_of")])])
+    graph = evaluate.load_graph(store)
+    assert sorted(graph.index) == sorted(pid(n) for n in ["alpha", "beta", "gamma", "sibling_of"])
+    assert pid("parent_of") not in graph.names and len(graph.names) == 1   # sibling_of's name
+
+
 def test_bad_holdout_rows_are_named_and_nan_scores_refused(store, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"from": pid("alpha"), "to": pid("beta")},
                                                {"from": "ALPHA", "to": pid("beta")}, "[1, 2]",
