@@ -96,3 +96,16 @@ def test_no_target_takes_more_than_its_cap(tuned):
         props = extract(store, tuned / "ckpt", ExtractConfig(top_k=50, per_source=5, per_target=1))
     targets = [p.dst for p in props]
     assert len(targets) == len(set(targets)) and len(props) > 1
+
+
+def test_semcon_is_the_best_layer0_qk_head_as_trace_computes_it(tuned):
+    from compiler.provenance import trace
+    with Store(tuned / "g.duckdb") as store:
+        props = extract(store, tuned / "ckpt", ExtractConfig(top_k=5))    # compiled only
+        for p in props[:3]:
+            heads = [h for h in trace(store, tuned / "ckpt", pair=(p.src, p.dst))["heads"]
+                     if h["layer"] == 0]
+            want = [h["score"] for h in sorted(heads, key=lambda h: h["head"])]
+            assert max(map(abs, want)) > 1e-3                  # the test can fail
+            assert p.evidence["qk_scores"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+            assert p.head == int(max(range(len(want)), key=want.__getitem__))
