@@ -94,8 +94,15 @@ function evidenceOf(r) {
   } else {
     parts.push(el("p", { class: "muted" }, "no corpus line names both"));
   }
+  if (ev.contributions && typeof ev.contributions === "object") {   // the ranker's why
+    const feats = ev.features || {};
+    parts.push(barChart("the ranker's score by feature (weight × value)",
+      Object.entries(ev.contributions).map(([name, v]) => ({
+        label: `${name} = ${fmt(feats[name])}`, value: Number(v) || 0,
+        title: `${name}: value ${feats[name]}, contribution ${v}` })), fmt));
+  }
   for (const [key, value] of Object.entries(ev)) {       // anything else, shown as it is
-    if (key === "lines") continue;
+    if (key === "lines" || (ev.contributions && ["contributions", "features"].includes(key))) continue;
     parts.push(el("h3", {}, key.replaceAll("_", " ")), el("pre", {}, JSON.stringify(value)));
   }
   return parts;

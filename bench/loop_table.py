@@ -1,0 +1,52 @@
+"""The per-cycle eval table of a `graft cycle --holdout` run, beside the baselines' figures.
+
+Usage: python bench/loop_table.py --db STORE [--baselines baselines.json]
+(bench/loop_cyberwiki.sh writes baselines.json with `graft eval --json`). Prints markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from graph import sql_loop  # noqa: E402
+from graph.store import Store  # noqa: E402
+from loop.cycle import cycle_metrics  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--baselines", help="`graft eval --json` output of the baselines")
+    args = ap.parse_args()
+    with Store(args.db, create=False, read_only=True) as store:
+        rows = cycle_metrics(store)
+        evals = {c: json.loads(d)["eval"] for c, step, d, _ in store.query(sql_loop.STEPS_ALL)
+                 if step == "eval"}
+    print("| cycle | approx. error | d | fold MRR | proposals | accepted | precision | "
+          "wall s |\n|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['cycle']} | {_f(r.get('approximation_error'))} | {r.get('d', '–')} | "
+              f"{_f(r.get('fold_mrr'))} | {r.get('proposals', '–')} | {r.get('accepted', '–')} | "
+              f"{_f(r.get('precision'), 2)} | {r['wall_seconds']:.0f} |")
+    print("\n| method | MRR | Hits@1 | Hits@10 | AUC | n |\n|---|---|---|---|---|---|")
+    for cycle, result in sorted(evals.items()):
+        for name, m in result["methods"].items():
+            print(f"| {name}, cycle {cycle} | {_f(m['mrr'])} | {_f(m['hits1'])} | "
+                  f"{_f(m['hits10'])} | {_f(m['auc'])} | {result['n']} |")
+    if args.baselines:
+        base = json.loads(Path(args.baselines).read_text())
+        for name, m in base["methods"].items():
+            print(f"| {name} | {_f(m['mrr'])} | {_f(m['hits1'])} | {_f(m['hits10'])} | "
+                  f"{_f(m['auc'])} | {base['n']} |")
+
+
+def _f(x, digits: int = 4) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+if __name__ == "__main__":
+    main()
