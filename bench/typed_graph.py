@@ -19,9 +19,10 @@ Per dataset (files shipped inside the installed pykeen package; nothing is downl
   4. `graft extract CKPT --top-k K --json` on each checkpoint with no adapter (the compiled
      belief alone — there is no text, so no tuning): precision@K against the held-out pairs
      (and the rate a uniform pick of an unlinked pair would get), and semcon accuracy — for
-     proposals that hit a held-out pair, is the proposal's semcon (the head with the largest
-     |contribution|) one of the pair's held-out relations? — and the same question with
-     the hits typed by their largest layer-0 QK head instead;
+     proposals that hit a held-out pair, is the proposal's semcon (since this change, its
+     largest layer-0 QK head; before, the head with the largest |o_proj contribution|) one
+     of the pair's held-out relations? — and the same question with the hits typed by
+     their largest layer-0 QK head computed here from the weights;
   5. per head, for every held-out pair (p, q): which head scores it highest — QK (layer-0
      x_p W_Q W_Kᵀ x_q / √d_h, as `graft trace --pair` reports it) and DLA (each head's
      o_proj contribution to q's logit after [p], loop/extract.py `_head_logits`) — against
