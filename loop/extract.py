@@ -21,7 +21,7 @@ relation 0.33 of the time, the QK head 0.83 — bench/typed_graph.py.) The other
 head's direct contribution to the logit of q (its o_proj slice, through the final RMSNorm
 frozen, against lm_head[q]), tuned minus compiled: what tuning moved. Evidence: the
 features, each one's share of the score (weight × value), both per-head views and the
-corpus lines where both particles occur.
+corpus lines that name both (or the target, in a document that names the source).
 
 Letters in shape comments: P particles in the store's index, B sources in a batch, k kept
 per source, F features.
@@ -274,21 +274,31 @@ def _head_logits(model, src_ids, dst_ids, context) -> np.ndarray:
 
 
 def _corpus_lines(graph, corpus: Path | None, src, dst, keep: int) -> list[list]:
-    """For each pair (index positions), up to `keep` (line number, text) of the corpus where
-    both names occur."""
+    """For each pair (index positions), up to `keep` (line number, text) of the corpus: the
+    lines naming both first, then lines naming the target in a document (a run of non-blank
+    lines) that names the source — a wiki page names itself in its title, not on the line
+    that mentions the target."""
     if corpus is None:
         return [[] for _ in src]
     from finetune.text import Lexicon
     lexicon = Lexicon(graph.names)
     wanted = set(int(x) for x in src) | set(int(x) for x in dst)
-    where: dict[int, list[int]] = {}
+    lines_of: dict[int, set[int]] = {}         # particle → line numbers naming it
+    docs_of: dict[int, set[int]] = {}          # particle → documents naming it
     texts = Path(corpus).read_text(encoding="utf-8").splitlines()
+    doc_of_line, doc = [], 0
     for number, line in enumerate(texts, 1):
-        for token in set(lexicon.match(line)[0]):
-            if token in wanted:
-                where.setdefault(token, []).append(number)
+        if not line.strip():
+            doc += 1                               # a blank line ends a document
+        doc_of_line.append(doc)
+        for token in set(lexicon.match(line)[0]) & wanted:
+            lines_of.setdefault(token, set()).add(number)
+            docs_of.setdefault(token, set()).add(doc)
     out = []
     for s, d in zip(src, dst):
-        both = sorted(set(where.get(int(s), [])) & set(where.get(int(d), [])))[:keep]
-        out.append([[n, texts[n - 1][:300]] for n in both])
+        ls, ld = lines_of.get(int(s), set()), lines_of.get(int(d), set())
+        shared = docs_of.get(int(s), set()) & docs_of.get(int(d), set())
+        near = sorted(n for n in ld - ls if doc_of_line[n - 1] in shared)
+        chosen = (sorted(ls & ld) + near)[:keep]
+        out.append([[n, texts[n - 1][:300]] for n in chosen])
     return out

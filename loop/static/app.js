@@ -88,11 +88,11 @@ function evidenceOf(r) {
   const src = [r.src_name, ...(r.src_aliases || [])];
   const dst = [r.dst_name, ...(r.dst_aliases || [])];
   if (Array.isArray(ev.lines) && ev.lines.length) {
-    parts.push(el("h3", {}, "evidence: corpus lines naming both"),
+    parts.push(el("h3", {}, "evidence: corpus lines (naming both, or the target in a document naming the source)"),
       el("ul", { class: "evidence" }, ev.lines.map(([no, text]) =>
         el("li", {}, el("span", { class: "ln" }, "line " + no), highlight(String(text), src, dst)))));
   } else {
-    parts.push(el("p", { class: "muted" }, "no corpus line names both"));
+    parts.push(el("p", { class: "muted" }, "no corpus line names both, nor the target beside the source"));
   }
   if (ev.contributions && typeof ev.contributions === "object") {   // the ranker's why
     const feats = ev.features || {};

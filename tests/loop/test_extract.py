@@ -109,3 +109,20 @@ def test_semcon_is_the_best_layer0_qk_head_as_trace_computes_it(tuned):
             assert max(map(abs, want)) > 1e-3                  # the test can fail
             assert p.evidence["qk_scores"] == pytest.approx(want, rel=1e-4, abs=1e-6)
             assert p.head == int(max(range(len(want)), key=want.__getitem__))
+
+
+def test_evidence_lines_name_both_or_the_target_in_the_sources_document(tmp_path):
+    import numpy as np
+    import scipy.sparse as sp
+
+    from loop.evaluate import EvalGraph
+    from loop.extract import _corpus_lines
+    graph = EvalGraph(index=["a", "b", "c"], adjacency=sp.csr_array((3, 3)),
+                      known=sp.csr_array((3, 3)), link_indegree=np.zeros(3),
+                      names={0: ["tail"], 1: ["dog"], 2: ["cat"]})
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("tail\nit wags for the dog\na tail and a dog\n\ncat\nthe dog again\n")
+    lines = _corpus_lines(graph, corpus, np.array([0, 2, 0]), np.array([1, 1, 2]), keep=3)
+    assert lines == [[[3, "a tail and a dog"], [2, "it wags for the dog"]],   # both first
+                     [[6, "the dog again"]],             # cat's document names the dog
+                     []]                                 # no document names tail and cat
