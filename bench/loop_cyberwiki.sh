@@ -3,13 +3,13 @@
 # particles are ingested, the baselines are evaluated once (they only read ingest links), and
 # `graft cycle` runs N cycles with per-cycle eval against the holdout; the last step prints
 # the cycles and the per-cycle eval table beside the baselines (bench/loop_table.py).
-# Usage: bash bench/loop_cyberwiki.sh [WORKDIR] [CYCLES] [AUTO_ACCEPT]   (needs ../shared)
+# Usage: bash bench/loop_cyberwiki.sh [WORKDIR] [CYCLES] [AUTO_ACCEPT] [SPLIT_SEED]   (needs ../shared)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-W=${1:-/tmp/graft-loop-cyberwiki}; N=${2:-3}; K=${3:-50}
+W=${1:-/tmp/graft-loop-cyberwiki}; N=${2:-3}; K=${3:-50}; SEED=${4:-1}
 CW=../shared/data/cyberwiki
 rm -rf "$W"; mkdir -p "$W"
-graft split-holdout "$CW/train_links.jsonl" --fraction 0.1 --seed 1 --token link \
+graft split-holdout "$CW/train_links.jsonl" --fraction 0.1 --seed "$SEED" --token link \
       --train "$W/train.jsonl" --holdout "$W/holdout.jsonl"
 graft --db "$W/g.duckdb" ingest particles "$CW/particles.jsonl"
 graft --db "$W/g.duckdb" ingest links "$W/train.jsonl"
