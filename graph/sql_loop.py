@@ -78,6 +78,12 @@ STAKE_ACCEPTED = """
            'extract', cycle, $batch
     FROM proposals WHERE status = 'accepted' AND staked IS NULL
 """
+# An accepted proposal holds confidence × what a typical ground-truth link holds: the median
+# amount of the store's positive ingest/curator links (1 when there are none).
+TRUTH_MEDIAN_AMOUNT = """
+    SELECT coalesce(median(CAST(amount AS DOUBLE)), 1) FROM cyberlinks
+    WHERE origin IN ('ingest', 'curator') AND valence = 1 AND amount IS NOT NULL
+"""
 MARK_STAKED = """
     UPDATE proposals SET staked = l.seq
     FROM cyberlinks l

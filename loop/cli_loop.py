@@ -35,7 +35,8 @@ def cmd_review(args, say, emit) -> None:
         if args.accept or args.reject or args.accept_above is not None:
             result = decide(store, accept=args.accept or (), reject=args.reject or (),
                             accept_above=args.accept_above, cycle=args.cycle,
-                            reviewer=args.reviewer, neuron=args.neuron, token=args.token)
+                            reviewer=args.reviewer, neuron=args.neuron, token=args.token,
+                            stake_scale=args.stake_scale)
             emit(result.__dict__, f"decided {len(result.decided)} proposal(s); "
                                   f"{result.staked} link(s) staked by {args.neuron}")
             return
@@ -103,6 +104,9 @@ def add_commands(command) -> None:
     p.add_argument("--reviewer", default="curator")
     p.add_argument("--neuron", default="graft-extractor", help="who signs accepted links")
     p.add_argument("--token", default="link", help="the token of accepted links")
+    p.add_argument("--stake-scale", type=float, metavar="X", help="amount = max(1, "
+                   "round(confidence · X)); default: the median amount of the store's "
+                   "ingest/curator links")
 
     p = command("cycle", cmd_cycle, "snapshot → compile → tune → extract → review, N times "
                 "(rerun the same command to resume)")

@@ -22,7 +22,6 @@ if TYPE_CHECKING:                  # loop.extract imports torch: seconds `graft 
     from loop.extract import Proposal
 
 EXTRACTOR = "graft-extractor"      # the neuron that signs accepted proposals
-STAKE_SCALE = 1000                 # amount = max(1, round(confidence · STAKE_SCALE))
 
 
 @dataclass(frozen=True)
@@ -71,9 +70,18 @@ def list_proposals(store: Store, status: str | None = "pending", cycle: int | No
 
 def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
            accept_above: float | None = None, cycle: int | None = None,
-           reviewer: str = "curator", neuron: str = EXTRACTOR, token: str = "link") -> Decision:
+           reviewer: str = "curator", neuron: str = EXTRACTOR, token: str = "link",
+           stake_scale: float | None = None) -> Decision:
     """Accept / reject pending proposals by id (or accept all pending with score ≥ X), then
-    stake every accepted, unstaked proposal — all in one transaction."""
+    stake every accepted, unstaked proposal — all in one transaction.
+
+    An accepted proposal's amount is max(1, round(confidence · scale)); the scale defaults to
+    the median amount of the store's positive ingest/curator links, so an accepted link
+    weighs what a typical curated one does, times its confidence. (A fixed 1000 made 50
+    accepted links outweigh cyberwiki's 15k links of amount 1: the next compile's focus
+    spectrum and embedding were theirs.)"""
+    if stake_scale is not None and not stake_scale > 0:
+        raise GraftError(f"stake scale {stake_scale}: expected a positive number")
     accept, reject = sorted(set(accept)), sorted(set(reject))
     both = set(accept) & set(reject)
     if both:
@@ -87,7 +95,8 @@ def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
         for status, ids in (("accepted", accept), ("rejected", reject)):
             if ids:
                 decided += _set_status(store, ids, status, reviewer)
-        staked = _stake(store, neuron, token)
+        scale = stake_scale or store.scalar(sql_loop.TRUTH_MEDIAN_AMOUNT)
+        staked = _stake(store, neuron, token, scale)
     return Decision(decided=sorted(decided), staked=staked)
 
 
@@ -112,7 +121,7 @@ def _set_status(store: Store, ids: list[int], status: str, reviewer: str) -> lis
         store.unregister("id_view")
 
 
-def _stake(store: Store, neuron: str, token: str) -> int:
+def _stake(store: Store, neuron: str, token: str, scale: float) -> int:
     pending = store.scalar(sql_loop.ACCEPTED_UNSTAKED)
     if not pending:
         return 0
@@ -121,7 +130,7 @@ def _stake(store: Store, neuron: str, token: str) -> int:
     base = store.scalar(sql.MAX_SEQ)
     store.execute(sql_loop.ENSURE_TOKEN, {"token": token})
     store.execute(sql_loop.STAKE_ACCEPTED, {"base": base, "neuron": neuron, "token": token,
-                                            "scale": STAKE_SCALE, "time": int(time.time()),
+                                            "scale": scale, "time": int(time.time()),
                                             "batch": batch})
     store.execute(sql.INSERT_NEURONS, {"batch": batch})
     store.execute(sql_loop.MARK_STAKED, {"batch": batch})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from compiler.compile import compile_snapshot
@@ -63,12 +64,15 @@ def test_review_stakes_accepted_once_and_feeds_dpo(tuned, tmp_path):
         tail_dog = next(r for r in listed if (r["src_name"], r["dst_name"]) == ("tail", "dog"))
         other = next(r for r in listed if r["src_name"] == "tail" and r["id"] != tail_dog["id"])
         links_before = store.scalar("SELECT count(*) FROM cyberlinks")
+        amounts = sorted(a for (a,) in store.query(
+            "SELECT amount FROM cyberlinks WHERE origin = 'ingest' AND valence = 1"))
+        median = float(np.median(amounts))                     # the typed fixture: 2 .. 5
         result = decide(store, accept=[tail_dog["id"]], reject=[other["id"]], reviewer="ann")
         assert result.decided == sorted([tail_dog["id"], other["id"]]) and result.staked == 1
         row = store.query("SELECT neuron, token, origin, cycle, amount, valence FROM cyberlinks "
                           "WHERE src = ? AND dst = ?", [pid("tail"), pid("dog")])
         assert row == [("graft-extractor", "link", "extract", 1,
-                        max(1, round(tail_dog["confidence"] * 1000)), 1)]
+                        max(1, round(tail_dog["confidence"] * median)), 1)]
         again = decide(store, accept=[tail_dog["id"]])           # already decided: nothing
         assert again.decided == [] and again.staked == 0
         assert store.scalar("SELECT count(*) FROM cyberlinks") == links_before + 1
@@ -85,8 +89,13 @@ def test_cli_extract_and_review(tuned, tmp_path, capsys):
                  str(tuned / "adapter"), "--top-k", "5", "--cycle", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["new"] == 5 and len(out["proposals"]) == 5
-    assert main(["--db", str(db), "review", "--accept-above=-1e9", "--json"]) == 0
+    assert main(["--db", str(db), "review", "--accept-above=-1e9", "--stake-scale", "1000",
+                 "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["staked"] == 5
+    with Store(db) as store:
+        staked = store.query("SELECT l.amount, p.confidence FROM cyberlinks l JOIN proposals p "
+                             "ON p.staked = l.seq")
+    assert len(staked) == 5 and all(a == max(1, round(c * 1000)) for a, c in staked)
     assert main(["--db", str(db), "review", "--status", "accepted", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["proposals"]) == 5
 

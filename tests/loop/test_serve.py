@@ -138,9 +138,10 @@ def test_queue_then_accept_and_reject_as_graft_review_does(db):
                                       "reviewer": "ann"}, headers=csrf(c))
     assert got.json() == {"decided": sorted([tail_dog["id"], other["id"]]), "staked": 1}
     with Store(db, create=False, read_only=True) as store:
+        median = store.scalar("SELECT median(amount) FROM cyberlinks WHERE origin = 'ingest'")
         assert store.query("SELECT neuron, origin, cycle, amount FROM cyberlinks WHERE src = ? "
                            "AND dst = ?", [pid("tail"), pid("dog")]) == [
-            ("graft-extractor", "extract", 1, round(tail_dog["confidence"] * 1000))]
+            ("graft-extractor", "extract", 1, max(1, round(tail_dog["confidence"] * median)))]
         assert dict((i, (st, who)) for i, st, who in store.query(
             "SELECT id, status, reviewer FROM proposals WHERE status <> 'pending'")) == {
             tail_dog["id"]: ("accepted", "ann"), other["id"]: ("rejected", "ann")}
