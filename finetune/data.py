@@ -6,6 +6,8 @@ Padding is token 0 with label -100 (ignored by the loss).
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +21,31 @@ from compiler.types import SPECIAL_TOKENS
 PAD, IGNORE = 0, -100
 
 
-def split(seqs: list[list[int]], holdout: float, seed: int) -> tuple[list, list]:
-    """(train, held-out) by whole documents, seeded; at least one of each when possible."""
+def split(seqs: list[list[int]], holdout: float, seed: int,
+          keys: list[int] | None = None) -> tuple[list, list]:
+    """(train, held-out) by whole documents, seeded; at least one of each when possible.
+
+    With `keys` (each document's first line in the corpus), a document is held out by a
+    seeded hash of its key alone, so the held-out documents stay the same when another
+    lexicon (a later cycle's vocabulary) keeps more or fewer documents.
+    """
+    if keys is not None and len(seqs) > 1:
+        held_ids = [i for i, k in enumerate(keys) if _unit_hash(seed, k) < holdout]
+        if 0 < len(held_ids) < len(seqs):
+            held = set(held_ids)
+            return ([s for i, s in enumerate(seqs) if i not in held],
+                    [s for i, s in enumerate(seqs) if i in held])
     order = np.random.default_rng(seed).permutation(len(seqs))
     n_held = min(max(int(round(holdout * len(seqs))), 1 if holdout > 0 else 0), len(seqs) - 1)
     held = set(order[:max(n_held, 0)].tolist())
     return ([s for i, s in enumerate(seqs) if i not in held],
             [s for i, s in enumerate(seqs) if i in held])
+
+
+def _unit_hash(seed: int, key: int) -> float:
+    """A uniform number in [0, 1) from (seed, key), the same on every machine."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0 ** 64
 
 
 def blocks(seqs: list[list[int]], block: int) -> list[list[int]]:

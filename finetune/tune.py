@@ -152,7 +152,7 @@ def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
     seqs = corpus_sequences(corpus, Lexicon.of_checkpoint(model_dir))
     say(f"corpus: {seqs.coverage.share:.1%} of {seqs.coverage.words} words matched, "
         f"{seqs.coverage.particles} particles, {seqs.coverage.sequences} sequences")
-    train_docs, held_docs = data.split(seqs.ids, cfg.holdout, cfg.seed)
+    train_docs, held_docs = data.split(seqs.ids, cfg.holdout, cfg.seed, keys=seqs.lines)
     train_rows, held_rows = data.blocks(train_docs, cfg.block), data.blocks(held_docs, cfg.block)
     if not train_rows or not held_rows:
         raise GraftError(f"{corpus}: too little matched text to train and hold out "
@@ -165,7 +165,10 @@ def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
     model = load_for_tuning(model_dir, cfg)
     measure = _measurer(model, held_rows, adj, pairs)
     before = measure()
+    before["heldout_loss_tempered"], before["temperature"] = _tempered(model, train_rows,
+                                                                       held_rows, cfg.seed)
     say(f"before: held-out loss {before['heldout_loss']:.4f}"
+        f" ({before['heldout_loss_tempered']:.4f} at a scale fitted on the training text)"
         + (f", graph MRR {before['graph']['mrr']:.4f}" if adj is not None else ""))
     walks = (data.walk_rows(adj, max(len(train_rows), 1000), cfg.block, cfg.seed)
              if cfg.replay else [])
@@ -183,6 +186,19 @@ def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
               **{k: v for k, v in result.items() if k != "curve"}}
     (out / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _tempered(model, train_rows, held_rows, seed: int,
+              budget: int = 40_000_000) -> tuple[float, float]:
+    """forgetting.tempered_text_loss with the scale fitted on seeded training rows: as many
+    as keep their logits within `budget` entries."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    width = max(len(r) for r in train_rows)
+    n = int(np.clip(budget // (width * vocab), 8, len(train_rows)))
+    pick = np.random.default_rng(seed).choice(len(train_rows), n, replace=False)
+    loss, scale = forgetting.tempered_text_loss(model, [train_rows[i] for i in sorted(pick)],
+                                                held_rows)
+    return round(loss, 6), round(scale, 6)
 
 
 def _measurer(model, held_rows, adj, pairs):

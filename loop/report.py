@@ -29,7 +29,8 @@ def write_report(rows: list[dict], out: Path) -> Path:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head>
 <body><h1>graft cycles</h1>
 <p>Approximation error: the compiled model's next-particle cross-entropy on held-out text,
-before tuning; it should fall as accepted links reach the graph.</p>
+before tuning, at one logit scale fitted on the training text; it should fall as accepted
+links reach the graph.</p>
 <table><tr>{head}</tr>{body}</table>
 {img}
 </body></html>

@@ -124,3 +124,27 @@ def test_full_tuning_on_unrelated_text_forgets_and_replay_reduces_it(compiled, t
     # measured: 1.0 → 0.24 without replay, 0.65 with one walk row per text row
     assert mrr[0.0] < mrr["before"] - 0.3, mrr            # it forgot
     assert mrr[1.0] > mrr[0.0] + 0.2, mrr                 # replay kept more of the graph
+
+
+def test_tempered_loss_is_the_best_scale_and_no_worse_than_raw(compiled):
+    from finetune import forgetting
+    from finetune.data import blocks
+    model = base(compiled / "ckpt")
+    rows = blocks([[4, 5, 6, 7, 8, 9, 10, 11], [10, 11, 4, 6, 8, 10, 5, 7]] * 4, 8)
+    loss, scale = forgetting.tempered_text_loss(model, rows, rows)
+    grid = {s: forgetting.text_loss(model, rows, scale=s) for s in (scale / 1.5, scale * 1.5)}
+    assert all(loss <= v + 1e-6 for v in grid.values())             # a minimum, as fitted
+    assert loss <= forgetting.text_loss(model, rows) + 1e-6         # never worse than s = 1
+    assert forgetting.text_loss(model, rows, scale=scale) == pytest.approx(loss, abs=1e-6)
+
+
+def test_split_by_keys_keeps_documents_whatever_else_is_kept():
+    from finetune.data import split
+    docs = [[i, i + 1] for i in range(200)]
+    keys = list(range(1000, 1200))
+    train, held = split(docs, 0.1, 0, keys=keys)
+    assert 5 < len(held) < 40 and len(train) + len(held) == 200
+    # drop every third document (another lexicon kept fewer): the rest stay where they were
+    kept = [i for i in range(200) if i % 3]
+    _, held2 = split([docs[i] for i in kept], 0.1, 0, keys=[keys[i] for i in kept])
+    assert held2 == [d for d in held if d[0] % 3]
