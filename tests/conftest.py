@@ -88,3 +88,14 @@ def write_wiki(root: Path, pages: int = 40, links: int = 4, decoys: int = 3, see
 def _write_text(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def compile_fixture(root: Path, name: str, cfg) -> Path:
+    """Ingest data/fixtures/NAME.* into ROOT/g.duckdb and compile it to ROOT/ckpt with
+    `cfg` (a CompileConfig); returns ROOT."""
+    from compiler.compile import compile_snapshot
+    from graph.snapshot import take_snapshot
+    with Store(root / "g.duckdb") as store:
+        ingest_fixture(store, name)
+        compile_snapshot(store, take_snapshot(store), root / "ckpt", cfg)
+    return root

@@ -12,22 +12,18 @@ from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM
 
 from compiler import provenance as pv
-from compiler.compile import compile_snapshot
 from compiler.types import CompileConfig
 from graph.errors import GraftError
 from graph.ingest_rows import ingest_particles
-from graph.snapshot import take_snapshot
 from graph.store import Store
 from loop import cli
-from tests.conftest import ingest_fixture, pid, write_jsonl
+from tests.conftest import compile_fixture, pid, write_jsonl
 
 TYPED = CompileConfig(d=12, heads=3, layers=2, attn_gain=0.3, mlp_gain=0.3, check_determinism=False)
 
 
 def _compile(root, fixture: str, cfg: CompileConfig):
-    with Store(root / "g.duckdb") as store:
-        ingest_fixture(store, fixture)
-        compile_snapshot(store, take_snapshot(store), root / "ckpt", cfg)
+    compile_fixture(root, fixture, cfg)
     return root / "g.duckdb", root / "ckpt"
 
 

@@ -9,15 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from compiler.compile import compile_snapshot
 from compiler.types import CompileConfig
 from finetune.checkpoints import convert_gguf, smollm2_gguf
 from finetune.trl_jobs import preference_pairs, read_rows, train
 from graph.errors import GraftError
-from graph.snapshot import take_snapshot
-from graph.store import Store
 from loop.cli import main
-from tests.conftest import ingest_fixture, write_jsonl
+from tests.conftest import compile_fixture, write_jsonl
 
 SFT = [{"prompt": "cat", "completion": "mammal"}, {"prompt": "Dog", "completion": "mammal"},
        {"prompt": "mammal", "completion": "animal"}, {"prompt": "the paw", "completion": "dog"}]
@@ -28,11 +25,8 @@ PAIRS = [{"prompt": "cat", "chosen": "mammal", "rejected": "paw"},
 
 @pytest.fixture(scope="module")
 def typed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("typed")
-    with Store(root / "g.duckdb") as store:
-        ingest_fixture(store, "typed")
-        compile_snapshot(store, take_snapshot(store), root / "ckpt",
-                         CompileConfig(d=12, heads=3, layers=2, attn_gain=0.3, mlp_gain=0.3))
+    root = compile_fixture(tmp_path_factory.mktemp("typed"), "typed",
+                           CompileConfig(d=12, heads=3, layers=2, attn_gain=0.3, mlp_gain=0.3))
     write_jsonl(root / "sft.jsonl", SFT)
     write_jsonl(root / "pairs.jsonl", PAIRS)
     return root

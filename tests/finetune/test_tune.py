@@ -5,20 +5,17 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from compiler.compile import compile_snapshot
 from compiler.types import CompileConfig
 from finetune.checkpoints import merge_adapter
 from finetune.tune import TuneConfig, tune
 from graph.errors import GraftError
-from graph.snapshot import take_snapshot
 from graph.store import Store
-from tests.conftest import ingest_fixture
+from tests.conftest import compile_fixture
 
 IDS = torch.tensor([[4, 5, 6, 7, 8, 9], [10, 11, 4, 6, 8, 10]])
 RELATED = "\n\n".join(["a1 a2 a3 a4", "a2 a3 a1", "b1 b2 b3 b4", "b3 b4 b1 b2", "a4 a1 a2",
@@ -31,11 +28,8 @@ UNRELATED = "\n\n".join(f"{a} {b} {a} {b}" for a in ("a1", "a2", "a3", "a4")
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """The communities fixture compiled once: (store path, checkpoint dir)."""
-    root = tmp_path_factory.mktemp("communities")
-    with Store(root / "g.duckdb") as store:
-        ingest_fixture(store, "communities")
-        compile_snapshot(store, take_snapshot(store), root / "ckpt",
-                         CompileConfig(d=8, layers=2, attn_gain=0.3, mlp_gain=0.3))
+    root = compile_fixture(tmp_path_factory.mktemp("communities"), "communities",
+                           CompileConfig(d=8, layers=2, attn_gain=0.3, mlp_gain=0.3))
     (root / "related.txt").write_text(RELATED)
     (root / "unrelated.txt").write_text(UNRELATED)
     return root

@@ -7,17 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from compiler.compile import compile_snapshot
 from compiler.types import CompileConfig
 from finetune.trl_jobs import preference_pairs
 from finetune.tune import TuneConfig, tune
 from graph.errors import GraftError
-from graph.snapshot import take_snapshot
 from graph.store import Store
 from loop.cli import main
 from loop.extract import ExtractConfig, extract
 from loop.review import add_proposals, decide, decisions, list_proposals
-from tests.conftest import FIXTURES, ingest_fixture, pid
+from tests.conftest import FIXTURES, compile_fixture, pid
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +25,9 @@ def tuned(tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
     lines = [x for x in (FIXTURES / "typed.corpus.txt").read_text().splitlines() if x.strip()]
     (root / "corpus.txt").write_text("\n\n".join(lines * 6) + "\n")
+    compile_fixture(root, "typed", CompileConfig(d=12, heads=3, layers=2,
+                                                 check_determinism=False))
     with Store(root / "g.duckdb") as store:
-        ingest_fixture(store, "typed")
-        compile_snapshot(store, take_snapshot(store), root / "ckpt",
-                         CompileConfig(d=12, heads=3, layers=2, check_determinism=False))
         tune(root / "ckpt", root / "corpus.txt", root / "adapter",
              TuneConfig(max_steps=60, lr=1e-2, eval_every=60, batch_size=8), store=store)
     return root
