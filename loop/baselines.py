@@ -19,7 +19,6 @@ import scipy.sparse as sp
 
 from compiler import linalg, mlp
 from compiler.types import SPECIAL_TOKENS
-from finetune.text import Lexicon
 from graph.errors import GraftError
 from graph.focus import compute_focus
 from loop.evaluate import EvalGraph, Scorer, checkpoint_positions
@@ -125,23 +124,11 @@ def mentions(graph: EvalGraph, cfg: BaselineConfig) -> Scorer:
     """Unlinked mentions, as Obsidian and Logseq show them: q's name or an alias occurs in
     p's text (longest match, finetune/text.py), ranked first; ties — mentioned or not — by
     q's `link` in-degree (score = mentioned · BIG + in-degree)."""
-    lexicon = Lexicon(graph.names)
+    from loop.rank import mention_matrix
+    mentioned = mention_matrix(graph)                                      # (P, P) counts
     base = graph.link_indegree                                             # (P,)
     big = float(base.max(initial=0.0)) + 1.0
-    seen: dict[int, np.ndarray] = {}
-
-    def mentioned(p: int) -> np.ndarray:
-        if p not in seen:
-            seen[p] = np.unique(np.array(lexicon.match(graph.texts.get(p, ""))[0], dtype=np.int64))
-        return seen[p]
-
-    def score(sources: np.ndarray) -> np.ndarray:
-        out = np.tile(base, (len(sources), 1))                             # (S, P)
-        for i, p in enumerate(sources):
-            out[i, mentioned(int(p))] += big
-        return out
-
-    return score
+    return lambda sources: base + big * (mentioned[sources].toarray() > 0)  # (S, P)
 
 
 def kge_available() -> bool:
