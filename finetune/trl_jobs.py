@@ -17,6 +17,7 @@ import torch
 
 from compiler.types import LEXICON
 from graph.errors import GraftError
+from graph.formats import json_lines
 
 COLUMNS = {"sft": [("prompt", "completion"), ("messages",)],
            "dpo": [("prompt", "chosen", "rejected")],
@@ -27,17 +28,9 @@ TEXT_FIELDS = ("prompt", "completion", "chosen", "rejected")
 def read_rows(path: Path, kind: str) -> list[dict]:
     """JSONL rows with one of `kind`'s column sets; errors name file, line and field."""
     path, rows = Path(path), []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise GraftError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GraftError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
+    for number, _, row in json_lines(path):
+        if isinstance(row, json.JSONDecodeError):
+            raise GraftError(f"{path}:{number}: malformed JSON ({row.msg})")
         if not isinstance(row, dict):
             raise GraftError(f"{path}:{number}: expected an object, got {type(row).__name__}")
         cols = next((c for c in COLUMNS[kind] if all(k in row for k in c)), None)

@@ -53,6 +53,25 @@ def file_digest(path: Path) -> str:
 
 
 # -- line numbers --------------------------------------------------------------------------
+def json_lines(path: Path) -> Iterator[tuple[int, str, object]]:
+    """(line number, line, its JSON value — or the json.JSONDecodeError parsing raised) of
+    each non-blank line of a UTF-8 text file; a file that cannot be read is a GraftError."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise GraftError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise GraftError(f"{path}: cannot read it: {exc}") from None
+    for number, text in enumerate(lines, 1):
+        if text.strip():
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                value = exc
+            yield number, text, value
+
+
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 
 from graph import ids, sql
 from graph.errors import GraftError, Problem, shorten
+from graph.formats import json_lines
 from graph.snapshot import Snapshot, snapshot_links
 from graph.store import Store
 
@@ -124,19 +125,11 @@ def read_holdout(path: Path) -> list[HeldOut]:
 def _link_rows(path: Path) -> list[tuple[int, str, dict]]:
     """(line number, line, parsed row) of each non-blank line; GraftError naming every bad one."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GraftError(f"{path}: cannot read the links: {exc}") from None
     rows, problems = [], []
-    for number, text in enumerate(lines, 1):
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
+    for number, text, row in json_lines(path):
+        if isinstance(row, json.JSONDecodeError):
             problems.append(Problem(str(path), number, "", shorten(text),
-                                    f"a JSON object ({exc.msg})"))
+                                    f"a JSON object ({row.msg})"))
             continue
         if not isinstance(row, dict):
             problems.append(Problem(str(path), number, "", shorten(row), "a JSON object"))
