@@ -37,21 +37,28 @@ def tempered_text_loss(model, fit_rows: list[list[int]], rows: list[list[int]],
     8.623, 8.617, 8.614). One scale s minimises the cross-entropy of softmax(s · logits) on
     `fit_rows` (golden section on log s in [1/50, 50]; convex in s), then `rows` are scored.
     """
-    fit_logits, fit_targets = _logits(model, fit_rows, batch_size)
-    lo, hi = np.log(1 / 50), np.log(50.0)
-    ce = lambda lg, t, s: float(torch.nn.functional.cross_entropy(lg * s, t))  # noqa: E731
-    for _ in range(40):
-        a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
-        if ce(fit_logits, fit_targets, np.exp(a)) < ce(fit_logits, fit_targets, np.exp(b)):
-            hi = b
-        else:
-            lo = a
-    scale = float(np.exp((lo + hi) / 2))
+    fit_logits, fit_targets = logits_of(model, fit_rows, batch_size)
+    scale = fit_scale(fit_logits, fit_targets)
     del fit_logits
     return text_loss(model, rows, batch_size, scale=scale), scale
 
 
-def _logits(model, rows: list[list[int]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_scale(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The s in [1/50, 50] minimising the cross-entropy of softmax(s · logits) against
+    `targets` (golden section on log s; the loss is convex in s)."""
+    lo, hi = np.log(1 / 50), np.log(50.0)
+    ce = lambda s: float(torch.nn.functional.cross_entropy(logits * s, targets))  # noqa: E731
+    for _ in range(40):
+        a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
+        if ce(np.exp(a)) < ce(np.exp(b)):
+            hi = b
+        else:
+            lo = a
+    return float(np.exp((lo + hi) / 2))
+
+
+def logits_of(model, rows: list[list[int]],
+              batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, T) next-token logits and (N,) targets of every predicted position of `rows`."""
     model.eval()
     out, targets = [], []

@@ -149,11 +149,9 @@ def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
     model_dir, out = Path(model_dir), Path(out)
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)               # DESIGN §7: ~20× on CPU (tiny singular values)
-    seqs = corpus_sequences(corpus, Lexicon.of_checkpoint(model_dir))
+    seqs, train_rows, held_rows = text_rows(Lexicon.of_checkpoint(model_dir), corpus, cfg)
     say(f"corpus: {seqs.coverage.share:.1%} of {seqs.coverage.words} words matched, "
         f"{seqs.coverage.particles} particles, {seqs.coverage.sequences} sequences")
-    train_docs, held_docs = data.split(seqs.ids, cfg.holdout, cfg.seed, keys=seqs.lines)
-    train_rows, held_rows = data.blocks(train_docs, cfg.block), data.blocks(held_docs, cfg.block)
     if not train_rows or not held_rows:
         raise GraftError(f"{corpus}: too little matched text to train and hold out "
                          f"({len(train_rows)} training rows, {len(held_rows)} held-out rows)")
@@ -188,17 +186,31 @@ def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
     return record
 
 
-def _tempered(model, train_rows, held_rows, seed: int,
-              budget: int = 40_000_000) -> tuple[float, float]:
-    """forgetting.tempered_text_loss with the scale fitted on seeded training rows: as many
-    as keep their logits within `budget` entries."""
+def _tempered(model, train_rows, held_rows, seed: int) -> tuple[float, float]:
+    """forgetting.tempered_text_loss with the scale fitted on `scale_rows` of the training
+    rows."""
     vocab = model.get_output_embeddings().weight.shape[0]
+    loss, scale = forgetting.tempered_text_loss(model, scale_rows(train_rows, vocab, seed),
+                                                held_rows)
+    return round(loss, 6), round(scale, 6)
+
+
+def scale_rows(train_rows: list[list[int]], vocab: int, seed: int,
+               budget: int = 40_000_000) -> list[list[int]]:
+    """The seeded training rows a text logit scale is fitted on: as many as keep their
+    logits within `budget` entries (at least 8)."""
     width = max(len(r) for r in train_rows)
     n = int(np.clip(budget // (width * vocab), 8, len(train_rows)))
     pick = np.random.default_rng(seed).choice(len(train_rows), n, replace=False)
-    loss, scale = forgetting.tempered_text_loss(model, [train_rows[i] for i in sorted(pick)],
-                                                held_rows)
-    return round(loss, 6), round(scale, 6)
+    return [train_rows[i] for i in sorted(pick)]
+
+
+def text_rows(lexicon: Lexicon, corpus: Path, cfg: TuneConfig):
+    """(sequences, training rows, held-out rows) of `corpus` under `lexicon`: documents split
+    by cfg.holdout/seed (keyed by where each starts), cut into cfg.block-token rows."""
+    seqs = corpus_sequences(corpus, lexicon)
+    train_docs, held_docs = data.split(seqs.ids, cfg.holdout, cfg.seed, keys=seqs.lines)
+    return seqs, data.blocks(train_docs, cfg.block), data.blocks(held_docs, cfg.block)
 
 
 def _measurer(model, held_rows, adj, pairs):

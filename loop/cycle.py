@@ -13,11 +13,11 @@ like the cycle's own model, and the ranker learns to pick each hidden link's tar
 text and the fold's models. With too few links to hide, the extractor falls back to the lift.
 
 Per cycle: approximation error (the compiled model's next-particle cross-entropy on the
-held-out text, before tuning, at one logit scale fitted on the training text: the raw loss
-moved by 1–3 nats between compiles of nearly the same graph because the compiler's scale is
-fitted to links, not text; the held-out documents are chosen by a hash of where they start
-in the corpus, so every cycle scores the same documents), graph fit, proposals, accepted, precision of the accepted
-against a holdout file when one is given, eval MRR of the tuned model, and wall time.
+held-out text, before tuning, measured so cycles compare — loop/approx.py: one logit scale
+fitted on the training text, and cycle 1's vocabulary and lexicon for every cycle; also split
+into the first position of each held-out document and the rest), graph fit, proposals,
+accepted, precision of the accepted against a holdout file when one is given, eval MRR of
+the tuned model, and wall time.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
     snap_id = step("snapshot", lambda: _snapshot(store))["snapshot"]
     compile_cfg = cfg.compile if n == 1 else _pinned(cfg.compile, cfg.out / "cycle-1" / "model")
     step("compile", lambda: _compile(store, snap_id, model, compile_cfg, say))
-    step("tune", lambda: _tune(store, model, adapter, cfg, say))
+    step("tune", lambda: _tune(store, model, adapter, cfg, cfg.out / "cycle-1" / "model", say))
     ranker = step("fit", lambda: _fit(store, folder, n, cfg, say)).get("ranker")
     ranker = Path(ranker) if ranker else None
     step("extract", lambda: _extract(store, model, adapter, ranker, n, cfg, say))
@@ -126,11 +126,20 @@ def _compile(store: Store, snap_id: str, out: Path, cfg: CompileConfig, say) -> 
             "layers": used["layers"]}
 
 
-def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, say) -> dict:
+def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, reference: Path,
+          say) -> dict:
     from finetune.tune import tune
+    from loop.approx import approximation_error
     r = tune(model, cfg.corpus, adapter, cfg.tune, store, say=say)
+    approx = approximation_error(model, reference, cfg.corpus, cfg.tune)
+    say(f"approximation error {approx['error']:.4f} over cycle 1's vocabulary "
+        f"(first position of a document {approx['first']}, the rest {approx['rest']})")
     return {"adapter": str(adapter),
-            "approximation_error": r["before"]["heldout_loss_tempered"],
+            "approximation_error": approx["error"],
+            "approximation_error_first": approx["first"],
+            "approximation_error_rest": approx["rest"],
+            "approximation_tokens": approx["tokens"],
+            "approximation_error_own_vocab": r["before"]["heldout_loss_tempered"],
             "approximation_error_raw": r["before"]["heldout_loss"],
             "temperature": r["before"]["temperature"],
             "tuned_heldout_loss": r["after"]["heldout_loss"],

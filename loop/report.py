@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 COLUMNS = (("cycle", "cycle"), ("approximation_error", "approximation error (nats)"),
+           ("approximation_error_first", "… at a document's first position"),
            ("tuned_heldout_loss", "tuned held-out loss"), ("graph_mrr_after", "graph MRR"),
            ("fold_mrr", "ranker MRR on its fold"), ("proposals", "proposals"),
            ("accepted", "accepted"), ("precision", "precision"), ("eval_mrr", "eval MRR"),

@@ -1,0 +1,111 @@
+"""The loop's approximation error: the compiled model's next-particle cross-entropy on
+held-out text (DESIGN §4), measured so that cycles compare.
+
+Three things change between two cycles' checkpoints besides the links the loop added, and
+each moves a plain cross-entropy on its own:
+- the logit scale, which the compiler fits to links, not text — so the loss is taken at one
+  scale fitted on training text (finetune.forgetting.fit_scale);
+- the vocabulary: an accepted link can bring a particle into the model, and every particle
+  more is one more class to spread probability over (cyberwiki seed 1: 6189 → 6200 over
+  three cycles) — so the softmax runs over the reference checkpoint's particles only;
+- the text: the corpus is matched with each checkpoint's own lexicon, so a new particle adds
+  held-out tokens — so the reference checkpoint's lexicon cuts the text for every cycle.
+The reference is cycle 1's checkpoint. Held-out documents are chosen by a keyed hash
+(finetune.data.split), the same every cycle.
+
+The error is also split into the first predicted position of each held-out document (the
+particle right after the page's own name, where the page's links act directly) and the rest.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from compiler.types import SPECIAL_TOKENS
+from finetune import data
+from finetune.forgetting import fit_scale
+from finetune.text import Lexicon, corpus_sequences
+from finetune.tune import TuneConfig, scale_rows
+
+UNK = SPECIAL_TOKENS.index("<unk>")
+
+
+def approximation_error(model_dir: Path, reference_dir: Path, corpus: Path,
+                        cfg: TuneConfig = TuneConfig(), batch_size: int = 32) -> dict:
+    """Cross-entropy (nats per token) of the compiled checkpoint `model_dir` on the held-out
+    documents of `corpus`, over `reference_dir`'s particles and lexicon, at the scale that
+    fits the training documents best; with the reference itself it is tune's tempered loss.
+
+    Returns {"error", "first", "rest", "scale", "tokens", "first_tokens", "dropped"}:
+    `dropped` counts held-out tokens whose particle the model lacks (not scored).
+    """
+    from transformers import AutoModelForCausalLM
+    to_model, to_column, columns = _token_map(Path(model_dir), Path(reference_dir))
+    seqs = corpus_sequences(corpus, Lexicon.of_checkpoint(reference_dir))
+    train_docs, held_docs = data.split(seqs.ids, cfg.holdout, cfg.seed, keys=seqs.lines)
+    train_rows = data.blocks(train_docs, cfg.block)
+    held, held_first = [], []
+    for doc in held_docs:
+        for i, row in enumerate(data.blocks([doc], cfg.block)):
+            held.append(row)
+            held_first.append(i == 0)
+    if not train_rows or not held:
+        from graph.errors import GraftError
+        raise GraftError(f"{corpus}: too little matched text to measure the approximation "
+                         "error")
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+    mapping = (to_model, to_column, columns)
+    fit_logits, fit_targets, _, _ = _scored(model, scale_rows(train_rows, len(columns), cfg.seed),
+                                            None, mapping, batch_size)
+    scale = fit_scale(fit_logits, fit_targets)
+    del fit_logits
+    logits, targets, first, dropped = _scored(model, held, held_first, mapping, batch_size)
+    ce = torch.nn.functional.cross_entropy(scale * logits, targets, reduction="none")
+    mean = lambda x: round(float(x.mean()), 6) if len(x) else None  # noqa: E731
+    return {"error": mean(ce), "first": mean(ce[first]), "rest": mean(ce[~first]),
+            "scale": round(scale, 6), "tokens": len(ce), "first_tokens": int(first.sum()),
+            "dropped": dropped}
+
+
+@torch.no_grad()
+def _scored(model, rows: list[list[int]], row_first: list[bool] | None, mapping,
+            batch_size: int):
+    """(logits over the reference columns (N, C), targets (N,) as column indices, whether
+    each is its row's first prediction in a row flagged first, tokens dropped) of every
+    scored position of reference-token `rows`."""
+    to_model, to_column, columns = mapping
+    out, targets, first, dropped = [], [], [], 0
+    for i in range(0, len(rows), batch_size):
+        b = data.collate(rows[i:i + batch_size])
+        logits = model(input_ids=to_model[b.input_ids],
+                       attention_mask=b.attention_mask).logits[:, :-1]
+        labels = b.labels[:, 1:]
+        target = torch.where(labels >= 0, to_column[labels.clamp(min=0)], -1)
+        dropped += int(((labels >= 0) & (target < 0)).sum())
+        keep = target >= 0
+        flag = torch.zeros_like(keep)
+        if row_first is not None:
+            flag[:, 0] = torch.tensor(row_first[i:i + batch_size])
+        out.append(logits[keep][:, columns].float())
+        targets.append(target[keep])
+        first.append(flag[keep])
+    return torch.cat(out), torch.cat(targets), torch.cat(first), dropped
+
+
+def _token_map(model_dir: Path, reference_dir: Path):
+    """(reference token → model token, <unk> where the model lacks the particle; reference
+    token → softmax column, -1 where it lacks it; the model token of each column)."""
+    offset = len(SPECIAL_TOKENS)
+    ref = json.loads((reference_dir / "particles.json").read_text())
+    own = {p: i + offset for i, p in
+           enumerate(json.loads((model_dir / "particles.json").read_text()))}
+    to_model = torch.tensor(list(range(offset)) + [own.get(p, UNK) for p in ref])
+    present = [offset + i for i, p in enumerate(ref) if p in own]
+    columns = torch.tensor(list(range(offset)) + [own[ref[t - offset]] for t in present])
+    to_column = torch.full((offset + len(ref),), -1, dtype=torch.long)
+    to_column[:offset] = torch.arange(offset)
+    to_column[torch.tensor(present, dtype=torch.long)] = torch.arange(offset, len(columns))
+    return to_model, to_column, columns
