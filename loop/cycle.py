@@ -199,7 +199,9 @@ def _extract(store: Store, model: Path, adapter: Path, ranker: Path | None, n: i
 def _review(store: Store, n: int, k: int, holdout: Path | None) -> dict:
     from loop.review import decide
     top = [i for (i,) in store.query(sql_loop.CYCLE_TOP, {"cycle": n, "k": k})] if k else []
-    result = decide(store, accept=top, reviewer="auto", cycle=n) if top else None
+    # the links' time: one past the store's latest, so a rerun stakes identical links
+    at = store.scalar(sql_loop.LATEST_LINK_TIME) + 1
+    result = decide(store, accept=top, reviewer="auto", cycle=n, at=at) if top else None
     accepted = store.query(sql_loop.CYCLE_ACCEPTED, {"cycle": n})
     detail = {"auto_accepted": len(top), "accepted": len(accepted),
               "staked": result.staked if result else 0}

@@ -71,7 +71,7 @@ def list_proposals(store: Store, status: str | None = "pending", cycle: int | No
 def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
            accept_above: float | None = None, cycle: int | None = None,
            reviewer: str = "curator", neuron: str = EXTRACTOR, token: str = "link",
-           stake_scale: float | None = None) -> Decision:
+           stake_scale: float | None = None, at: int | None = None) -> Decision:
     """Accept / reject pending proposals by id (or accept all pending with score ≥ X), then
     stake every accepted, unstaked proposal — all in one transaction.
 
@@ -96,7 +96,7 @@ def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
             if ids:
                 decided += _set_status(store, ids, status, reviewer)
         scale = stake_scale or store.scalar(sql_loop.TRUTH_MEDIAN_AMOUNT)
-        staked = _stake(store, neuron, token, scale)
+        staked = _stake(store, neuron, token, scale, int(time.time()) if at is None else at)
     return Decision(decided=sorted(decided), staked=staked)
 
 
@@ -121,7 +121,7 @@ def _set_status(store: Store, ids: list[int], status: str, reviewer: str) -> lis
         store.unregister("id_view")
 
 
-def _stake(store: Store, neuron: str, token: str, scale: float) -> int:
+def _stake(store: Store, neuron: str, token: str, scale: float, at: int) -> int:
     pending = store.scalar(sql_loop.ACCEPTED_UNSTAKED)
     if not pending:
         return 0
@@ -130,7 +130,7 @@ def _stake(store: Store, neuron: str, token: str, scale: float) -> int:
     base = store.scalar(sql.MAX_SEQ)
     store.execute(sql_loop.ENSURE_TOKEN, {"token": token})
     store.execute(sql_loop.STAKE_ACCEPTED, {"base": base, "neuron": neuron, "token": token,
-                                            "scale": scale, "time": int(time.time()),
+                                            "scale": scale, "time": at,
                                             "batch": batch})
     store.execute(sql.INSERT_NEURONS, {"batch": batch})
     store.execute(sql_loop.MARK_STAKED, {"batch": batch})

@@ -16,11 +16,22 @@ from tests.conftest import FIXTURES, REPO, ingest_fixture
 
 @pytest.fixture
 def setup(tmp_path):
+    return make_root(tmp_path)
+
+
+def make_root(root):
+    root.mkdir(parents=True, exist_ok=True)
     lines = [x for x in (FIXTURES / "typed.corpus.txt").read_text().splitlines() if x.strip()]
-    (tmp_path / "corpus.txt").write_text("\n\n".join(lines * 6) + "\n")
-    with Store(tmp_path / "g.duckdb") as store:
+    (root / "corpus.txt").write_text("\n\n".join(lines * 6) + "\n")
+    with Store(root / "g.duckdb") as store:
         ingest_fixture(store, "typed")
-    return tmp_path
+    return root
+
+
+def snapshots(root):
+    with Store(root / "g.duckdb", create=False, read_only=True) as store:
+        return [json.loads(d)["snapshot"] for (d,) in store.query(
+            "SELECT detail FROM cycle_steps WHERE step = 'snapshot' ORDER BY cycle")]
 
 
 def graft(root, *args, fault=None):
@@ -70,6 +81,13 @@ def test_cycles_resume_after_a_kill_without_duplicates(setup):
     again = graft(root, *args)                             # everything recorded: no-op
     assert again.returncode == 0 and state(root)["extract_links"] == 4
     assert "already done" in again.stderr
+    # a run that was never killed reaches the same cycle-2 graph: the staked links' times
+    # come from the store, not the clock (the snapshot id hashes them and seeds the compile)
+    clean = make_root(root / "clean")
+    stopped = graft(clean, *CYCLE, "--corpus", str(clean / "corpus.txt"), "--out",
+                    str(clean / "out"), fault="2:snapshot")
+    assert stopped.returncode == -9, stopped.stderr[-2000:]
+    assert snapshots(clean) == snapshots(root)[:2] and len(snapshots(clean)) == 2
 
 
 def test_report_is_escaped_html(setup):
