@@ -62,8 +62,7 @@ def approximation_error(model_dir: Path, reference_dir: Path, corpus: Path,
                                             None, mapping, batch_size)
     scale = fit_scale(fit_logits, fit_targets)
     del fit_logits
-    logits, targets, first, dropped = _scored(model, held, held_first, mapping, batch_size)
-    ce = torch.nn.functional.cross_entropy(scale * logits, targets, reduction="none")
+    ce, _, first, dropped = _scored(model, held, held_first, mapping, batch_size, scale)
     mean = lambda x: round(float(x.mean()), 6) if len(x) else None  # noqa: E731
     return {"error": mean(ce), "first": mean(ce[first]), "rest": mean(ce[~first]),
             "scale": round(scale, 6), "tokens": len(ce), "first_tokens": int(first.sum()),
@@ -72,10 +71,11 @@ def approximation_error(model_dir: Path, reference_dir: Path, corpus: Path,
 
 @torch.no_grad()
 def _scored(model, rows: list[list[int]], row_first: list[bool] | None, mapping,
-            batch_size: int):
-    """(logits over the reference columns (N, C), targets (N,) as column indices, whether
-    each is its row's first prediction in a row flagged first, tokens dropped) of every
-    scored position of reference-token `rows`."""
+            batch_size: int, scale: float | None = None):
+    """(logits over the reference columns (N, C) — or, given `scale`, the cross-entropy of
+    each at that scale (N,), batch by batch, so the held-out logits are never all in memory —,
+    targets (N,) as column indices, whether each is its row's first prediction in a row
+    flagged first, tokens dropped) of every scored position of reference-token `rows`."""
     to_model, to_column, columns = mapping
     out, targets, first, dropped = [], [], [], 0
     for i in range(0, len(rows), batch_size):
@@ -89,7 +89,9 @@ def _scored(model, rows: list[list[int]], row_first: list[bool] | None, mapping,
         flag = torch.zeros_like(keep)
         if row_first is not None:
             flag[:, 0] = torch.tensor(row_first[i:i + batch_size])
-        out.append(logits[keep][:, columns].float())
+        kept = logits[keep][:, columns].float()
+        out.append(kept if scale is None else torch.nn.functional.cross_entropy(
+            scale * kept, target[keep], reduction="none"))
         targets.append(target[keep])
         first.append(flag[keep])
     return torch.cat(out), torch.cat(targets), torch.cat(first), dropped
