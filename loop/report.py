@@ -54,7 +54,11 @@ def _plot(rows: list[dict]) -> str | None:
         return None
     cycles = [r["cycle"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    axes[0].plot(cycles, [r.get("approximation_error") for r in rows], "o-")
+    axes[0].plot(cycles, [r.get("approximation_error") for r in rows], "o-", label="all")
+    if any(r.get("approximation_error_first") is not None for r in rows):
+        axes[0].plot(cycles, [r.get("approximation_error_first") for r in rows], "s--",
+                     label="first position")
+        axes[0].legend()
     axes[0].set_title("approximation error (nats)")
     axes[1].bar([c - 0.2 for c in cycles], [r.get("proposals") or 0 for r in rows], 0.4,
                 label="proposals")
