@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from compiler.compile import compile_snapshot  # noqa: E402
-from compiler.types import CompileConfig  # noqa: E402
+from compiler.types import SPECIAL_TOKENS, CompileConfig  # noqa: E402
 from finetune.text import Lexicon  # noqa: E402
 from finetune.tune import TuneConfig, text_rows  # noqa: E402
 from graph.ingest import ingest_links  # noqa: E402
@@ -117,19 +117,20 @@ def _references(store: Store, base: Path, corpus: Path) -> dict:
     cfg = TuneConfig()
     _, train_rows, held_rows = text_rows(Lexicon.of_checkpoint(base), corpus, cfg)
     particles = json.loads((base / "particles.json").read_text())
-    vocab = 4 + len(particles)
+    specials = len(SPECIAL_TOKENS)
+    vocab = specials + len(particles)
     indeg = dict(store.query("SELECT dst, count(*) FROM cyberlinks WHERE token = 'link' "
                              "GROUP BY dst"))
-    log_in = torch.tensor([-30.0] * 4 + [math.log(indeg.get(p, 0) + 0.5) for p in particles])
+    log_in = torch.tensor([-30.0] * specials + [math.log(indeg.get(p, 0) + 0.5) for p in particles])
     train_t = torch.tensor([t for r in train_rows for t in r[1:]])
     held_t = torch.tensor([t for r in held_rows for t in r[1:]])
     # softmax(a · log_in) is the same at every position: CE(a) = logsumexp(a·x) − a·mean x[t]
     ce = lambda a, t: float(torch.logsumexp(a * log_in, 0) - a * log_in[t].mean())  # noqa: E731
     a = minimize_scalar(lambda a: ce(a, train_t), bounds=(0.0, 20.0), method="bounded").x
     counts = torch.bincount(train_t, minlength=vocab).double() + 0.5
-    counts[:4] = 0.0
+    counts[:specials] = 0.0
     unigram = -torch.log(counts / counts.sum())[held_t].mean()
-    return {"uniform over the base vocabulary": math.log(vocab - 4),
+    return {"uniform over the base vocabulary": math.log(len(particles)),
             "in-degree prior (fitted scale)": ce(a, held_t),
             "unigram of the training text": float(unigram)}
 

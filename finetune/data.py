@@ -7,7 +7,6 @@ Padding is token 0 with label -100 (ignored by the loss).
 from __future__ import annotations
 
 import hashlib
-
 import json
 from dataclasses import dataclass
 from pathlib import Path

@@ -205,11 +205,16 @@ def scale_rows(train_rows: list[list[int]], vocab: int, seed: int,
     return [train_rows[i] for i in sorted(pick)]
 
 
-def text_rows(lexicon: Lexicon, corpus: Path, cfg: TuneConfig):
-    """(sequences, training rows, held-out rows) of `corpus` under `lexicon`: documents split
-    by cfg.holdout/seed (keyed by where each starts), cut into cfg.block-token rows."""
+def text_docs(lexicon: Lexicon, corpus: Path, cfg: TuneConfig):
+    """(sequences, training documents, held-out documents) of `corpus` under `lexicon`, split
+    by cfg.holdout/seed and keyed by where each document starts."""
     seqs = corpus_sequences(corpus, lexicon)
-    train_docs, held_docs = data.split(seqs.ids, cfg.holdout, cfg.seed, keys=seqs.lines)
+    return (seqs, *data.split(seqs.ids, cfg.holdout, cfg.seed, keys=seqs.lines))
+
+
+def text_rows(lexicon: Lexicon, corpus: Path, cfg: TuneConfig):
+    """(sequences, training rows, held-out rows): text_docs cut into cfg.block-token rows."""
+    seqs, train_docs, held_docs = text_docs(lexicon, corpus, cfg)
     return seqs, data.blocks(train_docs, cfg.block), data.blocks(held_docs, cfg.block)
 
 

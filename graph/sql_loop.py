@@ -78,9 +78,9 @@ STAKE_ACCEPTED = """
            'extract', cycle, $batch
     FROM proposals WHERE status = 'accepted' AND staked IS NULL
 """
+LATEST_LINK_TIME = "SELECT coalesce(max(time), 0) FROM cyberlinks"
 # An accepted proposal holds confidence × what a typical ground-truth link holds: the median
 # amount of the store's positive ingest/curator links (1 when there are none).
-LATEST_LINK_TIME = "SELECT coalesce(max(time), 0) FROM cyberlinks"
 TRUTH_MEDIAN_AMOUNT = """
     SELECT coalesce(median(CAST(amount AS DOUBLE)), 1) FROM cyberlinks
     WHERE origin IN ('ingest', 'curator') AND valence = 1 AND amount IS NOT NULL

@@ -26,8 +26,8 @@ import torch
 from compiler.types import SPECIAL_TOKENS
 from finetune import data
 from finetune.forgetting import fit_scale
-from finetune.text import Lexicon, corpus_sequences
-from finetune.tune import TuneConfig, scale_rows
+from finetune.text import Lexicon
+from finetune.tune import TuneConfig, scale_rows, text_docs
 
 UNK = SPECIAL_TOKENS.index("<unk>")
 
@@ -43,8 +43,7 @@ def approximation_error(model_dir: Path, reference_dir: Path, corpus: Path,
     """
     from transformers import AutoModelForCausalLM
     to_model, to_column, columns = _token_map(Path(model_dir), Path(reference_dir))
-    seqs = corpus_sequences(corpus, Lexicon.of_checkpoint(reference_dir))
-    train_docs, held_docs = data.split(seqs.ids, cfg.holdout, cfg.seed, keys=seqs.lines)
+    _, train_docs, held_docs = text_docs(Lexicon.of_checkpoint(reference_dir), corpus, cfg)
     train_rows = data.blocks(train_docs, cfg.block)
     held, held_first = [], []
     for doc in held_docs:

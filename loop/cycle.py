@@ -81,9 +81,10 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
         return detail
 
     snap_id = step("snapshot", lambda: _snapshot(store))["snapshot"]
-    compile_cfg = cfg.compile if n == 1 else _pinned(cfg.compile, cfg.out / "cycle-1" / "model")
+    first = cfg.out / "cycle-1" / "model"          # later cycles keep its d, depth and vocabulary
+    compile_cfg = cfg.compile if n == 1 else _pinned(cfg.compile, first)
     step("compile", lambda: _compile(store, snap_id, model, compile_cfg, say))
-    step("tune", lambda: _tune(store, model, adapter, cfg, cfg.out / "cycle-1" / "model", say))
+    step("tune", lambda: _tune(store, model, adapter, cfg, first, say))
     ranker = step("fit", lambda: _fit(store, folder, n, cfg, say)).get("ranker")
     ranker = Path(ranker) if ranker else None
     step("extract", lambda: _extract(store, model, adapter, ranker, n, cfg, say))
