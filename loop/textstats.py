@@ -1,0 +1,75 @@
+"""What the store itself says about a pair (p, q), without any model: where p's text names q,
+how often q's name is linked where it is mentioned, which pages name both.
+
+These are the signals a production link recommender starts from (Wikimedia's Add-a-Link:
+a target's *link probability* — how often its name is linked where it occurs — and the
+mention's context). graft's ranker (loop/rank.py) puts the compiled and tuned models beside
+them, and `graft eval --ablate` measures what the models add.
+
+Every matrix is over an EvalGraph's index and is computed from that graph alone, so on a
+fold (loop/fold.py) the hidden links count as mentions left unlinked, exactly as a truly
+missing link does in the store.
+
+Letters in shape comments: P particles in the index, D pages with text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from finetune.text import Lexicon
+from loop.evaluate import EvalGraph
+
+PRIOR = (0.5, 2.0)      # link probability (linked + ½) / (mentioned + 2): Jeffreys-like smoothing
+
+
+@dataclass(frozen=True)
+class TextStats:
+    """Sparse (P, P) matrices and (P,) vectors of a graph's texts and links."""
+
+    mention: sp.csr_array       # (P, P) times q's name or an alias occurs in p's text (p ≠ q)
+    early: sp.csr_array         # (P, P) 1 − (index of q's first match) / (matches in p's text)
+    comention: sp.csr_array     # (P, P) pages other than p and q whose text names both
+    link_prob: np.ndarray       # (P,) log of q's smoothed link probability
+    reverse: sp.csr_array       # (P, P) 1 where q → p is a ground-truth link
+
+
+def text_stats(graph: EvalGraph) -> TextStats:
+    """Every matrix of TextStats for `graph` (names and aliases matched as finetune/text.py
+    matches them: longest phrase, case-insensitive, on word boundaries)."""
+    size = len(graph.index)
+    lexicon = Lexicon(graph.names)
+    rows, cols, counts, firsts = [], [], [], []
+    for p, text in sorted(graph.texts.items()):
+        found = np.asarray(lexicon.match(text)[0], dtype=np.int64)
+        if not len(found):
+            continue
+        u, first, c = np.unique(found, return_index=True, return_counts=True)
+        keep = u != p
+        rows.append(np.full(int(keep.sum()), p))
+        cols.append(u[keep])
+        counts.append(c[keep])
+        firsts.append(1.0 - first[keep] / len(found))
+    if rows:
+        r, c = np.concatenate(rows), np.concatenate(cols)
+        mention = sp.csr_array((np.concatenate(counts).astype(np.float32), (r, c)),
+                               shape=(size, size))
+        early = sp.csr_array((np.concatenate(firsts).astype(np.float32), (r, c)),
+                             shape=(size, size))
+    else:
+        mention = early = sp.csr_array((size, size), dtype=np.float32)
+    named = (mention > 0).astype(np.float32)                                  # (P, P) p names q
+    linked = named * graph.known                                              # named and linked
+    mentioned_in = np.asarray(named.sum(axis=0)).ravel()                      # (P,)
+    linked_in = np.asarray(linked.sum(axis=0)).ravel()
+    link_prob = np.log((linked_in + PRIOR[0]) / (mentioned_in + PRIOR[1])).astype(np.float32)
+    # pages d naming both p and q; d is never p or q itself (a page's own name is left out of
+    # its matches), so this is what *other* pages say, beside p's own mention of q
+    both = sp.csr_array(named.T @ named)                                      # (P, P)
+    both.setdiag(0)
+    both.eliminate_zeros()
+    return TextStats(mention=mention, early=early, comention=both.astype(np.float32),
+                     link_prob=link_prob,
+                     reverse=sp.csr_array(graph.known.T, dtype=np.float32))
