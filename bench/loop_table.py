@@ -44,6 +44,15 @@ def main() -> None:
         for name, m in base["methods"].items():
             print(f"| {name} | {_f(m['mrr'])} | {_f(m['hits1'])} | {_f(m['hits10'])} | "
                   f"{_f(m['auc'])} | {base['n']} |")
+    if any(r.get("ablation") for r in rows):
+        print("\n| cycle | ranker features | MRR | Hits@1 | Hits@10 | AUC | tuned weights |\n"
+              "|---|---|---|---|---|---|---|")
+        for r in rows:
+            for name, m in (r.get("ablation") or {}).items():
+                tuned = ", ".join(f"{f} {w:+.3f}" for f, w in m["weights"].items()
+                                  if f.startswith("tuned")) or "–"
+                print(f"| {r['cycle']} | {name} | {_f(m['mrr'])} | {_f(m['hits1'])} | "
+                      f"{_f(m['hits10'])} | {_f(m['auc'])} | {tuned} |")
 
 
 def _f(x, digits: int = 4) -> str:

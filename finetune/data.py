@@ -71,15 +71,19 @@ class Batch:
                 "labels": self.labels}
 
 
-def collate(rows: list[list[int]]) -> Batch:
-    """Right-padded batch of token rows."""
-    width = max(map(len, rows))
+def collate(rows: list) -> Batch:
+    """Right-padded batch of token rows. A row is a token list (every token is a label) or a
+    (tokens, context length) pair whose first `context length` tokens are context only
+    (IGNORE labels: the loss is on what follows, as in loop/linkrows.py)."""
+    rows = [r if isinstance(r, tuple) else (r, 0) for r in rows]
+    width = max(len(r) for r, _ in rows)
     ids = torch.full((len(rows), width), PAD, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (r, context) in enumerate(rows):
         ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, :len(r)] = 1
-    labels = ids.masked_fill(mask == 0, IGNORE)
+        labels[i, context:len(r)] = ids[i, context:len(r)]
     return Batch(ids, mask, labels, int(mask.sum()))
 
 

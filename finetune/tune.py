@@ -40,6 +40,7 @@ class TuneConfig:
     eval_every: int = 25            # steps between held-out evaluations
     patience: int = 4               # evaluations without improvement before stopping
     replay: float = 0.0             # graph-walk rows per text row in every batch
+    link_rows: float = 0.0          # link rows (loop/linkrows.py) per text row in every batch
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.0
@@ -51,10 +52,12 @@ class TuneConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise GraftError(f"--method {self.method}: expected one of {', '.join(METHODS)}")
-        if self.replay < 0 or not 0 <= self.holdout < 1 or self.batch_size < 1 or self.block < 2:
-            raise GraftError(f"replay={self.replay}, holdout={self.holdout}, batch_size="
-                             f"{self.batch_size}, block={self.block}: expected replay >= 0, "
-                             "0 <= holdout < 1, batch_size >= 1, block >= 2")
+        if (self.replay < 0 or self.link_rows < 0 or not 0 <= self.holdout < 1
+                or self.batch_size < 1 or self.block < 2):
+            raise GraftError(f"replay={self.replay}, link_rows={self.link_rows}, holdout="
+                             f"{self.holdout}, batch_size={self.batch_size}, block={self.block}:"
+                             " expected replay >= 0, link_rows >= 0, 0 <= holdout < 1, "
+                             "batch_size >= 1, block >= 2")
 
     @property
     def learning_rate(self) -> float:
@@ -131,21 +134,25 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 
 def tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig = TuneConfig(), store=None,
-         say: Callable[[str], None] = lambda _: None) -> dict:
+         say: Callable[[str], None] = lambda _: None, link_rows: list | None = None) -> dict:
     """Tune with `cfg.threads` torch threads; see `_tune`."""
     from compiler.compile import torch_threads
     with torch_threads(cfg.threads):
-        return _tune(model_dir, corpus, out, cfg, store, say)
+        return _tune(model_dir, corpus, out, cfg, store, say, link_rows or [])
 
 
 def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
-          say: Callable[[str], None]) -> dict:
+          say: Callable[[str], None], link_rows: list) -> dict:
     """Tune `model_dir` on `corpus`; write the adapter (lora/qlora) or model (full) to `out`
     with curves.csv/png and tune.json; returns tune.json's content.
 
     With a store, graph fit is measured before and after and `cfg.replay` can mix walks of
     the checkpoint's snapshot into the batches; without one, only text loss is measured.
+    `link_rows` ((tokens, context length) pairs, loop/linkrows.py) are mixed in at
+    `cfg.link_rows` per text row.
     """
+    if cfg.link_rows and not link_rows:
+        raise GraftError(f"link_rows={cfg.link_rows} but no link rows were given")
     model_dir, out = Path(model_dir), Path(out)
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)               # DESIGN §7: ~20× on CPU (tiny singular values)
@@ -170,7 +177,8 @@ def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
         + (f", graph MRR {before['graph']['mrr']:.4f}" if adj is not None else ""))
     walks = (data.walk_rows(adj, max(len(train_rows), 1000), cfg.block, cfg.seed)
              if cfg.replay else [])
-    result = _train(model, train_rows, walks, cfg, lambda: measure()["heldout_loss"], say)
+    result = _train(model, train_rows, walks, link_rows, cfg, lambda: measure()["heldout_loss"],
+                    say)
     after = measure()
     say(f"after: held-out loss {after['heldout_loss']:.4f}"
         + (f", graph MRR {after['graph']['mrr']:.4f}" if adj is not None else ""))
@@ -179,7 +187,8 @@ def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
     record = {"model": str(model_dir.resolve()), "corpus": str(Path(corpus).resolve()),
               "method": cfg.method, "config": {**asdict(cfg), "lr": cfg.learning_rate},
               "coverage": seqs.coverage.to_json(),
-              "rows": {"train": len(train_rows), "heldout": len(held_rows), "walks": len(walks)},
+              "rows": {"train": len(train_rows), "heldout": len(held_rows), "walks": len(walks),
+                       "links": len(link_rows)},
               "before": before, "after": after,
               **{k: v for k, v in result.items() if k != "curve"}}
     (out / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -227,7 +236,7 @@ def _measurer(model, held_rows, adj, pairs):
     return measure
 
 
-def _train(model, rows, walks, cfg: TuneConfig, heldout_loss, say) -> dict:
+def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, say) -> dict:
     from tqdm import tqdm
     rng = np.random.default_rng(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -235,6 +244,7 @@ def _train(model, rows, walks, cfg: TuneConfig, heldout_loss, say) -> dict:
     per_epoch = -(-len(rows) // cfg.batch_size)
     total = cfg.max_steps or per_epoch * cfg.epochs
     n_walk = int(round(cfg.replay * cfg.batch_size))
+    n_link = int(round(cfg.link_rows * cfg.batch_size))
     curve, best, best_state, best_step, bad, step = Curve(), np.inf, None, 0, 0, 0
     tokens, train_seconds, stopped = 0, 0.0, "steps"
     bar = tqdm(total=total, desc=f"tune ({cfg.method})", unit="step", leave=False)
@@ -244,6 +254,9 @@ def _train(model, rows, walks, cfg: TuneConfig, heldout_loss, say) -> dict:
             if n_walk and walks:
                 pick = rng.choice(len(walks), min(n_walk, len(walks)), replace=False)
                 chunk = chunk + [walks[i] for i in pick]
+            if n_link and link_rows:
+                pick = rng.choice(len(link_rows), min(n_link, len(link_rows)), replace=False)
+                chunk = chunk + [link_rows[i] for i in pick]
             batch = data.collate(chunk)
             model.train()
             start = time.perf_counter()

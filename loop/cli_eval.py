@@ -9,6 +9,7 @@ from graph.store import Store
 
 def cmd_eval(args, say, emit) -> None:
     from loop import baselines, evaluate
+    _from_cycle(args, say)
     cfg = baselines.BaselineConfig(seed=args.seed, spectral_d=args.spectral_d,
                                    checkpoint=args.model, kge_model=args.kge_model,
                                    kge_epochs=args.kge_epochs)
@@ -25,8 +26,13 @@ def cmd_eval(args, say, emit) -> None:
         say(f"building {name} …")
         if name == "graft" and args.ranker:
             from loop.rank import Features, Ranker, ranker_scorer
-            scorers[name] = ranker_scorer(Features(graph, Path(args.model), adapter),
-                                          Ranker.load(Path(args.ranker)))
+            cache = (args.cycle_folder.parent / "embeddings.safetensors"
+                     if args.cycle_folder else None)
+            features = Features(graph, Path(args.model), adapter, embed_cache=cache)
+            scorers[name] = ranker_scorer(features, Ranker.load(Path(args.ranker)))
+            if adapter is not None:           # the tuned model alone, as the cycle scores it
+                scorers["graft_lm"] = ranker_scorer(features, Ranker(("tuned_context",), (1.0,)))
+                continue
             name = "graft_lm"                 # and the model's own logits beside it
         if name in ("graft", "graft_lm"):
             scorers[name] = evaluate.model_scorer(Path(args.model), graph.index, adapter)
@@ -34,7 +40,69 @@ def cmd_eval(args, say, emit) -> None:
             scorers[name] = baselines.BASELINES[name](graph, cfg)
     say(f"ranking {len(queries.pairs)} held-out links among {len(graph.index)} particles")
     result = evaluate.evaluate(graph, queries, scorers)
-    emit(result.to_json(), evaluate.format_table(result))
+    out, text = result.to_json(), evaluate.format_table(result)
+    if args.ablate:
+        from loop import ablate
+        table = _ablation(args, graph, queries, say)
+        out["ablation"] = table
+        text += "\n\nablation: the ranker refitted on the cycle's fold without feature groups\n"
+        text += ablate.format_ablation(table)
+    emit(out, text)
+
+
+def _from_cycle(args, say) -> None:
+    """No --model: take the model, adapter and ranker of the latest cycle (or --cycle N)
+    recorded in the store, when there is one."""
+    args.cycle_folder = None
+    if args.model and not args.ablate:
+        return
+    from loop.cycle import cycle_folder
+    with Store(args.db, create=False, read_only=True) as store:
+        try:
+            n, folder = cycle_folder(store, Path(args.db), args.cycle)
+        except GraftError:
+            if args.ablate or args.cycle is not None:
+                raise
+            return
+    args.cycle_folder = folder
+    if not args.model:
+        args.model = str(folder / "model")
+        if not args.adapter and (folder / "adapter").exists():
+            args.adapter = str(folder / "adapter")
+        if not args.ranker and (folder / "ranker.json").exists():
+            args.ranker = str(folder / "ranker.json")
+        say(f"cycle {n}: {args.model}" + (f", ranker {args.ranker}" if args.ranker else ""))
+
+
+def _ablation(args, graph, queries, say) -> dict:
+    """The cycle's ablation rankers (saved by its fit step, else refitted on its fold) on the
+    held-out queries, over --model/--adapter."""
+    import numpy as np
+
+    from loop import ablate, evaluate
+    from loop.rank import Features, fit_queries
+    folder = args.cycle_folder
+    cache = folder.parent / "embeddings.safetensors"
+    try:
+        rankers = ablate.load_rankers(folder)
+    except GraftError:
+        fold = folder / "fold"
+        if not (fold / "hidden.json").exists():
+            raise GraftError(f"{folder}: neither ablation rankers nor a fold with hidden.json "
+                             "to refit them on (rerun the cycle's fit step)") from None
+        import json
+        with Store(fold / "fold.duckdb", create=False, read_only=True) as fs:
+            fold_graph = evaluate.load_graph(fs)
+        pos = fold_graph.position()
+        pairs = np.array([(pos[s], pos[d]) for s, d in json.loads((fold / "hidden.json")
+                          .read_text()) if s in pos and d in pos], dtype=np.int64)
+        adapter = fold / "adapter" if (fold / "adapter").exists() else None
+        fq = fit_queries(Features(fold_graph, fold / "model", adapter, embed_cache=cache),
+                         fold_graph.known, pairs, say=say)
+        rankers = ablate.fit_subsets(fq, say=say)
+    adapter = Path(args.adapter) if args.adapter else None
+    features = Features(graph, Path(args.model), adapter, embed_cache=cache)
+    return ablate.rank_holdout(graph, queries, features, rankers)
 
 
 def _methods(args, available: list[str]) -> list[str]:
@@ -79,6 +147,10 @@ def add_commands(command) -> None:
     p.add_argument("--ranker", metavar="FILE", help="score graft by the extractor's fitted "
                    "ranker (cycle-N/ranker.json) over --model and --adapter; the model's own "
                    "logits are then shown as graft_lm")
+    p.add_argument("--cycle", type=int, metavar="N", help="take --model, --adapter and "
+                   "--ranker from cycle N of `graft cycle` (default without --model: the latest)")
+    p.add_argument("--ablate", action="store_true", help="also rank with the cycle's ranker "
+                   "refitted without each feature group (text, text+compiled, text+tuned, all)")
     p.add_argument("--methods", metavar="A,B,…", help="graft and/or baselines: popularity, "
                    "focus, adamic_adar, ppmi, spectral, mentions, pykeen (default: all that run)")
     p.add_argument("--seed", type=int, default=0, help="seeds walks, the SVD and the KGE model")

@@ -59,7 +59,8 @@ def cmd_cycle(args, say, emit) -> None:
                       holdout=Path(args.holdout) if args.holdout else None,
                       compile=CompileConfig(d=args.d, layers=args.layers,
                                             check_determinism=False),
-                      tune=TuneConfig(max_steps=args.max_steps, replay=args.replay),
+                      tune=TuneConfig(method=args.method, max_steps=args.max_steps,
+                                      replay=args.replay, link_rows=args.link_rows),
                       extract=ExtractConfig(top_k=args.top_k, beta=args.beta), fold=args.fold)
     with Store(args.db) as store:
         rows = run_cycles(store, cfg, say=say)
@@ -120,6 +121,11 @@ def add_commands(command) -> None:
     p.add_argument("--layers", type=int, help="layers (default: derived, capped at 8)")
     p.add_argument("--max-steps", type=int, help="tuning steps per cycle (default: 3 epochs)")
     p.add_argument("--replay", type=float, default=0.0)
+    p.add_argument("--method", default="lora", choices=["lora", "full"],
+                   help="how the cycle tunes its model (and its fold's)")
+    p.add_argument("--link-rows", type=float, default=0.0, metavar="R", help="link rows (a "
+                   "page's text, then the pages it links: loop/linkrows.py) per text row in "
+                   "every tuning batch")
     p.add_argument("--top-k", type=int, default=100, help="proposals per cycle")
     p.add_argument("--beta", type=float, default=0.5, help="the lift's β when no ranker is fitted")
     p.add_argument("--fold", type=float, default=0.1, help="share of links hidden to fit the "

@@ -34,6 +34,7 @@ from finetune.tune import TuneConfig
 from graph import sql_loop
 from graph.store import Store
 from loop.extract import ExtractConfig
+from loop.linkrows import LinkRowConfig
 
 STEPS = ("snapshot", "compile", "tune", "fit", "extract", "review", "eval")
 MIN_FOLD = 10               # hidden links needed to fit a ranker
@@ -52,6 +53,11 @@ class CycleConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     fold: float = 0.1               # share of links hidden to fit the ranker; 0: no fit (lift)
     fold_seed: int = 0              # the fold of cycle n is seeded fold_seed + n
+    link: LinkRowConfig = field(default_factory=LinkRowConfig)   # used when tune.link_rows > 0
+
+    @property
+    def embed_cache(self) -> Path:
+        return self.out / "embeddings.safetensors"
 
 
 def run_cycles(store: Store, cfg: CycleConfig, say: Callable[[str], None] = lambda _: None
@@ -90,7 +96,7 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
     step("extract", lambda: _extract(store, model, adapter, ranker, n, cfg, say))
     step("review", lambda: _review(store, n, cfg.auto_accept, cfg.holdout))
     if cfg.holdout is not None:
-        step("eval", lambda: _eval(store, model, adapter, ranker, cfg.holdout))
+        step("eval", lambda: _eval(store, folder, ranker, cfg.holdout, cfg.embed_cache))
 
 
 def _fault(point: str) -> None:
@@ -131,7 +137,8 @@ def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, reference:
           say) -> dict:
     from finetune.tune import tune
     from loop.approx import approximation_error
-    r = tune(model, cfg.corpus, adapter, cfg.tune, store, say=say)
+    r = tune(model, cfg.corpus, adapter, cfg.tune, store, say=say,
+             link_rows=_link_rows(store, model, adapter, cfg, say))
     approx = approximation_error(model, reference, cfg.corpus, cfg.tune)
     say(f"approximation error {approx['error']:.4f} over cycle 1's vocabulary "
         f"(first position of a document {approx['first']}, the rest {approx['rest']})")
@@ -148,6 +155,20 @@ def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, reference:
             "graph_mrr_after": r["after"]["graph"]["mrr"], "tune_steps": r["steps"]}
 
 
+def _link_rows(store: Store, model: Path, adapter: Path, cfg: CycleConfig, say) -> list:
+    """The link rows (loop/linkrows.py) of `store` for `model`, when the cycle tunes on them;
+    their config goes beside the adapter, where the extractor reads it."""
+    if not cfg.tune.link_rows:
+        return []
+    from loop.evaluate import load_graph
+    from loop.linkrows import PageContexts
+    rows = PageContexts(load_graph(store), model, cfg.link).rows()
+    adapter.mkdir(parents=True, exist_ok=True)
+    cfg.link.save(adapter)
+    say(f"tune: {len(rows)} link rows")
+    return rows
+
+
 def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     """Hide a share of the links in a fold store, compile and tune it as the cycle did, and
     fit the ranker on the hidden links (loop/fold.py says why not on the store itself)."""
@@ -159,7 +180,8 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     from graph.snapshot import take_snapshot
     from loop.evaluate import load_graph
     from loop.fold import make_fold
-    from loop.rank import Features, fit_ranker
+    from loop.ablate import fit_subsets, save_rankers
+    from loop.rank import Features, fit_on, fit_queries
     if cfg.fold <= 0:
         return {"ranker": None, "skipped": "no fold asked for (--fold 0)"}
     fold = folder / "fold"
@@ -174,16 +196,23 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
         say(f"cycle {n}: fit: compiling and tuning the fold ({len(hidden)} links hidden)")
         compile_snapshot(fs, take_snapshot(fs), fold / "model",   # the cycle's d and depth
                          _pinned(cfg.compile, folder / "model"))
-        tune(fold / "model", cfg.corpus, fold / "adapter", cfg.tune, fs, say=say)
+        tune(fold / "model", cfg.corpus, fold / "adapter", cfg.tune, fs, say=say,
+             link_rows=_link_rows(fs, fold / "model", fold / "adapter", cfg, say))
         graph = load_graph(fs)
+    (fold / "hidden.json").write_text(json.dumps(hidden))
     pos = graph.position()
     pairs = np.array([(pos[s], pos[d]) for s, d in hidden if s in pos and d in pos],
                      dtype=np.int64).reshape(-1, 2)
-    ranker = fit_ranker(Features(graph, fold / "model", fold / "adapter"), graph.known, pairs,
-                        seed=cfg.fold_seed + n, say=say)
+    queries = fit_queries(Features(graph, fold / "model", fold / "adapter",
+                                   embed_cache=cfg.embed_cache),
+                          graph.known, pairs, seed=cfg.fold_seed + n, say=say)
+    ranker = fit_on(queries, say=say)
     path = ranker.save(folder / "ranker.json")
+    subsets = fit_subsets(queries, say=say)          # what each feature group is worth
+    save_rankers(subsets, folder)
     return {"ranker": str(path), "fold_hidden": len(hidden), "fold_mrr": ranker.fit["mrr"],
-            "weights": dict(zip(ranker.features, ranker.weights))}
+            "weights": dict(zip(ranker.features, ranker.weights)),
+            "fold_mrr_by_subset": {k: r.fit["mrr"] for k, r in subsets.items()}}
 
 
 def _extract(store: Store, model: Path, adapter: Path, ranker: Path | None, n: int,
@@ -192,7 +221,8 @@ def _extract(store: Store, model: Path, adapter: Path, ranker: Path | None, n: i
     from loop.rank import Ranker
     from loop.review import add_proposals
     props = extract(store, model, cfg.extract, adapter=adapter,
-                    ranker=Ranker.load(ranker) if ranker else None, corpus=cfg.corpus, say=say)
+                    ranker=Ranker.load(ranker) if ranker else None, corpus=cfg.corpus, say=say,
+                    embed_cache=cfg.embed_cache)
     new = add_proposals(store, props, n, str(model.resolve()), str(adapter.resolve()))
     return {"proposals": len(props), "new": new}
 
@@ -214,19 +244,48 @@ def _review(store: Store, n: int, k: int, holdout: Path | None) -> dict:
     return detail
 
 
-def _eval(store: Store, model: Path, adapter: Path, ranker: Path | None, holdout: Path) -> dict:
-    """graft (the extractor's ranker over this cycle's models) and graft_lm (the tuned
-    model's logits alone) on the held-out links."""
-    from loop import evaluate
+def _eval(store: Store, folder: Path, ranker: Path | None, holdout: Path,
+          embed_cache: Path | None = None) -> dict:
+    """graft (the extractor's ranker over this cycle's models), graft_lm (the tuned model
+    alone: its next link after p's link row, loop/linkrows.py) and, when the fit step saved
+    them, the ablation rankers (loop/ablate.py) on the held-out links."""
+    from loop import ablate, evaluate
     from loop.extract import lift_ranker
     from loop.rank import Features, Ranker, ranker_scorer
+    model, adapter = folder / "model", folder / "adapter"
     graph = evaluate.load_graph(store)
     queries = evaluate.select_queries(graph, evaluate.read_holdout(holdout))
     fitted = Ranker.load(ranker) if ranker else lift_ranker(0.5, True)
-    result = evaluate.evaluate(graph, queries, {
-        "graft": ranker_scorer(Features(graph, model, adapter), fitted),
-        "graft_lm": evaluate.model_scorer(model, graph.index, adapter)})
-    return {"eval": result.to_json()}
+    features = Features(graph, model, adapter, embed_cache=embed_cache)
+    scorers = {"graft": ranker_scorer(features, fitted),
+               "graft_lm": ranker_scorer(features, Ranker(("tuned_context",), (1.0,)))}
+    subsets = ablate.load_rankers(folder) if (folder / ablate.FOLDER).is_dir() else {}
+    scorers.update({f"ablate:{k}": ranker_scorer(features, r) for k, r in subsets.items()})
+    result = evaluate.evaluate(graph, queries, scorers)
+    table = {k: {**{m: round(v, 5) for m, v in result.metrics(f"ablate:{k}").items()},
+                 "weights": dict(zip(r.features, r.weights)), "fold_mrr": r.fit.get("mrr")}
+             for k, r in subsets.items()}
+    out = result.to_json()
+    out["methods"] = {k: v for k, v in out["methods"].items() if not k.startswith("ablate:")}
+    return {"eval": out, "ablation": table}
+
+
+def cycle_folder(store: Store, db: Path, cycle: int | None = None) -> tuple[int, Path]:
+    """(cycle, folder) of cycle `cycle` (default: the latest whose fit step is done): the
+    folder holding its model, adapter, ranker and fold, as the journal recorded it (as given,
+    or relative to the store's folder)."""
+    from graph.errors import GraftError
+    rows = [r for r in cycle_metrics(store) if "fit" in r["steps"] and r.get("model")]
+    if cycle is not None:
+        rows = [r for r in rows if r["cycle"] == cycle]
+    if not rows:
+        raise GraftError(f"{db}: no cycle{'' if cycle is None else f' {cycle}'} with a fitted "
+                         "ranker in this store (run `graft cycle`, or give --model)")
+    row = rows[-1]
+    for model in (Path(row["model"]), Path(db).parent / row["model"]):
+        if (model / "compile.json").exists():
+            return row["cycle"], model.parent
+    raise GraftError(f"cycle {row['cycle']}'s model {row['model']} is not on disk here")
 
 
 def cycle_metrics(store: Store) -> list[dict]:
@@ -238,6 +297,7 @@ def cycle_metrics(store: Store) -> list[dict]:
         row["steps"].append(name)
         row["wall_seconds"] = round(row["wall_seconds"] + d.pop("seconds", 0.0), 3)
         if name == "eval":
+            row["ablation"] = d.get("ablation") or None
             g = d["eval"]["methods"].get("graft", {})
             lm = d["eval"]["methods"].get("graft_lm", {})
             row.update(eval_mrr=g.get("mrr"), eval_hits1=g.get("hits1"),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +71,25 @@ def load_pair(model_dir: Path, adapter: Path | None):
     base = load_checked(model_dir, dtype=torch.float32).eval()
     if adapter is None:
         return base, None
+    if not (Path(adapter) / "adapter_config.json").exists():
+        # a fully tuned model (`--method full`): the compiled weights are swapped in instead
+        tuned = load_checked(Path(adapter), dtype=torch.float32).eval()
+        compiled = {k: v.detach().clone() for k, v in base.state_dict().items()}
+        return tuned, lambda: _weights(tuned, compiled)
     from peft import PeftModel
     tuned = PeftModel.from_pretrained(base, str(adapter)).eval()
     return tuned, tuned.disable_adapter
+
+
+@contextmanager
+def _weights(model, state: dict):
+    """`model` with the weights `state` for the duration (restored after)."""
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    try:
+        yield model
+    finally:
+        model.load_state_dict(saved)
 
 
 def lift_ranker(beta: float, adapter: bool):
@@ -87,7 +103,7 @@ def lift_ranker(beta: float, adapter: bool):
 
 def extract(store, model_dir: Path, cfg: ExtractConfig = ExtractConfig(),
             adapter: Path | None = None, ranker=None, corpus: Path | None = None,
-            say: Callable[[str], None] = lambda _: None) -> list:
+            say: Callable[[str], None] = lambda _: None, embed_cache: Path | None = None) -> list:
     """Top-k proposals (p, q) of particles of `store` that no link joins yet.
 
     Args:
@@ -97,22 +113,23 @@ def extract(store, model_dir: Path, cfg: ExtractConfig = ExtractConfig(),
         adapter: the LoRA adapter tuned on text over `model_dir`, or None.
         ranker: a loop.rank.Ranker (fitted on a fold by `graft cycle`), or None for the lift.
         corpus: text to quote as evidence (lines where both names occur).
+        embed_cache: where text embeddings are cached (loop/embed.py), if the ranker uses them.
 
     Returns:
         Proposals, best first.
     """
     from compiler.compile import torch_threads
     with torch_threads(cfg.threads), torch.no_grad():
-        return _extract(store, Path(model_dir), cfg, adapter, ranker, corpus, say)
+        return _extract(store, Path(model_dir), cfg, adapter, ranker, corpus, say, embed_cache)
 
 
-def _extract(store, model_dir, cfg, adapter, ranker, corpus, say) -> list:
+def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -> list:
     from graph import sql_loop
     from loop.evaluate import load_graph
     from loop.rank import Features
     torch.set_flush_denormal(True)                # tiny singular values: ~20× (DESIGN §7)
     graph = load_graph(store)
-    feats = Features(graph, model_dir, adapter)
+    feats = Features(graph, model_dir, adapter, embed_cache=embed_cache)
     ranker = ranker or lift_ranker(cfg.beta, adapter is not None)
     pos = graph.position()
     size = len(graph.index)

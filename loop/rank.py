@@ -7,18 +7,32 @@ sum of features, and the weights are fitted on what curators did: on a fold of t
 over every other candidate by a softmax (a listwise preference objective: a page's linked
 mentions over its unlinked ones, and over everything else).
 
-Features of (p, q), each over the whole particle index:
+Features of (p, q), each over the whole particle index, in three groups (`graft eval
+--ablate` refits the ranker without each group and reports what it was worth):
 
-    mention        1 when q's name or an alias occurs in p's text (finetune/text.py matching)
-    mention_count  log(1 + times it occurs)
-    back_mention   1 when p's name occurs in q's text
-    indegree       log(1 + distinct sources linking q with token `link`)
-    in_model       1 when the checkpoint knows q (model scores of others are filled in)
-    zero_layer     E_p · H_q of the checkpoint (the compiled spectral score)
-    compiled       log P_compiled(q | p): the compiled model's next particle after [p]
-    tuned          log P_tuned(q | p) (compiled + adapter); absent without an adapter
- Every proposal carries the features and each
-one's share of its score (weight × value), so a curator can see why it was proposed.
+  text — read from the store, no model (loop/textstats.py, loop/embed.py):
+    mention            1 when q's name or an alias occurs in p's text (finetune/text.py matching)
+    mention_count      log(1 + times it occurs)
+    back_mention       1 when p's name occurs in q's text
+    indegree           log(1 + distinct sources linking q with token `link`)
+    link_prob          log of q's link probability: (pages naming q that link it + ½) /
+                       (pages naming q + 2) — how often curators link q where it is named
+    link_prob_mention  link_prob × mention: the same, only where p names q
+    early_mention      1 − (index of q's first match in p's text) / (matches in p's text)
+    comention          log(1 + other pages whose text names both p and q)
+    reverse_link       1 when q links p
+    embed_sim          cosine of all-MiniLM-L6-v2 embeddings of "name: text" (when installed)
+  compiled — the compiled checkpoint:
+    in_model           1 when the checkpoint knows q (model scores of others are filled in)
+    zero_layer         E_p · H_q of the checkpoint (the compiled spectral score)
+    compiled           log P_compiled(q | p): the compiled model's next particle after [p]
+  tuned — the checkpoint with the adapter tuned on text:
+    tuned              log P_tuned(q | p) (compiled + adapter); absent without an adapter
+    tuned_context      log P_tuned(q | p's link row): after p, the particles its text names,
+                       </s> and p's known targets (loop/linkrows.py) — which page p links next
+
+Every proposal carries the features and each one's share of its score (weight × value), so a
+curator can see why it was proposed.
 
 Letters in shape comments: P particles in the index, S sources, F features, T checkpoint
 tokens, n fitting queries.
@@ -40,8 +54,12 @@ from finetune.text import Lexicon
 from graph.errors import GraftError
 from loop.evaluate import EvalGraph, Scorer, checkpoint_positions
 
-TEXT_FEATURES = ("mention", "mention_count", "back_mention", "indegree")
-MODEL_FEATURES = ("in_model", "zero_layer", "compiled", "tuned")
+TEXT_FEATURES = ("mention", "mention_count", "back_mention", "indegree", "link_prob",
+                 "link_prob_mention", "early_mention", "comention", "reverse_link", "embed_sim")
+COMPILED_FEATURES = ("in_model", "zero_layer", "compiled")
+TUNED_FEATURES = ("tuned", "tuned_context")
+MODEL_FEATURES = COMPILED_FEATURES + TUNED_FEATURES
+GROUPS = {"text": TEXT_FEATURES, "compiled": COMPILED_FEATURES, "tuned": TUNED_FEATURES}
 FIT_ENTRIES = 60_000_000          # score entries (sources × P × F) held while fitting
 
 
@@ -78,72 +96,120 @@ class Ranker:
 
 def mention_matrix(graph: EvalGraph) -> sp.csr_array:
     """(P, P) how often q's name or an alias occurs in p's text (p itself left out)."""
-    lexicon = Lexicon(graph.names)
-    rows, cols, counts = [], [], []
-    for p, text in graph.texts.items():
-        found = np.asarray(lexicon.match(text)[0], dtype=np.int64)
-        found = found[found != p]
-        if len(found):
-            u, c = np.unique(found, return_counts=True)
-            rows.append(np.full(len(u), p))
-            cols.append(u)
-            counts.append(c)
-    size = (len(graph.index), len(graph.index))
-    if not rows:
-        return sp.csr_array(size, dtype=np.float32)
-    return sp.csr_array((np.concatenate(counts).astype(np.float32),
-                         (np.concatenate(rows), np.concatenate(cols))), shape=size)
+    from loop.textstats import text_stats
+    return text_stats(graph).mention
 
 
 class Features:
-    """Feature blocks (S, P, F) over an EvalGraph's index, for one checkpoint and adapter."""
+    """Feature blocks (S, P, F) over an EvalGraph's index, for one checkpoint and adapter.
 
-    def __init__(self, graph: EvalGraph, model_dir: Path, adapter: Path | None = None):
+    Args:
+        graph: the store (or fold) as loop/evaluate.py loads it.
+        model_dir: the compiled checkpoint.
+        adapter: its tuned LoRA adapter, or None (no `tuned` feature).
+        embed_cache: where the text embeddings of `embed_sim` are cached (loop/embed.py);
+            None computes them in memory.
+        embed: offer `embed_sim` (only when loop.embed.available()).
+    """
+
+    def __init__(self, graph: EvalGraph, model_dir: Path, adapter: Path | None = None,
+                 embed_cache: Path | None = None, embed: bool = True):
+        from loop import embed as text_embed
         from loop.extract import load_pair
+        from loop.textstats import text_stats
         self.graph = graph
-        self.mention = mention_matrix(graph)                                  # (P, P)
+        self.stats = text_stats(graph)
+        self.mention = self.stats.mention                                     # (P, P)
         self.back = self.mention.T.tocsr()
         self.indegree = np.log1p(graph.link_indegree).astype(np.float32)      # (P,)
         self.ckpt = checkpoint_positions(model_dir, graph.index)             # (P,)
         self.have = np.flatnonzero(self.ckpt >= 0)
         self.model, self.switch_off = load_pair(Path(model_dir), adapter)
+        self.pages = None
+        if adapter is not None:
+            from loop.linkrows import LinkRowConfig, PageContexts
+            self.pages = PageContexts(graph, Path(model_dir), LinkRowConfig.of_adapter(adapter))
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         offset = len(SPECIAL_TOKENS)
         emb = base.get_input_embeddings().weight.detach().float()             # (T, d)
         head = base.lm_head.weight.detach().float()                           # (T, d)
         self.embed = emb[offset:].numpy()                                     # by ckpt position
         self.head = head[offset + torch.as_tensor(self.ckpt[self.have])].numpy()
-        self.names = TEXT_FEATURES + MODEL_FEATURES[:3] + (
-            ("tuned",) if adapter is not None else ())
+        self._embed_cache = embed_cache
+        self._text_vectors: np.ndarray | None = None                          # (P, 384)
+        text = tuple(f for f in TEXT_FEATURES
+                     if f != "embed_sim" or (embed and text_embed.available()))
+        self.names = text + COMPILED_FEATURES + (TUNED_FEATURES if adapter is not None else ())
+        self._memo: tuple[bytes, dict] | None = None    # the last sources' features
 
     def block(self, sources: np.ndarray, names: tuple[str, ...] | None = None) -> np.ndarray:
-        """(S, P, F) float32: the features `names` (default: all this checkpoint has)."""
+        """(S, P, F) float32: the features `names` (default: all this checkpoint has).
+
+        The last sources' features are kept, so scoring them with several rankers (an
+        ablation) runs the models once."""
         names = names or self.names
         missing = [n for n in names if n not in self.names]
         if missing:
-            raise GraftError(f"features {missing} need a tuned adapter; this extractor has "
+            raise GraftError(f"features {missing} are not available here (a tuned adapter, or "
+                             f"the embedding package, is missing); this extractor has "
                              f"{list(self.names)}")
         sources = np.asarray(sources, dtype=np.int64)
-        size = len(self.graph.index)
-        logits = self._logits(sources, "compiled" in names, "tuned" in names)
-        out = np.empty((len(sources), size, len(names)), dtype=np.float32)
+        key = sources.tobytes()
+        if self._memo is None or self._memo[0] != key:
+            self._memo = (key, {})
+        have = self._memo[1]
+        todo = tuple(n for n in names if n not in have)
+        if todo:
+            have.update(self._compute(sources, todo))
+        out = np.empty((len(sources), len(self.graph.index), len(names)), dtype=np.float32)
         for i, name in enumerate(names):
-            if name == "mention":
-                out[..., i] = self.mention[sources].toarray() > 0
-            elif name == "mention_count":
-                out[..., i] = np.log1p(self.mention[sources].toarray())
-            elif name == "back_mention":
-                out[..., i] = self.back[sources].toarray() > 0
-            elif name == "indegree":
-                out[..., i] = self.indegree[None, :]
-            elif name == "in_model":
-                out[..., i] = 0.0
-                out[:, self.have, i] = 1.0
-            elif name == "zero_layer":
-                out[..., i] = self._spread(sources, lambda rows: self.embed[rows] @ self.head.T)
-            else:
-                out[..., i] = logits[name]
+            out[..., i] = have[name]
         return out
+
+    def _compute(self, sources: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """{name: (S, P)} for each of `names`."""
+        st = self.stats
+        logits = self._logits(sources, "compiled" in names, "tuned" in names)
+        if "tuned_context" in names:
+            logits["tuned_context"] = self._spread(sources, self._context_logits)
+        out = {}
+        for name in names:
+            if name == "mention":
+                x = self.mention[sources].toarray() > 0
+            elif name == "mention_count":
+                x = np.log1p(self.mention[sources].toarray())
+            elif name == "back_mention":
+                x = self.back[sources].toarray() > 0
+            elif name == "indegree":
+                x = np.broadcast_to(self.indegree[None, :], (len(sources), len(self.indegree)))
+            elif name == "link_prob":
+                x = np.broadcast_to(st.link_prob[None, :], (len(sources), len(st.link_prob)))
+            elif name == "link_prob_mention":
+                x = (self.mention[sources].toarray() > 0) * st.link_prob[None, :]
+            elif name == "early_mention":
+                x = st.early[sources].toarray()
+            elif name == "comention":
+                x = np.log1p(st.comention[sources].toarray())
+            elif name == "reverse_link":
+                x = st.reverse[sources].toarray()
+            elif name == "embed_sim":
+                x = self._similarity(sources)
+            elif name == "in_model":
+                x = np.zeros((len(sources), len(self.graph.index)), dtype=np.float32)
+                x[:, self.have] = 1.0
+            elif name == "zero_layer":
+                x = self._spread(sources, lambda rows: self.embed[rows] @ self.head.T)
+            else:
+                x = logits[name]
+            out[name] = np.asarray(x, dtype=np.float32)
+        return out
+
+    def _similarity(self, sources: np.ndarray) -> np.ndarray:
+        """(S, P) cosine of the sources' text embeddings with every particle's."""
+        from loop import embed as text_embed
+        if self._text_vectors is None:
+            self._text_vectors = text_embed.particle_embeddings(self.graph, self._embed_cache)
+        return text_embed.cosine(self._text_vectors, sources)
 
     def _logits(self, sources, compiled: bool, tuned: bool) -> dict[str, np.ndarray]:
         """The compiled and tuned next-particle log-probabilities after [p], over the index."""
@@ -163,6 +229,30 @@ class Features:
         if compiled:
             out["compiled"] = self._spread(sources, run(self.switch_off or nullcontext))
         return out
+
+    def _context_logits(self, rows: np.ndarray, batch: int = 64) -> np.ndarray:
+        """(S', P') log P_tuned(q | link-row context of p) for checkpoint rows of sources."""
+        offset = len(SPECIAL_TOKENS)
+        inv = np.full(self.ckpt.max() + 1 if len(self.ckpt) else 0, -1, dtype=np.int64)
+        inv[self.ckpt[self.have]] = self.have                                  # ckpt → index
+        out = []
+        cols = offset + torch.as_tensor(self.ckpt[self.have])
+        for i in range(0, len(rows), batch):
+            ctx = [self.pages.context(int(inv[r])) for r in rows[i:i + batch]]
+            # left-padded: the last position is every row's own, and RoPE sees only relative
+            # positions, so a row scores as it would alone
+            width = max(map(len, ctx))
+            ids = torch.zeros(len(ctx), width, dtype=torch.long)                 # (B, L)
+            mask = torch.zeros_like(ids)
+            for j, c in enumerate(ctx):
+                ids[j, width - len(c):] = torch.tensor(c)
+                mask[j, width - len(c):] = 1
+            with torch.no_grad():
+                logits = self.model(input_ids=ids, attention_mask=mask,
+                                    logits_to_keep=1).logits[:, -1]                 # (B, T)
+                x = torch.log_softmax(logits.float(), -1)
+            out.append(x[:, cols].numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.have)), np.float32)
 
     def _spread(self, sources: np.ndarray, score: Callable[[np.ndarray], np.ndarray]
                 ) -> np.ndarray:
@@ -184,6 +274,47 @@ def ranker_scorer(features: Features, ranker: Ranker) -> Scorer:
     return lambda sources: features.block(np.asarray(sources), ranker.features) @ w
 
 
+@dataclass(frozen=True)
+class FitQueries:
+    """The hidden links of a fold as fitting queries, with every feature computed once."""
+
+    names: tuple[str, ...]
+    x: torch.Tensor                 # (S, P, F) features of the fitted sources
+    row: torch.Tensor               # (n,) each query's row of x
+    target: torch.Tensor            # (n,) each query's target position
+    mask: torch.Tensor              # (n, P) its candidates (the target included)
+
+
+def fit_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed: int = 0,
+                say: Callable[[str], None] = lambda _: None) -> FitQueries:
+    """The queries of `pairs` (hidden (p, q) index positions) with all of `features`.
+
+    Candidates of p are every particle but p and p's `known` targets; sources beyond
+    FIT_ENTRIES score entries are dropped at random (seeded)."""
+    names = tuple(features.names)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if not len(pairs):
+        raise GraftError("no hidden link to fit the ranker on")
+    size = len(features.graph.index)
+    sources = np.unique(pairs[:, 0])
+    cap = max(1, FIT_ENTRIES // (size * len(names)))
+    if len(sources) > cap:
+        sources = np.sort(np.random.default_rng(seed).choice(sources, cap, replace=False))
+        pairs = pairs[np.isin(pairs[:, 0], sources)]
+    say(f"ranker: {len(names)} features of {len(pairs)} hidden links ({len(sources)} sources)")
+    x = torch.from_numpy(np.concatenate([features.block(sources[i:i + 256], names)
+                                         for i in range(0, len(sources), 256)]))  # (S, P, F)
+    row = torch.as_tensor(np.searchsorted(sources, pairs[:, 0]))                # (n,)
+    target = torch.as_tensor(pairs[:, 1])                                      # (n,)
+    candidates = torch.ones(len(sources), size, dtype=torch.bool)              # (S, P)
+    candidates[torch.arange(len(sources)), torch.as_tensor(sources)] = False
+    r, c = known[sources].nonzero()
+    candidates[torch.as_tensor(r), torch.as_tensor(c)] = False
+    mask = candidates[row]                                                     # (n, P)
+    mask[torch.arange(len(row)), target] = True
+    return FitQueries(names, x, row, target, mask)
+
+
 def fit_ranker(features: Features, known: sp.csr_array, pairs: np.ndarray,
                names: tuple[str, ...] | None = None, l2: float = 1e-3, seed: int = 0,
                say: Callable[[str], None] = lambda _: None) -> Ranker:
@@ -202,31 +333,22 @@ def fit_ranker(features: Features, known: sp.csr_array, pairs: np.ndarray,
         The Ranker, in raw feature units, with fit statistics (queries, loss, in-sample MRR
         and the MRR each feature alone gives on the same queries).
     """
-    names = tuple(names or features.names)
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    if not len(pairs):
-        raise GraftError("no hidden link to fit the ranker on")
-    size = len(features.graph.index)
-    sources = np.unique(pairs[:, 0])
-    cap = max(1, FIT_ENTRIES // (size * len(names)))
-    if len(sources) > cap:
-        sources = np.sort(np.random.default_rng(seed).choice(sources, cap, replace=False))
-        pairs = pairs[np.isin(pairs[:, 0], sources)]
-    say(f"ranker: fitting {len(names)} features on {len(pairs)} hidden links "
-        f"({len(sources)} sources)")
-    x = torch.from_numpy(np.concatenate([features.block(sources[i:i + 256], names)
-                                         for i in range(0, len(sources), 256)]))  # (S, P, F)
-    row = torch.as_tensor(np.searchsorted(sources, pairs[:, 0]))                # (n,)
-    target = torch.as_tensor(pairs[:, 1])                                      # (n,)
-    candidates = torch.ones(len(sources), size, dtype=torch.bool)              # (S, P)
-    candidates[torch.arange(len(sources)), torch.as_tensor(sources)] = False
-    r, c = known[sources].nonzero()
-    candidates[torch.as_tensor(r), torch.as_tensor(c)] = False
-    mask = candidates[row]                                                     # (n, P)
-    mask[torch.arange(len(row)), target] = True
+    return fit_on(fit_queries(features, known, pairs, seed, say), names, l2, say)
+
+
+def fit_on(q: FitQueries, names: tuple[str, ...] | None = None, l2: float = 1e-3,
+           say: Callable[[str], None] = lambda _: None) -> Ranker:
+    """The listwise linear fit of fit_ranker on prepared queries, with the features `names`
+    (a subset of q.names; default all)."""
+    names = tuple(names or q.names)
+    unknown = [n for n in names if n not in q.names]
+    if unknown:
+        raise GraftError(f"features {unknown} were not computed; have {list(q.names)}")
+    x = q.x[..., [q.names.index(n) for n in names]]                            # (S, P, F')
+    row, target, mask = q.row, q.target, q.mask
     flat = x.reshape(-1, len(names))
-    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)                      # (F,)
-    z = (x - mean) / std                                                       # (S, P, F)
+    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)                      # (F',)
+    z = (x - mean) / std                                                       # (S, P, F')
     w = torch.zeros(len(names), requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=100, line_search_fn="strong_wolfe")
 
@@ -244,12 +366,12 @@ def fit_ranker(features: Features, known: sp.csr_array, pairs: np.ndarray,
     weights = (w.detach() / std).numpy().astype(np.float64)
     with torch.no_grad():
         raw = x @ torch.as_tensor(weights, dtype=torch.float32)                 # (S, P)
-        fit = {"queries": len(pairs), "sources": int(len(sources)),
+        fit = {"queries": len(row), "sources": int(x.shape[0]),
                "loss": round(float(loss_of(w.detach())), 5),
                "mrr": round(_mrr(raw[row], target, mask), 5),
                "mrr_alone": {n: round(_mrr(x[..., i][row], target, mask), 5)
                              for i, n in enumerate(names)}}
-    say(f"ranker: fitted, MRR on the fold {fit['mrr']:.4f}")
+    say(f"ranker: fitted {len(names)} features, MRR on the fold {fit['mrr']:.4f}")
     return Ranker(names, tuple(float(v) for v in weights), fit)
 
 

@@ -115,7 +115,12 @@ def test_a_cycle_fits_its_ranker_on_a_fold_and_ranks_with_it(tmp_path):
     assert row["fold_hidden"] == 18 and row["weights"]["mention"] > 0    # texts name the links
     assert row["eval_mrr"] > row["eval_lm_mrr"] and row["accepted"] == 3
     ranker = tmp_path / "out" / "cycle-1" / "ranker.json"
-    assert json.loads(ranker.read_text())["features"][-1] == "tuned"
+    assert json.loads(ranker.read_text())["features"][-2:] == ["tuned", "tuned_context"]
+    assert set(row["ablation"]) == {"text", "text+compiled", "text+tuned", "all"}
+    assert all(set(m) >= {"mrr", "hits1", "hits10", "auc", "weights"}
+               for m in row["ablation"].values())
+    assert "tuned" not in row["ablation"]["text+compiled"]["weights"]
+    assert row["ablation"]["all"]["mrr"] == pytest.approx(row["eval_mrr"], abs=1e-4)
     with Store(tmp_path / "g.duckdb", create=False, read_only=True) as store:
         evidence = [json.loads(e) for (e,) in store.query("SELECT evidence FROM proposals")]
     assert all(set(e) >= {"features", "contributions", "head_deltas", "lines"} for e in evidence)
@@ -130,6 +135,18 @@ def test_a_cycle_fits_its_ranker_on_a_fold_and_ranks_with_it(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     methods = json.loads(again.stdout)["methods"]
     assert set(methods) == {"graft", "graft_lm", "mentions"}
+    assert methods["graft"]["mrr"] == pytest.approx(row["eval_mrr"], abs=1e-6)
+    assert methods["graft_lm"]["mrr"] == pytest.approx(row["eval_lm_mrr"], abs=1e-6)
+    # no model flags: the latest cycle's model, adapter and ranker; --ablate: its table
+    plain = graft(tmp_path, "eval", "--holdout", str(tmp_path / "h.jsonl"), "--ablate",
+                  "--methods", "graft", "--json")
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    out = json.loads(plain.stdout)
+    assert out["methods"]["graft"]["mrr"] == pytest.approx(row["eval_mrr"], abs=1e-6)
+    assert {k: v["mrr"] for k, v in out["ablation"].items()} == pytest.approx(
+        {k: v["mrr"] for k, v in row["ablation"].items()}, abs=1e-6)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "What each part adds" in page and "text+compiled" in page
 
 
 def test_a_graph_too_small_to_fold_falls_back_to_the_lift(setup):

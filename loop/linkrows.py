@@ -1,0 +1,102 @@
+"""Link rows: a page's text followed by the pages it links, as token rows a compiled model is
+tuned on, and the same layout as the context the tuned model is asked for a page's next link.
+
+An LM tuned on running text learns what gets *mentioned* next, not what gets *linked*
+(DESIGN §7: the tuned model alone ranked held-out cyberwiki links at 0.03–0.10 MRR). A link
+row asks the question curators answer: after page p and the particles its text names, which
+pages does p link?
+
+    [p] [particles p's text names, in order, ≤ page_tokens] </s> [p's link targets, shuffled]
+
+The loss is on the link targets only (the text part is context). The targets are the store's
+ground-truth links (`ingest`/`curator`; links the loop staked are predictions, never taught
+as truth); on a fold, its hidden links are simply absent, as a missing link is in the store.
+At scoring time the context is the same row with all of p's known targets (in a seeded
+order), and the next-particle distribution ranks the rest: the model can copy a named
+particle the way curators link one, or name one the text left out.
+
+Token ids are a checkpoint's (particle i of particles.json is token 4 + i).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compiler.types import SPECIAL_TOKENS
+from finetune.text import Lexicon
+from loop.evaluate import EvalGraph, checkpoint_positions
+
+EOS = SPECIAL_TOKENS.index("</s>")
+
+
+@dataclass(frozen=True)
+class LinkRowConfig:
+    page_tokens: int = 48           # text particles kept per page (its first ones)
+    links: int = 15                 # link targets per row (a seeded sample beyond that)
+    copies: int = 2                 # rows per page, each with its own order of targets
+    seed: int = 0
+
+    FILE = "linkrows.json"
+
+    def save(self, folder: Path) -> None:
+        import json
+        from dataclasses import asdict
+        (Path(folder) / self.FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def of_adapter(cls, folder: Path) -> "LinkRowConfig":
+        """The config an adapter was tuned with (its linkrows.json), else the default."""
+        import json
+        path = Path(folder) / cls.FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+
+class PageContexts:
+    """Each particle's page as checkpoint tokens, and its known link targets."""
+
+    def __init__(self, graph: EvalGraph, model_dir: Path, cfg: LinkRowConfig = LinkRowConfig()):
+        self.cfg = cfg
+        self.graph = graph
+        self.ckpt = checkpoint_positions(model_dir, graph.index)              # (P,)
+        self.offset = len(SPECIAL_TOKENS)
+        lexicon = Lexicon.of_checkpoint(model_dir)
+        self.page: dict[int, list[int]] = {}
+        for p, text in graph.texts.items():
+            if self.ckpt[p] < 0:
+                continue
+            own = int(self.ckpt[p]) + self.offset
+            found = [t for t in lexicon.match(text)[0] if t != own]
+            self.page[p] = found[:cfg.page_tokens]
+
+    def token(self, p: int) -> int:
+        return int(self.ckpt[p]) + self.offset
+
+    def targets(self, p: int) -> np.ndarray:
+        """p's ground-truth link targets that the checkpoint knows, as tokens (sorted)."""
+        cols = self.graph.known[[p]].nonzero()[1]
+        cols = cols[self.ckpt[cols] >= 0]
+        return np.sort(self.ckpt[cols] + self.offset)
+
+    def context(self, p: int) -> list[int]:
+        """The scoring context of p (p must be in the checkpoint): page, </s>, known targets
+        in a seeded order (at most cfg.links)."""
+        known = self.targets(p)
+        rng = np.random.default_rng([self.cfg.seed, p])
+        known = rng.permutation(known)[:self.cfg.links]
+        return [self.token(p), *self.page.get(p, []), EOS, *known.tolist()]
+
+    def rows(self) -> list[tuple[list[int], int]]:
+        """Training rows (tokens, context length): the loss is on tokens[context length:]."""
+        out = []
+        for p in np.flatnonzero(self.ckpt >= 0):
+            known = self.targets(int(p))
+            if not len(known):
+                continue
+            head = [self.token(int(p)), *self.page.get(int(p), []), EOS]
+            rng = np.random.default_rng([self.cfg.seed, int(p), 1])
+            for _ in range(self.cfg.copies):
+                tail = rng.permutation(known)[:self.cfg.links].tolist()
+                out.append((head + tail, len(head)))
+        return out

