@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--link-rows", type=float, default=0.0)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--no-embed", action="store_true")
+    ap.add_argument("--lgbm", action="store_true", help="also LightGBM lambdarank rankers")
+    ap.add_argument("--no-own", action="store_true", help="link rows without p's own token")
     ap.add_argument("--json", type=Path, help="write the tables here")
     args = ap.parse_args()
     work, n = args.work, args.cycle
@@ -72,7 +74,7 @@ def main() -> None:
     if name:
         cfg = TuneConfig(method=args.method, max_steps=args.steps, lr=args.lr,
                          link_rows=args.link_rows, rank=args.rank)
-        link = LinkRowConfig()
+        link = LinkRowConfig(own=not args.no_own)
         adapter, fold_adapter = folder / f"adapter-{name}", fold / f"adapter-{name}"
         record["tune_fold"] = retune(fold / "fold.duckdb", fold / "model", fold_adapter, cfg,
                                      link, args.corpus)
@@ -89,6 +91,9 @@ def main() -> None:
                               embed=not args.no_embed), fold_graph.known, pairs, say=print)
     rankers = {"text (4 features of stop 10)": fit_on(fq, OLD_TEXT)}
     rankers.update(ablate.fit_subsets(fq, say=print))
+    if args.lgbm:
+        rankers.update({f"{k} (lgbm)": r for k, r in
+                        ablate.fit_subsets(fq, "lgbm", say=print).items()})
     for group in ("tuned",):                    # each tuned feature alone with the text
         for f in GROUPS[group]:
             if f in fq.names:

@@ -23,5 +23,5 @@ graft --db "$W/g.duckdb" eval --holdout "$W/wordnet/holdout.jsonl" --json \
       --methods "$BASELINES" > "$W/baselines.json"
 graft --db "$W/g.duckdb" cycle --cycles "$N" --corpus "$W/wordnet/corpus.txt" --out "$W/out" \
       --holdout "$W/wordnet/holdout.jsonl" --auto-accept "$K" --max-steps 150 --top-k 500 \
-      | tee "$W/cycles.txt"
+      --fold-token hypernym --fold-inverse ${CYCLE_ARGS:-} | tee "$W/cycles.txt"
 python bench/loop_table.py --db "$W/g.duckdb" --baselines "$W/baselines.json" | tee "$W/table.md"

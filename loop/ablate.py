@@ -16,23 +16,24 @@ import numpy as np
 
 from graph.errors import GraftError
 from loop import evaluate
-from loop.rank import GROUPS, FitQueries, Ranker, fit_on, ranker_scorer
+from loop.rank import GROUPS, FitQueries, Ranker, fit_kind, ranker_scorer
 
 SUBSETS = {"text": ("text",), "text+compiled": ("text", "compiled"),
            "text+tuned": ("text", "tuned"), "all": ("text", "compiled", "tuned")}
 FOLDER = "ablation"             # cycle-N/ablation/SUBSET.json
 
 
-def fit_subsets(queries: FitQueries, say: Callable[[str], None] = lambda _: None
-                ) -> dict[str, Ranker]:
+def fit_subsets(queries: FitQueries, kind: str = "linear", seed: int = 0,
+                say: Callable[[str], None] = lambda _: None) -> dict[str, Ranker]:
     """One ranker per subset whose features were computed (text+tuned and all need an
-    adapter; `all` is left out when it would equal text+compiled)."""
+    adapter; `all` is left out when it would equal text+compiled), each of `kind`
+    (loop/rank.py fit_kind)."""
     out = {}
     for name, groups in SUBSETS.items():
         names = tuple(f for f in queries.names if any(f in GROUPS[g] for g in groups))
         if not names or any(names == r.features for r in out.values()):
             continue
-        out[name] = fit_on(queries, names, say=say)
+        out[name] = fit_kind(queries, names, kind, seed, say=say)
     return out
 
 

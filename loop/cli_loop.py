@@ -61,7 +61,9 @@ def cmd_cycle(args, say, emit) -> None:
                                             check_determinism=False),
                       tune=TuneConfig(method=args.method, max_steps=args.max_steps,
                                       replay=args.replay, link_rows=args.link_rows),
-                      extract=ExtractConfig(top_k=args.top_k, beta=args.beta), fold=args.fold)
+                      extract=ExtractConfig(top_k=args.top_k, beta=args.beta), fold=args.fold,
+                      ranker_kind=args.ranker_kind, fold_token=args.fold_token,
+                      fold_inverse=args.fold_inverse)
     with Store(args.db) as store:
         rows = run_cycles(store, cfg, say=say)
     page = write_report(rows, Path(args.out) / "report.html")
@@ -128,6 +130,14 @@ def add_commands(command) -> None:
                    "every tuning batch")
     p.add_argument("--top-k", type=int, default=100, help="proposals per cycle")
     p.add_argument("--beta", type=float, default=0.5, help="the lift's β when no ranker is fitted")
+    p.add_argument("--ranker-kind", default="linear", choices=["linear", "lgbm", "auto"],
+                   help="the extractor's ranker: listwise linear, LightGBM lambdarank, or auto "
+                   "(whichever ranks a held-back quarter of the fold better)")
+    p.add_argument("--fold-token", default="link", metavar="TOKEN", help="hide links of this "
+                   "token (a typed graph's relation, e.g. hypernym) for the fold; all links "
+                   "when none has it")
+    p.add_argument("--fold-inverse", action="store_true", help="the fold also hides each "
+                   "hidden pair's reverse links (when the holdout dropped them too)")
     p.add_argument("--fold", type=float, default=0.1, help="share of links hidden to fit the "
                    "extractor's ranker each cycle (0: no fit, rank by the lift)")
 

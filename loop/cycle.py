@@ -53,7 +53,10 @@ class CycleConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     fold: float = 0.1               # share of links hidden to fit the ranker; 0: no fit (lift)
     fold_seed: int = 0              # the fold of cycle n is seeded fold_seed + n
+    fold_token: str = "link"        # the links the fold hides (all links when none has it)
+    fold_inverse: bool = False      # hide each hidden pair's reverse links too
     link: LinkRowConfig = field(default_factory=LinkRowConfig)   # used when tune.link_rows > 0
+    ranker_kind: str = "linear"     # linear, lgbm, or auto: the better on held-back fold sources
 
     @property
     def embed_cache(self) -> Path:
@@ -181,13 +184,14 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     from loop.evaluate import load_graph
     from loop.fold import make_fold
     from loop.ablate import fit_subsets, save_rankers
-    from loop.rank import Features, fit_on, fit_queries
+    from loop.rank import Features, fit_kind, fit_queries
     if cfg.fold <= 0:
         return {"ranker": None, "skipped": "no fold asked for (--fold 0)"}
     fold = folder / "fold"
     fold.mkdir(parents=True, exist_ok=True)
     try:
-        hidden = make_fold(store, fold / "fold.duckdb", cfg.fold, cfg.fold_seed + n)
+        hidden = make_fold(store, fold / "fold.duckdb", cfg.fold, cfg.fold_seed + n,
+                           cfg.fold_token, cfg.fold_inverse)
     except GraftError as exc:
         return {"ranker": None, "skipped": str(exc)}
     if len(hidden) < MIN_FOLD:
@@ -206,11 +210,12 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     queries = fit_queries(Features(graph, fold / "model", fold / "adapter",
                                    embed_cache=cfg.embed_cache),
                           graph.known, pairs, seed=cfg.fold_seed + n, say=say)
-    ranker = fit_on(queries, say=say)
+    ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=cfg.fold_seed + n, say=say)
     path = ranker.save(folder / "ranker.json")
-    subsets = fit_subsets(queries, say=say)          # what each feature group is worth
+    subsets = fit_subsets(queries, ranker.kind, cfg.fold_seed + n, say=say)   # groups' worth
     save_rankers(subsets, folder)
-    return {"ranker": str(path), "fold_hidden": len(hidden), "fold_mrr": ranker.fit["mrr"],
+    return {"ranker": str(path), "ranker_kind": ranker.kind, "fold_hidden": len(hidden),
+            "fold_mrr": ranker.fit["mrr"],
             "weights": dict(zip(ranker.features, ranker.weights)),
             "fold_mrr_by_subset": {k: r.fit["mrr"] for k, r in subsets.items()}}
 

@@ -140,16 +140,14 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
         mask_rows.setdefault(s, []).append(d)
     names = tuple(dict.fromkeys(ranker.features + ("compiled",) + (
         ("tuned",) if adapter is not None else ())))
-    w = np.zeros(len(names), dtype=np.float32)                                 # (F,)
-    for f, value in zip(ranker.features, ranker.weights):
-        w[names.index(f)] = value
+    used = [names.index(f) for f in ranker.features]
     batch = max(1, min(cfg.batch, 50_000_000 // (size * len(names))))
     k = min(cfg.per_source, size)
     kept_s, kept_q, kept_v, kept_f = [], [], [], []
     for start in range(0, size, batch):
         rows = np.arange(start, min(start + batch, size))                      # (B,)
         x = feats.block(rows, names)                                           # (B, P, F)
-        score = x @ w                                                          # (B, P)
+        score = ranker.score(x[..., used])                                     # (B, P)
         score[np.arange(len(rows)), rows] = -np.inf                            # no self-links
         for j, r in enumerate(rows):
             if r in mask_rows:
@@ -186,13 +184,14 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
         head = int(np.argmax(qk)) if qk is not None and len(qk) else None
         semcon = semcons[head]["particle"] if head is not None and head < len(semcons) else None
         values = {f: round(float(fvals[i, names.index(f)]), 6) for f in names}
+        shares = ranker.contributions(fvals[i:i + 1, used].astype(np.float64))[0]
         out.append(Proposal(
             src=graph.index[src[i]], dst=graph.index[dst[i]], score=float(vals[i]),
             confidence=float(np.exp(vals[i])), tuned=float(fvals[i, tuned_col]),
             compiled=float(fvals[i, names.index("compiled")]), head=head, semcon=semcon,
             evidence={"features": values,
-                      "contributions": {f: round(float(wt) * values[f], 6)
-                                        for f, wt in zip(ranker.features, ranker.weights)},
+                      "contributions": {f: round(float(c), 6)
+                                        for f, c in zip(ranker.features, shares)},
                       "qk_scores": [round(float(x), 6) for x in (qk if qk is not None else [])],
                       "head_deltas": [round(float(x), 6) for x in (delta if delta is not None
                                                                    else [])],

@@ -22,8 +22,8 @@ from graph.store import Store
 from loop.evaluate import TRUTH
 
 
-def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = "link"
-              ) -> list[tuple[str, str]]:
+def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = "link",
+              inverse: bool = False) -> list[tuple[str, str]]:
     """Write the fold store at `out` (replaced if present) and return the hidden pairs.
 
     Args:
@@ -33,6 +33,9 @@ def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = 
         seed: numpy Generator seed.
         token: only links with this token are hidden (all links when none carries it); it is
             the token held-out links of `graft eval` have.
+        inverse: also leave out every link q → p of a hidden p → q — for a holdout made that
+            way (WordNet's hypernym holdout drops each pair's inverse hyponym, or the answer
+            would stay in the graph); the fold must hide what the holdout hid.
 
     Returns:
         The hidden (src, dst) pairs, sorted; every link between them is left out of the fold.
@@ -58,7 +61,7 @@ def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = 
                          f"hide a share of {fraction}")
     chosen = np.sort(np.random.default_rng(seed).choice(len(eligible), size=k, replace=False))
     hidden = [eligible[i] for i in chosen]
-    gone = set(hidden)
+    gone = set(hidden) | ({(d, s) for s, d in hidden} if inverse else set())
     tables["cyberlinks"] = links.filter(pa.array([(s, d) not in gone for s, d in zip(src, dst)]))
     with Store(out, hash_name=store.hash_name) as fold:
         with fold.transaction():

@@ -37,6 +37,8 @@ class LinkRowConfig:
     links: int = 15                 # link targets per row (a seeded sample beyond that)
     copies: int = 2                 # rows per page, each with its own order of targets
     seed: int = 0
+    own: bool = True                # start the row with p's own token (False: the model must
+                                    # predict from the text and the other links alone)
 
     FILE = "linkrows.json"
 
@@ -85,7 +87,10 @@ class PageContexts:
         known = self.targets(p)
         rng = np.random.default_rng([self.cfg.seed, p])
         known = rng.permutation(known)[:self.cfg.links]
-        return [self.token(p), *self.page.get(p, []), EOS, *known.tolist()]
+        return [*self._own(p), *self.page.get(p, []), EOS, *known.tolist()]
+
+    def _own(self, p: int) -> list[int]:
+        return [self.token(p)] if self.cfg.own else []
 
     def rows(self) -> list[tuple[list[int], int]]:
         """Training rows (tokens, context length): the loss is on tokens[context length:]."""
@@ -94,7 +99,7 @@ class PageContexts:
             known = self.targets(int(p))
             if not len(known):
                 continue
-            head = [self.token(int(p)), *self.page.get(int(p), []), EOS]
+            head = [*self._own(int(p)), *self.page.get(int(p), []), EOS]
             rng = np.random.default_rng([self.cfg.seed, int(p), 1])
             for _ in range(self.cfg.copies):
                 tail = rng.permutation(known)[:self.cfg.links].tolist()

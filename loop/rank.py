@@ -65,11 +65,33 @@ FIT_ENTRIES = 60_000_000          # score entries (sources × P × F) held while
 
 @dataclass(frozen=True)
 class Ranker:
-    """Feature weights; score(p, q) = Σ weights[i] · feature_i(p, q)."""
+    """Feature weights; score(p, q) = Σ weights[i] · feature_i(p, q) — or, with `model` (a
+    LightGBM lambdarank booster in its text format, loop/gbm.py), the booster's score; the
+    weights are then the linear fit it was chosen over."""
 
     features: tuple[str, ...]
     weights: tuple[float, ...]
     fit: dict = field(default_factory=dict)     # how it was fitted and how well
+    model: str = ""                             # a booster's text model, or "" (linear)
+
+    @property
+    def kind(self) -> str:
+        return "lgbm" if self.model else "linear"
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """(S, P) scores of (S, P, F) features in self.features order."""
+        if self.model:
+            from loop import gbm
+            return gbm.predict(self.model, x)
+        return x @ np.asarray(self.weights, dtype=np.float32)
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """(n, F) each feature's share of the score of n rows (n, F): weight × value, or the
+        booster's TreeSHAP values."""
+        if self.model:
+            from loop import gbm
+            return gbm.contributions(self.model, x)
+        return x * np.asarray(self.weights)[None, :]
 
     def __post_init__(self):
         unknown = [f for f in self.features if f not in TEXT_FEATURES + MODEL_FEATURES]
@@ -89,7 +111,7 @@ class Ranker:
         try:
             raw = json.loads(path.read_text())
             return cls(tuple(raw["features"]), tuple(float(w) for w in raw["weights"]),
-                       raw.get("fit", {}))
+                       raw.get("fit", {}), str(raw.get("model") or ""))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise GraftError(f"{path}: not a ranker file ({exc})") from None
 
@@ -270,8 +292,7 @@ class Features:
 
 def ranker_scorer(features: Features, ranker: Ranker) -> Scorer:
     """A Scorer (loop/evaluate.py) giving the ranker's score over the index."""
-    w = np.asarray(ranker.weights, dtype=np.float32)
-    return lambda sources: features.block(np.asarray(sources), ranker.features) @ w
+    return lambda sources: ranker.score(features.block(np.asarray(sources), ranker.features))
 
 
 @dataclass(frozen=True)
@@ -381,3 +402,32 @@ def _mrr(scores: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> floa
     above = ((scores > t) & mask).sum(1)
     ties = ((scores == t) & mask).sum(1) - 1
     return float((1.0 / (1.0 + above + 0.5 * ties).double()).mean())
+
+
+def fit_kind(q: FitQueries, names: tuple[str, ...] | None = None, kind: str = "auto",
+             seed: int = 0, say: Callable[[str], None] = lambda _: None) -> Ranker:
+    """fit_on (kind "linear"), a LightGBM lambdarank booster over the same features ("lgbm",
+    loop/gbm.py), or whichever of the two ranks a held-back quarter of the fold's sources
+    better ("auto"; linear when LightGBM is not installed)."""
+    from dataclasses import replace
+
+    from loop import gbm
+    if kind not in ("auto", "linear", "lgbm"):
+        raise GraftError(f"ranker kind {kind!r}: expected auto, linear or lgbm")
+    names = tuple(names or q.names)
+    linear = fit_on(q, names, say=say)
+    if kind == "linear" or (kind == "auto" and not gbm.available()):
+        return linear
+    choice = {"kind": "lgbm", "mrr": {}}
+    if kind == "auto":
+        choice = gbm.choose(q, lambda sub, n: fit_on(sub, n), names, seed, say=say)
+        if choice["kind"] == "linear":
+            return replace(linear, fit={**linear.fit, "chosen_over_lgbm": choice["mrr"]})
+    cols = [q.names.index(n) for n in names]
+    scores = (q.x[..., cols] @ torch.as_tensor(linear.weights, dtype=torch.float32)).numpy()
+    model = gbm.fit_booster(q, names, scores, np.arange(q.x.shape[0]), seed)
+    boosted = torch.as_tensor(gbm.predict(model, q.x[..., cols].numpy()))
+    fit = {**linear.fit, "kind": "lgbm", "validation_mrr": choice["mrr"],
+           "mrr": round(_mrr(boosted[q.row], q.target, q.mask), 5)}
+    say(f"ranker: lambdarank booster, MRR on the fold {fit['mrr']:.4f} (in sample)")
+    return replace(linear, fit=fit, model=model)

@@ -143,3 +143,22 @@ def test_fold_hides_the_share_and_keeps_the_rest(tmp_path):
         {k: before[k] for k in ("particles", "neurons", "tokens", "batches")}
     with pytest.raises(GraftError, match="strictly between 0 and 1"):
         make_fold(Store(), tmp_path / "f.duckdb", 1.0, seed=0)
+
+
+def test_fold_of_one_relation_can_hide_the_inverse_too(tmp_path):
+    from graph.ingest import ingest_links
+    from tests.conftest import link, write_jsonl
+    rows = [link(f"n{i}", f"n{i + 1}", token="hypernym", time=i) for i in range(20)]
+    rows += [link(f"n{i + 1}", f"n{i}", token="hyponym", time=i) for i in range(20)]
+    rows += [link(f"n{i}", f"n{i + 2}", token="similar", time=i) for i in range(5)]
+    with Store(tmp_path / "g.duckdb") as store:
+        ingest_links(store, [write_jsonl(tmp_path / "l.jsonl", rows)])
+        plain = make_fold(store, tmp_path / "a.duckdb", 0.25, seed=0, token="hypernym")
+        both = make_fold(store, tmp_path / "b.duckdb", 0.25, seed=0, token="hypernym",
+                         inverse=True)
+    assert plain == both and len(plain) == 5
+    for path, gone in (("a.duckdb", set(plain)),
+                       ("b.duckdb", set(plain) | {(d, s) for s, d in plain})):
+        with Store(tmp_path / path, create=False, read_only=True) as fold:
+            left = set(fold.query("SELECT src, dst FROM cyberlinks"))
+        assert not left & gone and len(left) == 45 - len(gone)
