@@ -31,7 +31,8 @@ def cmd_eval(args, say, emit) -> None:
             features = Features(graph, Path(args.model), adapter, embed_cache=cache)
             scorers[name] = ranker_scorer(features, Ranker.load(Path(args.ranker)))
             if adapter is not None:           # the tuned model alone, as the cycle scores it
-                scorers["graft_lm"] = ranker_scorer(features, Ranker(("tuned_context",), (1.0,)))
+                scorers["graft_lm"] = ranker_scorer(features,
+                                                    Ranker((features.lm_feature,), (1.0,)))
                 continue
             name = "graft_lm"                 # and the model's own logits beside it
         if name in ("graft", "graft_lm"):

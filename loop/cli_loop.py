@@ -59,7 +59,7 @@ def cmd_cycle(args, say, emit) -> None:
                       holdout=Path(args.holdout) if args.holdout else None,
                       compile=CompileConfig(d=args.d, layers=args.layers,
                                             check_determinism=False),
-                      tune=TuneConfig(method=args.method, max_steps=args.max_steps,
+                      tune=TuneConfig(method=args.method, lr=args.lr, max_steps=args.max_steps,
                                       replay=args.replay, link_rows=args.link_rows),
                       extract=ExtractConfig(top_k=args.top_k, beta=args.beta), fold=args.fold,
                       ranker_kind=args.ranker_kind, fold_token=args.fold_token,
@@ -125,6 +125,7 @@ def add_commands(command) -> None:
     p.add_argument("--replay", type=float, default=0.0)
     p.add_argument("--method", default="lora", choices=["lora", "full"],
                    help="how the cycle tunes its model (and its fold's)")
+    p.add_argument("--lr", type=float, help="tuning learning rate (default: the method's)")
     p.add_argument("--link-rows", type=float, default=0.0, metavar="R", help="link rows (a "
                    "page's text, then the pages it links: loop/linkrows.py) per text row in "
                    "every tuning batch")

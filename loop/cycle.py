@@ -252,7 +252,7 @@ def _review(store: Store, n: int, k: int, holdout: Path | None) -> dict:
 def _eval(store: Store, folder: Path, ranker: Path | None, holdout: Path,
           embed_cache: Path | None = None) -> dict:
     """graft (the extractor's ranker over this cycle's models), graft_lm (the tuned model
-    alone: its next link after p's link row, loop/linkrows.py) and, when the fit step saved
+    alone: loop/rank.py Features.lm_feature) and, when the fit step saved
     them, the ablation rankers (loop/ablate.py) on the held-out links."""
     from loop import ablate, evaluate
     from loop.extract import lift_ranker
@@ -263,7 +263,7 @@ def _eval(store: Store, folder: Path, ranker: Path | None, holdout: Path,
     fitted = Ranker.load(ranker) if ranker else lift_ranker(0.5, True)
     features = Features(graph, model, adapter, embed_cache=embed_cache)
     scorers = {"graft": ranker_scorer(features, fitted),
-               "graft_lm": ranker_scorer(features, Ranker(("tuned_context",), (1.0,)))}
+               "graft_lm": ranker_scorer(features, Ranker((features.lm_feature,), (1.0,)))}
     subsets = ablate.load_rankers(folder) if (folder / ablate.FOLDER).is_dir() else {}
     scorers.update({f"ablate:{k}": ranker_scorer(features, r) for k, r in subsets.items()})
     result = evaluate.evaluate(graph, queries, scorers)

@@ -6,13 +6,13 @@ An LM tuned on running text learns what gets *mentioned* next, not what gets *li
 row asks the question curators answer: after page p and the particles its text names, which
 pages does p link?
 
-    [p] [particles p's text names, in order, ≤ page_tokens] </s> [p's link targets, shuffled]
+    [p] [particles p's text names, in order, ≤ page_tokens] [p's other targets, shuffled] </s> t
 
-The loss is on the link targets only (the text part is context). The targets are the store's
+one row per link p → t; the loss is on t alone (the rest is context). The targets are the store's
 ground-truth links (`ingest`/`curator`; links the loop staked are predictions, never taught
 as truth); on a fold, its hidden links are simply absent, as a missing link is in the store.
-At scoring time the context is the same row with all of p's known targets (in a seeded
-order), and the next-particle distribution ranks the rest: the model can copy a named
+At scoring time the context is the same with all of p's known targets (in a seeded order),
+and the next-particle distribution after `</s>` ranks the rest: the model can copy a named
 particle the way curators link one, or name one the text left out.
 
 Token ids are a checkpoint's (particle i of particles.json is token 4 + i).
@@ -35,7 +35,6 @@ EOS = SPECIAL_TOKENS.index("</s>")
 class LinkRowConfig:
     page_tokens: int = 48           # text particles kept per page (its first ones)
     links: int = 15                 # link targets per row (a seeded sample beyond that)
-    copies: int = 2                 # rows per page, each with its own order of targets
     seed: int = 0
     own: bool = True                # start the row with p's own token (False: the model must
                                     # predict from the text and the other links alone)
@@ -81,27 +80,28 @@ class PageContexts:
         cols = cols[self.ckpt[cols] >= 0]
         return np.sort(self.ckpt[cols] + self.offset)
 
-    def context(self, p: int) -> list[int]:
-        """The scoring context of p (p must be in the checkpoint): page, </s>, known targets
-        in a seeded order (at most cfg.links)."""
+    def context(self, p: int, leave_out: int | None = None) -> list[int]:
+        """The context after which p's next link is asked (p must be in the checkpoint): p,
+        its page, its known targets in a seeded order (at most cfg.links; `leave_out` not
+        among them), then </s> — last, so the answer has to come through attention to the
+        page and the links, not from the bigram of the last particle."""
         known = self.targets(p)
-        rng = np.random.default_rng([self.cfg.seed, p])
+        if leave_out is not None:
+            known = known[known != leave_out]
+        rng = np.random.default_rng([self.cfg.seed, p] + ([] if leave_out is None
+                                                          else [int(leave_out)]))
         known = rng.permutation(known)[:self.cfg.links]
-        return [*self._own(p), *self.page.get(p, []), EOS, *known.tolist()]
+        return [*self._own(p), *self.page.get(p, []), *known.tolist(), EOS]
 
     def _own(self, p: int) -> list[int]:
         return [self.token(p)] if self.cfg.own else []
 
     def rows(self) -> list[tuple[list[int], int]]:
-        """Training rows (tokens, context length): the loss is on tokens[context length:]."""
+        """Training rows (tokens, context length): one per known link p → t, the context
+        without t followed by t; the loss is on t alone."""
         out = []
         for p in np.flatnonzero(self.ckpt >= 0):
-            known = self.targets(int(p))
-            if not len(known):
-                continue
-            head = [*self._own(int(p)), *self.page.get(int(p), []), EOS]
-            rng = np.random.default_rng([self.cfg.seed, int(p), 1])
-            for _ in range(self.cfg.copies):
-                tail = rng.permutation(known)[:self.cfg.links].tolist()
-                out.append((head + tail, len(head)))
+            for t in self.targets(int(p)):
+                ctx = self.context(int(p), leave_out=int(t))
+                out.append((ctx + [int(t)], len(ctx)))
         return out

@@ -148,7 +148,12 @@ class Features:
         self.have = np.flatnonzero(self.ckpt >= 0)
         self.model, self.switch_off = load_pair(Path(model_dir), adapter)
         self.pages = None
+        # the tuned model's own guess at p's next link: after p's link row when it was tuned
+        # on link rows (loop/linkrows.py), else after [p] alone
+        self.lm_feature = "tuned"
         if adapter is not None:
+            if (Path(adapter) / "linkrows.json").exists():
+                self.lm_feature = "tuned_context"
             from loop.linkrows import LinkRowConfig, PageContexts
             self.pages = PageContexts(graph, Path(model_dir), LinkRowConfig.of_adapter(adapter))
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model

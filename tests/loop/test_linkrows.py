@@ -33,28 +33,29 @@ def wiki(tmp_path_factory):
     return root, graph
 
 
-def test_rows_put_the_page_then_its_targets(wiki):
+def test_rows_put_the_page_then_the_other_targets_then_the_answer(wiki):
     root, graph = wiki
-    pages = PageContexts(graph, root / "ckpt", LinkRowConfig(copies=3, links=3, seed=1))
+    pages = PageContexts(graph, root / "ckpt", LinkRowConfig(links=2, seed=1))
     particles = json.loads((root / "ckpt" / "particles.json").read_text())
     token = {p: i + len(SPECIAL_TOKENS) for i, p in enumerate(particles)}
     p = graph.position()[pid("page05")]
-    rows = [(r, c) for r, c in pages.rows() if r[0] == token[pid("page05")]]
-    assert len(rows) == 3                                   # copies
+    own = token[pid("page05")]
+    rows = [(r, c) for r, c in pages.rows() if r[0] == own]
     truth = sorted(token[graph.index[q]] for q in graph.known[[p]].nonzero()[1])
+    assert sorted(r[-1] for r, _ in rows) == truth           # one row per link, each answered
+    named = pages.page[p]
+    assert own not in named and named
     for r, context in rows:
-        assert r[context - 1] == EOS and context == len(pages.page[p]) + 2
-        assert sorted(r[context:]) == sorted(set(r[context:])) and len(r[context:]) == 3
-        assert set(r[context:]) <= set(truth)
-        named = [t for t in pages.page[p]]
-        assert r[1:context - 1] == named and token[pid("page05")] not in named
-    assert len({tuple(r[c:]) for r, c in rows}) > 1         # each copy its own order
+        assert context == len(r) - 1 and r[context - 1] == EOS
+        others = r[1 + len(named):context - 1]
+        assert r[1:1 + len(named)] == named
+        assert len(others) == 2 and r[-1] not in others and set(others) <= set(truth)
     ctx = pages.context(p)
-    assert ctx[:len(pages.page[p]) + 2] == rows[0][0][:rows[0][1]]
-    assert sorted(ctx[len(pages.page[p]) + 2:]) == truth[:3] or len(truth) > 3
+    assert ctx[-1] == EOS and ctx[:1 + len(named)] == [own, *named]
+    assert set(ctx[1 + len(named):-1]) <= set(truth) and len(ctx) == len(named) + 4
     batch = collate([rows[0], [5, 6, 7]])
     r, c = rows[0]
-    assert (batch.labels[0, :c] == IGNORE).all() and batch.labels[0, c:len(r)].tolist() == r[c:]
+    assert (batch.labels[0, :c] == IGNORE).all() and batch.labels[0, c] == r[-1]
     assert batch.labels[1, :3].tolist() == [5, 6, 7]
 
 
