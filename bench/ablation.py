@@ -18,11 +18,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.tune import TuneConfig, tune  # noqa: E402
+from finetune.tune import TuneConfig  # noqa: E402
 from graph.store import Store  # noqa: E402
 from loop import ablate, evaluate  # noqa: E402
 from loop.fold import make_fold  # noqa: E402
-from loop.linkrows import LinkRowConfig, PageContexts  # noqa: E402
+from loop.linkrows import LinkRowConfig, tune_model  # noqa: E402
 from loop.rank import GROUPS, Features, fit_on, fit_queries  # noqa: E402
 
 OLD_TEXT = ("mention", "mention_count", "back_mention", "indegree")
@@ -39,11 +39,8 @@ def hidden_pairs(work: Path, fold: Path, n: int, seed: int) -> list:
 def retune(store_path: Path, model: Path, out: Path, cfg: TuneConfig, link: LinkRowConfig,
            corpus: Path) -> dict:
     with Store(store_path, read_only=True, create=False) as store:
-        rows = PageContexts(evaluate.load_graph(store), model, link).rows() if cfg.link_rows else []
-        out.mkdir(parents=True, exist_ok=True)
-        link.save(out)
         start = time.perf_counter()
-        r = tune(model, corpus, out, cfg, store, say=print, link_rows=rows)
+        r = tune_model(store, model, corpus, out, cfg, link, say=print)
     return {"seconds": round(time.perf_counter() - start, 1), "steps": r["steps"],
             "heldout": r["after"]["heldout_loss"]}
 
@@ -63,6 +60,7 @@ def main() -> None:
     ap.add_argument("--no-embed", action="store_true")
     ap.add_argument("--lgbm", action="store_true", help="also LightGBM lambdarank rankers")
     ap.add_argument("--no-own", action="store_true", help="link rows without p's own token")
+    ap.add_argument("--no-cross-fit", action="store_true", help="one adapter on every page")
     ap.add_argument("--json", type=Path, help="write the tables here")
     args = ap.parse_args()
     work, n = args.work, args.cycle
@@ -74,7 +72,7 @@ def main() -> None:
     if name:
         cfg = TuneConfig(method=args.method, max_steps=args.steps, lr=args.lr,
                          link_rows=args.link_rows, rank=args.rank)
-        link = LinkRowConfig(own=not args.no_own)
+        link = LinkRowConfig(own=not args.no_own, cross_fit=not args.no_cross_fit)
         adapter, fold_adapter = folder / f"adapter-{name}", fold / f"adapter-{name}"
         record["tune_fold"] = retune(fold / "fold.duckdb", fold / "model", fold_adapter, cfg,
                                      link, args.corpus)

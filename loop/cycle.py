@@ -34,7 +34,7 @@ from finetune.tune import TuneConfig
 from graph import sql_loop
 from graph.store import Store
 from loop.extract import ExtractConfig
-from loop.linkrows import LinkRowConfig
+from loop.linkrows import LinkRowConfig, tune_model
 
 STEPS = ("snapshot", "compile", "tune", "fit", "extract", "review", "eval")
 MIN_FOLD = 10               # hidden links needed to fit a ranker
@@ -138,10 +138,8 @@ def _compile(store: Store, snap_id: str, out: Path, cfg: CompileConfig, say) -> 
 
 def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, reference: Path,
           say) -> dict:
-    from finetune.tune import tune
     from loop.approx import approximation_error
-    r = tune(model, cfg.corpus, adapter, cfg.tune, store, say=say,
-             link_rows=_link_rows(store, model, adapter, cfg, say))
+    r = tune_model(store, model, cfg.corpus, adapter, cfg.tune, cfg.link, say)
     approx = approximation_error(model, reference, cfg.corpus, cfg.tune)
     say(f"approximation error {approx['error']:.4f} over cycle 1's vocabulary "
         f"(first position of a document {approx['first']}, the rest {approx['rest']})")
@@ -158,27 +156,12 @@ def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, reference:
             "graph_mrr_after": r["after"]["graph"]["mrr"], "tune_steps": r["steps"]}
 
 
-def _link_rows(store: Store, model: Path, adapter: Path, cfg: CycleConfig, say) -> list:
-    """The link rows (loop/linkrows.py) of `store` for `model`, when the cycle tunes on them;
-    their config goes beside the adapter, where the extractor reads it."""
-    if not cfg.tune.link_rows:
-        return []
-    from loop.evaluate import load_graph
-    from loop.linkrows import PageContexts
-    rows = PageContexts(load_graph(store), model, cfg.link).rows()
-    adapter.mkdir(parents=True, exist_ok=True)
-    cfg.link.save(adapter)
-    say(f"tune: {len(rows)} link rows")
-    return rows
-
-
 def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     """Hide a share of the links in a fold store, compile and tune it as the cycle did, and
     fit the ranker on the hidden links (loop/fold.py says why not on the store itself)."""
     import numpy as np
 
     from compiler.compile import compile_snapshot
-    from finetune.tune import tune
     from graph.errors import GraftError
     from graph.snapshot import take_snapshot
     from loop.evaluate import load_graph
@@ -200,8 +183,7 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
         say(f"cycle {n}: fit: compiling and tuning the fold ({len(hidden)} links hidden)")
         compile_snapshot(fs, take_snapshot(fs), fold / "model",   # the cycle's d and depth
                          _pinned(cfg.compile, folder / "model"))
-        tune(fold / "model", cfg.corpus, fold / "adapter", cfg.tune, fs, say=say,
-             link_rows=_link_rows(fs, fold / "model", fold / "adapter", cfg, say))
+        tune_model(fs, fold / "model", cfg.corpus, fold / "adapter", cfg.tune, cfg.link, say)
         graph = load_graph(fs)
     (fold / "hidden.json").write_text(json.dumps(hidden))
     pos = graph.position()

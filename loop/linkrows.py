@@ -12,13 +12,22 @@ one row per link p → t; the loss is on t alone (the rest is context). The targ
 ground-truth links (`ingest`/`curator`; links the loop staked are predictions, never taught
 as truth); on a fold, its hidden links are simply absent, as a missing link is in the store.
 At scoring time the context is the same with all of p's known targets (in a seeded order),
-and the next-particle distribution after `</s>` ranks the rest: the model can copy a named
-particle the way curators link one, or name one the text left out.
+and the next-particle distribution after `</s>` ranks the rest.
+
+Cross-fitting. A link the store lacks is, in p's own rows, a particle of the context that is
+never the answer: a model tuned on p's rows learns to push exactly p's missing links down
+(cyberwiki fold: a hidden target named on its page ranked 4943rd of 6666). So by default two
+adapters are tuned, each on the link rows of half of the pages (split by a hash of the page's
+id) and all the text, and page p is scored by the adapter that never saw p's rows — the
+model can only answer for p what it learned from other pages — copy a named particle the way
+curators link one, or name one the text left out. The second adapter lives in the first's
+folder, under OTHER.
 
 Token ids are a checkpoint's (particle i of particles.json is token 4 + i).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +38,7 @@ from finetune.text import Lexicon
 from loop.evaluate import EvalGraph, checkpoint_positions
 
 EOS = SPECIAL_TOKENS.index("</s>")
+OTHER = "other-half"            # adapter/OTHER: the adapter tuned on the other half's rows
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,8 @@ class LinkRowConfig:
     seed: int = 0
     own: bool = True                # start the row with p's own token (False: the model must
                                     # predict from the text and the other links alone)
+    cross_fit: bool = True          # two adapters, each tuned on half of the pages; a page is
+                                    # scored by the one that never saw its rows
 
     FILE = "linkrows.json"
 
@@ -96,12 +108,42 @@ class PageContexts:
     def _own(self, p: int) -> list[int]:
         return [self.token(p)] if self.cfg.own else []
 
-    def rows(self) -> list[tuple[list[int], int]]:
+    def half(self, p: int) -> int:
+        """0 or 1, fixed by p's id: which half of the pages p is in."""
+        digest = hashlib.blake2b(self.graph.index[p].encode(), digest_size=8).digest()
+        return digest[0] & 1
+
+    def rows(self, half: int | None = None) -> list[tuple[list[int], int]]:
         """Training rows (tokens, context length): one per known link p → t, the context
-        without t followed by t; the loss is on t alone."""
+        without t followed by t; the loss is on t alone. `half`: only pages of that half."""
         out = []
         for p in np.flatnonzero(self.ckpt >= 0):
+            if half is not None and self.half(int(p)) != half:
+                continue
             for t in self.targets(int(p)):
                 ctx = self.context(int(p), leave_out=int(t))
                 out.append((ctx + [int(t)], len(ctx)))
         return out
+
+
+def tune_model(store, model: Path, corpus: Path, adapter: Path, cfg, link: LinkRowConfig,
+               say=lambda _: None) -> dict:
+    """finetune.tune of `model` on `corpus` into `adapter`, with cfg.link_rows link rows of
+    `store` per text row — cross-fitted (two LoRA adapters, the second under adapter/OTHER)
+    when link.cross_fit and the method is lora. Returns the first tune's record."""
+    from finetune.tune import tune
+    from loop.evaluate import load_graph
+    if not cfg.link_rows:
+        return tune(model, corpus, adapter, cfg, store, say=say)
+    pages = PageContexts(load_graph(store), model, link)
+    split = link.cross_fit and cfg.method == "lora"
+    rows = pages.rows(half=0 if split else None)
+    say(f"tune: {len(rows)} link rows" + (" (half of the pages)" if split else ""))
+    record = tune(model, corpus, adapter, cfg, store, say=say, link_rows=rows)
+    if split:
+        other = pages.rows(half=1)
+        say(f"tune: the other half's adapter, {len(other)} link rows")
+        tune(model, corpus, Path(adapter) / OTHER, cfg, None, say=say,
+             link_rows=other)
+    link.save(adapter)
+    return record

@@ -21,6 +21,10 @@ Features of (p, q), each over the whole particle index, in three groups (`graft 
     early_mention      1 − (index of q's first match in p's text) / (matches in p's text)
     comention          log(1 + other pages whose text names both p and q)
     reverse_link       1 when q links p
+    mention_outdegree  mention × log(1 + p's ground-truth out-degree): a page that links much
+                       links more of what it names
+    mention_indegree   mention × indegree
+    target_text        log(1 + characters of q's text): a page with content, not a stub
     embed_sim          cosine of all-MiniLM-L6-v2 embeddings of "name: text" (when installed)
   compiled — the compiled checkpoint:
     in_model           1 when the checkpoint knows q (model scores of others are filled in)
@@ -50,12 +54,12 @@ import scipy.sparse as sp
 import torch
 
 from compiler.types import SPECIAL_TOKENS
-from finetune.text import Lexicon
 from graph.errors import GraftError
 from loop.evaluate import EvalGraph, Scorer, checkpoint_positions
 
 TEXT_FEATURES = ("mention", "mention_count", "back_mention", "indegree", "link_prob",
-                 "link_prob_mention", "early_mention", "comention", "reverse_link", "embed_sim")
+                 "link_prob_mention", "early_mention", "comention", "reverse_link",
+                 "mention_outdegree", "mention_indegree", "target_text", "embed_sim")
 COMPILED_FEATURES = ("in_model", "zero_layer", "compiled")
 TUNED_FEATURES = ("tuned", "tuned_context")
 MODEL_FEATURES = COMPILED_FEATURES + TUNED_FEATURES
@@ -151,9 +155,15 @@ class Features:
         # the tuned model's own guess at p's next link: after p's link row when it was tuned
         # on link rows (loop/linkrows.py), else after [p] alone
         self.lm_feature = "tuned"
+        self.halves = False               # cross-fitted: a second adapter for half the pages
         if adapter is not None:
+            from loop.linkrows import OTHER
             if (Path(adapter) / "linkrows.json").exists():
                 self.lm_feature = "tuned_context"
+            if (Path(adapter) / OTHER / "adapter_config.json").exists():
+                self.model.load_adapter(str(Path(adapter) / OTHER), adapter_name="other")
+                self.model.set_adapter("default")
+                self.halves = True
             from loop.linkrows import LinkRowConfig, PageContexts
             self.pages = PageContexts(graph, Path(model_dir), LinkRowConfig.of_adapter(adapter))
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -217,6 +227,12 @@ class Features:
                 x = st.early[sources].toarray()
             elif name == "comention":
                 x = np.log1p(st.comention[sources].toarray())
+            elif name == "mention_outdegree":
+                x = (self.mention[sources].toarray() > 0) * st.outdegree[sources][:, None]
+            elif name == "mention_indegree":
+                x = (self.mention[sources].toarray() > 0) * self.indegree[None, :]
+            elif name == "target_text":
+                x = np.broadcast_to(st.text_size[None, :], (len(sources), len(st.text_size)))
             elif name == "reverse_link":
                 x = st.reverse[sources].toarray()
             elif name == "embed_sim":
@@ -264,6 +280,19 @@ class Features:
         inv[self.ckpt[self.have]] = self.have                                  # ckpt → index
         out = []
         cols = offset + torch.as_tensor(self.ckpt[self.have])
+        if self.halves:
+            # page p by the adapter that never saw p's link rows (loop/linkrows.py)
+            half = np.array([self.pages.half(int(inv[r])) for r in rows])
+            out = np.empty((len(rows), len(self.have)), dtype=np.float32)
+            for h, name in ((0, "other"), (1, "default")):
+                self.model.set_adapter(name)
+                try:
+                    self.halves = False
+                    out[half == h] = self._context_logits(rows[half == h], batch)
+                finally:
+                    self.halves = True
+                    self.model.set_adapter("default")
+            return out
         for i in range(0, len(rows), batch):
             ctx = [self.pages.context(int(inv[r])) for r in rows[i:i + batch]]
             # left-padded: the last position is every row's own, and RoPE sees only relative

@@ -75,3 +75,37 @@ def test_the_context_scores_as_it_would_alone(wiki):
         direct = torch.log_softmax(feats.model(input_ids=ids).logits[0, -1], -1)
     cols = len(SPECIAL_TOKENS) + feats.ckpt[feats.have]
     np.testing.assert_allclose(together[0], direct[cols].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_cross_fitted_pages_are_scored_by_the_adapter_that_never_saw_them(wiki, tmp_path):
+    from peft import PeftModel
+
+    from finetune.checkpoints import load_checked
+    from finetune.tune import TuneConfig
+    from loop.linkrows import OTHER, tune_model
+    from loop.rank import Features
+    root, graph = wiki
+    cfg = TuneConfig(max_steps=4, eval_every=2, link_rows=1.0, batch_size=4)
+    with Store(root / "g.duckdb", read_only=True, create=False) as store:
+        tune_model(store, root / "ckpt", root / "wiki.corpus.txt", tmp_path / "ad", cfg,
+                   LinkRowConfig())
+    assert (tmp_path / "ad" / OTHER / "adapter_config.json").exists()
+    pages = PageContexts(graph, root / "ckpt")
+    halves = {h: [p for p in range(len(graph.index)) if pages.ckpt[p] >= 0
+                  and pages.half(p) == h] for h in (0, 1)}
+    assert halves[0] and halves[1]
+    mine = {r[0][0] for r in pages.rows(half=0)}
+    assert mine == {pages.token(p) for p in halves[0] if len(pages.targets(p))}
+    feats = Features(graph, root / "ckpt", tmp_path / "ad", embed=False)
+    assert feats.halves and feats.lm_feature == "tuned_context"
+    p0, p1 = halves[0][0], halves[1][0]
+    got = feats.block(np.array([p0, p1]), ("tuned_context",))[..., 0]           # (2, P)
+    cols = feats.have
+    for p, folder in ((p0, tmp_path / "ad" / OTHER), (p1, tmp_path / "ad")):
+        model = PeftModel.from_pretrained(load_checked(root / "ckpt", dtype=torch.float32),
+                                          str(folder)).eval()
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([pages.context(p)]))
+                                   .logits[0, -1], -1)
+        want = lp[len(SPECIAL_TOKENS) + feats.ckpt[cols]].numpy()
+        np.testing.assert_allclose(got[[p0, p1].index(p), cols], want, rtol=1e-4, atol=1e-4)
