@@ -21,10 +21,6 @@ Features of (p, q), each over the whole particle index, in three groups (`graft 
     early_mention      1 − (index of q's first match in p's text) / (matches in p's text)
     comention          log(1 + other pages whose text names both p and q)
     reverse_link       1 when q links p
-    mention_outdegree  mention × log(1 + p's ground-truth out-degree): a page that links much
-                       links more of what it names
-    mention_indegree   mention × indegree
-    target_text        log(1 + characters of q's text): a page with content, not a stub
     embed_sim          cosine of all-MiniLM-L6-v2 embeddings of "name: text" (when installed)
   compiled — the compiled checkpoint:
     in_model           1 when the checkpoint knows q (model scores of others are filled in)
@@ -58,8 +54,7 @@ from graph.errors import GraftError
 from loop.evaluate import EvalGraph, Scorer, checkpoint_positions
 
 TEXT_FEATURES = ("mention", "mention_count", "back_mention", "indegree", "link_prob",
-                 "link_prob_mention", "early_mention", "comention", "reverse_link",
-                 "mention_outdegree", "mention_indegree", "target_text", "embed_sim")
+                 "link_prob_mention", "early_mention", "comention", "reverse_link", "embed_sim")
 COMPILED_FEATURES = ("in_model", "zero_layer", "compiled")
 TUNED_FEATURES = ("tuned", "tuned_context")
 MODEL_FEATURES = COMPILED_FEATURES + TUNED_FEATURES
@@ -227,12 +222,6 @@ class Features:
                 x = st.early[sources].toarray()
             elif name == "comention":
                 x = np.log1p(st.comention[sources].toarray())
-            elif name == "mention_outdegree":
-                x = (self.mention[sources].toarray() > 0) * st.outdegree[sources][:, None]
-            elif name == "mention_indegree":
-                x = (self.mention[sources].toarray() > 0) * self.indegree[None, :]
-            elif name == "target_text":
-                x = np.broadcast_to(st.text_size[None, :], (len(sources), len(st.text_size)))
             elif name == "reverse_link":
                 x = st.reverse[sources].toarray()
             elif name == "embed_sim":

@@ -34,8 +34,6 @@ class TextStats:
     comention: sp.csr_array     # (P, P) pages other than p and q whose text names both
     link_prob: np.ndarray       # (P,) log of q's smoothed link probability
     reverse: sp.csr_array       # (P, P) 1 where q → p is a ground-truth link
-    outdegree: np.ndarray       # (P,) log(1 + p's ground-truth link targets)
-    text_size: np.ndarray       # (P,) log(1 + characters of p's text)
 
 
 def text_stats(graph: EvalGraph) -> TextStats:
@@ -74,7 +72,4 @@ def text_stats(graph: EvalGraph) -> TextStats:
     both.eliminate_zeros()
     return TextStats(mention=mention, early=early, comention=both.astype(np.float32),
                      link_prob=link_prob,
-                     reverse=sp.csr_array(graph.known.T, dtype=np.float32),
-                     outdegree=np.log1p(np.diff(graph.known.tocsr().indptr)).astype(np.float32),
-                     text_size=np.log1p(np.array([len(graph.texts.get(i, ""))
-                                                  for i in range(size)])).astype(np.float32))
+                     reverse=sp.csr_array(graph.known.T, dtype=np.float32))

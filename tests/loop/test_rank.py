@@ -81,11 +81,6 @@ def test_features_match_the_checkpoint(wiki):
     np.testing.assert_array_equal(x[:, 3], np.log1p(graph.link_indegree).astype(np.float32))
     assert x[cols, feats.names.index("in_model")].min() == 1.0
     col = feats.names.index
-    outdeg = np.log1p(graph.known[[src]].sum())
-    np.testing.assert_allclose(x[:, col("mention_outdegree")], x[:, col("mention")] * outdeg,
-                               rtol=1e-6)
-    np.testing.assert_allclose(x[:, col("mention_indegree")],
-                               x[:, col("mention")] * x[:, col("indegree")], rtol=1e-6)
     np.testing.assert_allclose(x[:, col("link_prob_mention")],
                                x[:, col("mention")] * x[:, col("link_prob")], rtol=1e-6)
     mentioned = feats.mention[[src]].toarray()[0] > 0

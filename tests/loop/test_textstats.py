@@ -53,8 +53,3 @@ def test_a_hidden_link_counts_as_a_mention_left_unlinked():
                               link_indegree=g.link_indegree, names=g.names, texts=g.texts)
     assert text_stats(fold).link_prob[1] == np.float32(np.log(0.5 / 5))
 
-
-def test_degree_and_text_size_by_hand():
-    st = text_stats(graph4())
-    np.testing.assert_allclose(st.outdegree, np.log1p([1, 1, 1, 1]))
-    np.testing.assert_allclose(st.text_size, np.log1p([21, 11, 15, 14]), rtol=1e-6)
