@@ -110,8 +110,9 @@ def jsonl_line_numbers(path: Path) -> np.ndarray:
 
 
 def csv_header(path: Path) -> list[str]:
-    """The header row of a CSV file (UTF-8, comma-separated)."""
-    with open(path, newline="", encoding="utf-8", errors="strict") as fh:
+    """The header row of a CSV file (UTF-8, comma-separated; a byte-order mark, which
+    spreadsheet exports write, is not part of the first name)."""
+    with open(path, newline="", encoding="utf-8-sig", errors="strict") as fh:
         try:
             return next(csv.reader(fh))
         except StopIteration:
@@ -151,7 +152,7 @@ def csv_problems(path: Path, cap: int) -> tuple[list[Problem], int]:
 
 def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(first physical line, fields) of each CSV record; a quoted field may span lines."""
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         previous_end = 0
         for record in reader:

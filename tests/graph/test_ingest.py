@@ -162,6 +162,33 @@ def test_line_numbers_count_blank_lines_and_quoted_newlines(store, tmp_path):
     _reject(store, tmp_path / "bad.csv", line=5, field="valence")
 
 
+def test_csv_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """Spreadsheet exports start with a UTF-8 byte-order mark; it is not part of 'neuron'."""
+    from graph.store import Store
+    for name, bom in (("plain.csv", ""), ("bom.csv", "\ufeff")):
+        with open(tmp_path / name, "w", newline="", encoding="utf-8") as fh:
+            fh.write(bom)
+            writer = csv.DictWriter(fh, fieldnames=list(GOOD[0]))
+            writer.writeheader()
+            writer.writerows(GOOD)
+    (tmp_path / "p.csv").write_text("\ufeffparticle,name\n" + pid("a") + ",alpha\n",
+                                    encoding="utf-8")
+    ids = []
+    for name in ("plain.csv", "bom.csv"):
+        with Store(tmp_path / f"{name}.duckdb") as s:
+            ingest_links(s, [tmp_path / name])
+            ids.append(take_snapshot(s).id)
+            if name == "bom.csv":
+                from graph.ingest_rows import ingest_particles
+                ingest_particles(s, [tmp_path / "p.csv"])
+                assert s.names_of([pid("a")]) == {pid("a"): "alpha"}
+    assert ids[0] == ids[1]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\ufeffneuron,from,to,token,amount,valence\nx,a,b,link,1,1\n", encoding="utf-8")
+    with Store(tmp_path / "bad.duckdb") as s:
+        _reject(s, bad, line=1, field="time", expected="a column named 'time'")
+
+
 def test_csv_missing_column_and_ragged_rows(store, tmp_path):
     (tmp_path / "nocol.csv").write_text("neuron,from,to,token,amount,valence\nx,a,b,link,1,1\n")
     _reject(store, tmp_path / "nocol.csv", line=1, field="time", expected="a column named 'time'")
