@@ -103,6 +103,7 @@ DECISIONS_OF = """
     WHERE p.status <> 'pending' ORDER BY p.id
 """
 LINKED_PAIRS = "SELECT DISTINCT src, dst FROM cyberlinks WHERE valence >= 0"
+REJECTED_PAIRS = "SELECT DISTINCT src, dst FROM proposals WHERE status = 'rejected'"
 
 CYCLE_TOP = """
     SELECT id FROM proposals WHERE cycle = $cycle ORDER BY score DESC, id LIMIT $k

@@ -2,7 +2,8 @@
 text, the compiled model and the tuned model (DESIGN §4).
 
 For every source p (batches of sources, never a Python loop over V² pairs) the ranker scores
-every particle q; pairs already linked (any origin), p itself and nothing else are masked.
+every particle q; pairs already linked (any origin), pairs a curator rejected, p itself and
+nothing else are masked.
 A pair's score is its log-probability under the ranker's softmax over p's candidates, so
 scores of different sources compare; each batch keeps its best `per_source` per row, and the
 global top-k is taken from those with at most `per_target` into one target.
@@ -133,8 +134,9 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     ranker = ranker or lift_ranker(cfg.beta, adapter is not None)
     pos = graph.position()
     size = len(graph.index)
-    linked = [(pos[s], pos[d]) for s, d in store.query(sql_loop.LINKED_PAIRS)
-              if s in pos and d in pos]
+    # linked pairs, and pairs a curator rejected: a rejected pair is never proposed again
+    linked = [(pos[s], pos[d]) for q in (sql_loop.LINKED_PAIRS, sql_loop.REJECTED_PAIRS)
+              for s, d in store.query(q) if s in pos and d in pos]
     mask_rows: dict[int, list[int]] = {}
     for s, d in linked:
         mask_rows.setdefault(s, []).append(d)

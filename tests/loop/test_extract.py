@@ -77,6 +77,13 @@ def test_review_stakes_accepted_once_and_feeds_dpo(tuned, tmp_path):
             {"prompt": "tail", "chosen": "dog", "rejected": other["dst_name"]}]
         with pytest.raises(GraftError, match="no proposal with id 999"):
             decide(store, accept=[999])
+        # a rejected pair never returns, not in a later cycle either
+        rejected = (pid("tail"), other["dst"])
+        assert rejected in {(p.src, p.dst) for p in props}
+        later = extract(store, tuned / "ckpt", ExtractConfig(top_k=50),
+                        adapter=tuned / "adapter")
+        assert rejected not in {(p.src, p.dst) for p in later}
+        assert len(later) == len(props) - 2           # and the accepted one is a link now
 
 
 def test_cli_extract_and_review(tuned, tmp_path, capsys):
