@@ -111,6 +111,7 @@ CYCLE_TOP = """
 CYCLE_ACCEPTED = "SELECT src, dst FROM proposals WHERE cycle = $cycle AND status = 'accepted'"
 
 STEP_DONE = "SELECT CAST(detail AS VARCHAR) FROM cycle_steps WHERE cycle = $cycle AND step = $step"
+STEP_FORGET = "DELETE FROM cycle_steps WHERE cycle = $cycle AND step = $step"
 STEP_RECORD = """
     INSERT INTO cycle_steps (cycle, step, detail) VALUES ($cycle, $step, CAST($detail AS JSON))
 """

@@ -78,8 +78,13 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
     def step(name: str, work: Callable[[], dict]) -> dict:
         done = store.query(sql_loop.STEP_DONE, {"cycle": n, "step": name})
         if done:
-            say(f"cycle {n}: {name} already done")
-            return json.loads(done[0][0])
+            detail = json.loads(done[0][0])
+            gone = _missing(name, detail, folder)
+            if gone is None:
+                say(f"cycle {n}: {name} already done")
+                return detail
+            say(f"cycle {n}: {name} was done, but {gone} is gone: doing it again")
+            store.execute(sql_loop.STEP_FORGET, {"cycle": n, "step": name})
         say(f"cycle {n}: {name} …")
         start = time.perf_counter()
         detail = {**work(), "seconds": round(time.perf_counter() - start, 3)}
@@ -100,6 +105,15 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
     step("review", lambda: _review(store, n, cfg.auto_accept, cfg.holdout))
     if cfg.holdout is not None:
         step("eval", lambda: _eval(store, folder, ranker, cfg.holdout, cfg.embed_cache))
+
+
+def _missing(step: str, detail: dict, folder: Path) -> Path | None:
+    """The output a recorded step left on disk that is no longer there (its --out folder
+    deleted or moved), or None."""
+    wanted = {"compile": [folder / "model" / "compile.json"],
+              "tune": [folder / "adapter"],
+              "fit": [Path(detail["ranker"])] if detail.get("ranker") else []}.get(step, [])
+    return next((path for path in wanted if not path.exists()), None)
 
 
 def _fault(point: str) -> None:

@@ -81,6 +81,15 @@ def test_cycles_resume_after_a_kill_without_duplicates(setup):
     again = graft(root, *args)                             # everything recorded: no-op
     assert again.returncode == 0 and state(root)["extract_links"] == 4
     assert "already done" in again.stderr
+    # the out folder moved away: recorded steps whose outputs are gone are done again
+    import shutil
+    shutil.move(str(root / "out"), str(root / "moved"))
+    redone = graft(root, *args, "--json")
+    assert redone.returncode == 0, redone.stderr[-2000:]
+    assert "compile was done, but" in redone.stderr and "doing it again" in redone.stderr
+    assert (root / "out" / "cycle-2" / "model" / "compile.json").exists()
+    assert (root / "out" / "cycle-2" / "adapter").exists()
+    assert state(root)["extract_links"] == 4 and all(n == 1 for _, _, n in state(root)["steps"])
     # a run that was never killed reaches the same cycle-2 graph: the staked links' times
     # come from the store, not the clock (the snapshot id hashes them and seeds the compile)
     clean = make_root(root / "clean")
