@@ -7,7 +7,8 @@ not match the "a" of "$a", which the longer name claims first). At each unit the
 phrase that is a name or alias wins; words no phrase covers are dropped (DESIGN §3).
 
 A document is a run of non-blank lines (a cyberwiki page: its title line, then its
-paragraphs); each becomes one particle sequence.
+paragraphs), a line, or a JSONL row's text (corpus_documents); each becomes one particle
+sequence.
 """
 from __future__ import annotations
 
@@ -128,18 +129,77 @@ class Sequences:
     coverage: Coverage
 
 
-def corpus_sequences(path: Path, lexicon: Lexicon, min_len: int = 2) -> Sequences:
-    """Every document of a text file as a particle sequence (shorter than `min_len`: dropped,
-    there is nothing to predict)."""
+DOCS = ("auto", "paragraphs", "lines", "jsonl")
+
+
+def corpus_documents(path: Path, docs: str = "auto") -> list[tuple[int, str]]:
+    """(first line number, text) of each document of a corpus file.
+
+    Args:
+        path: UTF-8 text.
+        docs: how documents are laid out — `paragraphs`: runs of non-blank lines (a wiki
+            page: its title line, then its text); `lines`: one document per line; `jsonl`: one
+            JSON object per line, its `text` field (and `title` or `name` first when given);
+            `auto`: jsonl for .jsonl/.ndjson files, lines for a file of several lines and no
+            blank one, else paragraphs.
+    """
+    from graph.errors import GraftError
+    if docs not in DOCS:
+        raise GraftError(f"--docs {docs}: expected one of {', '.join(DOCS)}")
     path = Path(path)
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        from graph.errors import GraftError
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise GraftError(f"{path}:{line}: not UTF-8 text ({exc.reason})") from None
+    lines = raw.splitlines()
+    docs = resolve_docs(path, docs, lines)
+    if docs == "paragraphs":
+        return list(documents(lines))
+    if docs == "lines":
+        return [(n, x) for n, x in enumerate(lines, 1) if x.strip()]
+    return _jsonl_documents(path, lines)
+
+
+def resolve_docs(path: Path, docs: str, lines: list[str] | None = None) -> str:
+    """The layout `auto` stands for in this file (other values are returned as they are)."""
+    if docs != "auto":
+        return docs
+    if Path(path).suffix.lower() in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if lines is None:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    return "lines" if len(lines) > 1 and all(x.strip() for x in lines) else "paragraphs"
+
+
+def _jsonl_documents(path: Path, lines: list[str]) -> list[tuple[int, str]]:
+    from graph.errors import GraftError
+    out, bad = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            bad.append(f"{path}:{n}: not JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            bad.append(f"{path}:{n}: field 'text': expected a string")
+            continue
+        head = row.get("title") or row.get("name")
+        out.append((n, f"{head}\n{row['text']}" if isinstance(head, str) and head else
+                    row["text"]))
+    if bad:
+        raise GraftError(f"{path}: {len(bad)} bad corpus row(s)\n" + "\n".join(bad[:20]))
+    return out
+
+
+def corpus_sequences(path: Path, lexicon: Lexicon, min_len: int = 2,
+                     docs: str = "auto") -> Sequences:
+    """Every document of a corpus file (corpus_documents) as a particle sequence (shorter
+    than `min_len`: dropped, there is nothing to predict)."""
     ids, starts, words, matched, seen = [], [], 0, 0, set()
-    for start, text in documents(raw.splitlines()):
+    for start, text in corpus_documents(path, docs):
         seq, w, m = lexicon.match(text)
         words, matched = words + w, matched + m
         seen.update(seq)

@@ -36,6 +36,7 @@ class TuneConfig:
     max_steps: int | None = None
     batch_size: int = 16
     block: int = 64                 # tokens per training row
+    docs: str = "auto"              # corpus layout: auto, paragraphs, lines, jsonl
     holdout: float = 0.1            # share of documents held out
     eval_every: int = 25            # steps between held-out evaluations
     patience: int = 4               # evaluations without improvement before stopping
@@ -50,6 +51,9 @@ class TuneConfig:
     threads: int = 1                # torch threads (see compiler.compile.torch_threads)
 
     def __post_init__(self):
+        from finetune.text import DOCS
+        if self.docs not in DOCS:
+            raise GraftError(f"--docs {self.docs}: expected one of {', '.join(DOCS)}")
         if self.method not in METHODS:
             raise GraftError(f"--method {self.method}: expected one of {', '.join(METHODS)}")
         if (self.replay < 0 or self.link_rows < 0 or not 0 <= self.holdout < 1
@@ -217,7 +221,7 @@ def scale_rows(train_rows: list[list[int]], vocab: int, seed: int,
 def text_docs(lexicon: Lexicon, corpus: Path, cfg: TuneConfig):
     """(sequences, training documents, held-out documents) of `corpus` under `lexicon`, split
     by cfg.holdout/seed and keyed by where each document starts."""
-    seqs = corpus_sequences(corpus, lexicon)
+    seqs = corpus_sequences(corpus, lexicon, docs=cfg.docs)
     return (seqs, *data.split(seqs.ids, cfg.holdout, cfg.seed, keys=seqs.lines))
 
 

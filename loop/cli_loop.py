@@ -54,14 +54,17 @@ def cmd_cycle(args, say, emit) -> None:
     from loop.cycle import CycleConfig, format_metrics, run_cycles
     from loop.extract import ExtractConfig
     from loop.report import write_report
-    cfg = CycleConfig(corpus=Path(args.corpus), out=Path(args.out), cycles=args.cycles,
+    cfg = CycleConfig(corpus=Path(args.corpus) if args.corpus else None, out=Path(args.out),
+                      cycles=args.cycles,
                       auto_accept=args.auto_accept,
                       holdout=Path(args.holdout) if args.holdout else None,
                       compile=CompileConfig(d=args.d, layers=args.layers,
                                             check_determinism=False),
                       tune=TuneConfig(method=args.method, lr=args.lr, max_steps=args.max_steps,
+                                      docs=args.docs,
                                       replay=args.replay, link_rows=args.link_rows),
-                      extract=ExtractConfig(top_k=args.top_k, beta=args.beta), fold=args.fold,
+                      extract=ExtractConfig(top_k=args.top_k, beta=args.beta, docs=args.docs),
+                      fold=args.fold,
                       ranker_kind=args.ranker_kind, fold_token=args.fold_token,
                       fold_inverse=args.fold_inverse)
     with Store(args.db) as store:
@@ -114,7 +117,11 @@ def add_commands(command) -> None:
     p = command("cycle", cmd_cycle, "snapshot → compile → tune → extract → review, N times "
                 "(rerun the same command to resume)")
     p.add_argument("--cycles", type=int, default=2)
-    p.add_argument("--corpus", required=True, metavar="FILE")
+    p.add_argument("--corpus", metavar="FILE", help="text to tune on (default: the particles' "
+                   "own texts in the store)")
+    p.add_argument("--docs", default="auto", choices=["auto", "paragraphs", "lines", "jsonl"],
+                   help="the corpus's documents: runs of non-blank lines, one per line, or "
+                   "JSONL rows with a text field (auto: by extension and blank lines)")
     p.add_argument("--out", default="cycles", metavar="DIR", help="models, adapters, report")
     p.add_argument("--auto-accept", type=int, default=0, metavar="K",
                    help="accept each cycle's top K proposals")

@@ -12,7 +12,8 @@ def cmd_tune(args, say, emit) -> None:
                      max_steps=args.max_steps, batch_size=args.batch_size, block=args.block,
                      replay=args.replay, rank=args.rank, alpha=args.alpha,
                      targets=tuple(args.targets.split(",")), patience=args.patience,
-                     eval_every=args.eval_every, seed=args.seed, threads=args.threads)
+                     eval_every=args.eval_every, seed=args.seed, threads=args.threads,
+                     docs=args.docs)
     store = Store(args.db, create=False, read_only=True) if Path(args.db).exists() else None
     if store is None:
         say(f"no store at {args.db}: graph fit is not measured")
@@ -67,8 +68,10 @@ def add_commands(command) -> None:
     """Register the commands with the parser's `command(name, func, help)` helper."""
     p = command("tune", cmd_tune, "fine-tune a compiled checkpoint on text (LoRA, full, QLoRA)")
     p.add_argument("model", metavar="MODEL_DIR")
-    p.add_argument("--corpus", required=True, metavar="FILE", help="UTF-8 text; blank lines "
-                   "separate documents")
+    p.add_argument("--corpus", required=True, metavar="FILE", help="UTF-8 text (see --docs)")
+    p.add_argument("--docs", default="auto", choices=["auto", "paragraphs", "lines", "jsonl"],
+                   help="documents are runs of non-blank lines, single lines, or JSONL rows "
+                   "with a text field (auto: .jsonl → jsonl; no blank line → lines)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--method", choices=["lora", "full", "qlora"], default="lora")
     p.add_argument("--max-steps", type=int, help="stop after N steps (default: --epochs)")

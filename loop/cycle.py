@@ -43,7 +43,7 @@ FAULT_ENV = "GRAFT_FAULT"   # "CYCLE:STEP": SIGKILL right after that step is don
 
 @dataclass(frozen=True)
 class CycleConfig:
-    corpus: Path
+    corpus: Path | None             # None: the particles' own texts in the store
     out: Path
     cycles: int = 2
     auto_accept: int = 0            # accept the top K proposals of each cycle
@@ -66,6 +66,12 @@ class CycleConfig:
 def run_cycles(store: Store, cfg: CycleConfig, say: Callable[[str], None] = lambda _: None
                ) -> list[dict]:
     """Run (or resume) cycles 1..cfg.cycles; returns each cycle's metrics."""
+    if cfg.corpus is None:
+        from dataclasses import replace
+        corpus = store_corpus(store, cfg.out / "corpus.txt")
+        say(f"corpus: the particles' own texts, written to {corpus}")
+        cfg = replace(cfg, corpus=corpus, tune=replace(cfg.tune, docs="paragraphs"),
+                      extract=replace(cfg.extract, docs="paragraphs"))
     for n in range(1, cfg.cycles + 1):
         _run_cycle(store, cfg, n, say)
     return cycle_metrics(store)
@@ -114,6 +120,27 @@ def _missing(step: str, detail: dict, folder: Path) -> Path | None:
               "tune": [folder / "adapter"],
               "fit": [Path(detail["ranker"])] if detail.get("ranker") else []}.get(step, [])
     return next((path for path in wanted if not path.exists()), None)
+
+
+def store_corpus(store: Store, path: Path) -> Path:
+    """The store's particle texts as a corpus: one paragraph per particle with text — its
+    name, then the text (blank lines inside a text closed up, so it stays one document) — in
+    particle id order, rewritten only when it changed (a resumed cycle reads the same file)."""
+    import re
+
+    from graph import sql
+    blank = re.compile(r"\n\s*\n")
+    docs = [((name or "") + "\n" + blank.sub("\n", text.strip())).strip()
+            for _, name, _, text in store.query(sql.EVAL_PARTICLES) if text and text.strip()]
+    if not docs:
+        from graph.errors import GraftError
+        raise GraftError("no --corpus given and no particle in the store has text: give "
+                         "--corpus FILE, or ingest particles with a text field")
+    body = "\n\n".join(docs) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text(encoding="utf-8") != body:
+        path.write_text(body, encoding="utf-8")
+    return path
 
 
 def _fault(point: str) -> None:

@@ -50,6 +50,7 @@ class ExtractConfig:
     batch: int = 256               # sources per batch (fewer when the index is large)
     threads: int = 1               # torch threads (see compiler.compile.torch_threads)
     evidence_lines: int = 3        # corpus lines kept per proposal
+    docs: str = "auto"             # the corpus's layout (finetune.text.corpus_documents)
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     say(f"extract: {size} sources scored, {len(order)} proposals")
     heads = _proposal_heads(feats, src[order], dst[order])
     semcons = json.loads((model_dir / "compile.json").read_text()).get("semcons", [])
-    lines = _corpus_lines(graph, corpus, src[order], dst[order], cfg.evidence_lines)
+    lines = _corpus_lines(graph, corpus, src[order], dst[order], cfg.evidence_lines, cfg.docs)
     tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
     out = []
     for n, i in enumerate(order):
@@ -291,32 +292,35 @@ def _head_logits(model, src_ids, dst_ids, context) -> np.ndarray:
     return heads.numpy().astype(np.float64)
 
 
-def _corpus_lines(graph, corpus: Path | None, src, dst, keep: int) -> list[list]:
+def _corpus_lines(graph, corpus: Path | None, src, dst, keep: int, docs: str = "auto"
+                  ) -> list[list]:
     """For each pair (index positions), up to `keep` (line number, text) of the corpus: the
     lines naming both first, then lines naming the target in a document (a run of non-blank
     lines) that names the source — a wiki page names itself in its title, not on the line
     that mentions the target."""
     if corpus is None:
         return [[] for _ in src]
-    from finetune.text import Lexicon
+    from finetune.text import Lexicon, corpus_documents, resolve_docs
     lexicon = Lexicon(graph.names)
     wanted = set(int(x) for x in src) | set(int(x) for x in dst)
     lines_of: dict[int, set[int]] = {}         # particle → line numbers naming it
     docs_of: dict[int, set[int]] = {}          # particle → documents naming it
-    texts = Path(corpus).read_text(encoding="utf-8").splitlines()
-    doc_of_line, doc = [], 0
-    for number, line in enumerate(texts, 1):
-        if not line.strip():
-            doc += 1                               # a blank line ends a document
-        doc_of_line.append(doc)
-        for token in set(lexicon.match(line)[0]) & wanted:
-            lines_of.setdefault(token, set()).add(number)
-            docs_of.setdefault(token, set()).add(doc)
+    text_of: dict[int, str] = {}               # line number → its text
+    doc_of_line: dict[int, int] = {}
+    one_line = resolve_docs(corpus, docs) == "jsonl"       # a JSONL row is one line
+    for doc, (start, text) in enumerate(corpus_documents(corpus, docs)):
+        for i, line in enumerate(text.splitlines()):
+            number = start if one_line else start + i
+            text_of[number] = (text_of[number] + " " + line) if number in text_of else line
+            doc_of_line[number] = doc
+            for token in set(lexicon.match(line)[0]) & wanted:
+                lines_of.setdefault(token, set()).add(number)
+                docs_of.setdefault(token, set()).add(doc)
     out = []
     for s, d in zip(src, dst):
         ls, ld = lines_of.get(int(s), set()), lines_of.get(int(d), set())
         shared = docs_of.get(int(s), set()) & docs_of.get(int(d), set())
-        near = sorted(n for n in ld - ls if doc_of_line[n - 1] in shared)
+        near = sorted(n for n in ld - ls if doc_of_line[n] in shared)
         chosen = (sorted(ls & ld) + near)[:keep]
-        out.append([[n, texts[n - 1][:300]] for n in chosen])
+        out.append([[n, text_of[n][:300]] for n in chosen])
     return out

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from finetune.text import Lexicon, corpus_sequences, documents, units
+from finetune.text import Lexicon, corpus_documents, corpus_sequences, documents, units
 from graph.errors import GraftError
 
 # token ids as a checkpoint numbers them: 4 specials first
@@ -50,6 +50,28 @@ def test_corpus_sequences_and_coverage(tmp_path):
     c = seqs.coverage
     assert (c.words, c.matched, c.particles, c.sequences, c.tokens) == (11, 7, 4, 2, 4)
     assert c.share == pytest.approx(7 / 11)
+
+
+def test_a_document_per_line_paragraphs_and_jsonl(tmp_path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("cat food and cat\nNew York\nkibble, cat\n")
+    # no blank line: one document per line (read as one document it held nothing out)
+    assert corpus_documents(lines) == [(1, "cat food and cat"), (2, "New York"),
+                                       (3, "kibble, cat")]
+    assert corpus_sequences(lines, LEX).ids == [[5, 4], [5, 4]]   # "New York": one particle
+    assert corpus_documents(lines, "paragraphs") == [(1, "cat food and cat\nNew York\n"
+                                                         "kibble, cat")]
+    rows = tmp_path / "docs.jsonl"
+    rows.write_text(json.dumps({"title": "cat", "text": "eats cat food"}) + "\n\n"
+                    + json.dumps({"text": "kibble and cat"}) + "\n", encoding="utf-8")
+    assert corpus_documents(rows) == [(1, "cat\neats cat food"), (3, "kibble and cat")]
+    assert corpus_sequences(rows, LEX).lines == [1, 3]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": 3}\nnot json\n')
+    with pytest.raises(GraftError, match=r"bad.jsonl:1: field 'text'.*\n.*bad.jsonl:2: not JSON"):
+        corpus_documents(bad)
+    with pytest.raises(GraftError, match="--docs pages"):
+        corpus_documents(lines, "pages")
 
 
 def test_non_utf8_corpus_names_the_line(tmp_path):

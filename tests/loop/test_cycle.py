@@ -159,11 +159,16 @@ def test_a_cycle_fits_its_ranker_on_a_fold_and_ranks_with_it(tmp_path):
 
 
 def test_a_graph_too_small_to_fold_falls_back_to_the_lift(setup):
+    """… and without --corpus, tunes on the particles' own texts in the store."""
     root = setup
     run = graft(root, "cycle", "--cycles", "1", "--max-steps", "5", "--top-k", "3",
-                "--d", "12", "--layers", "2", "--corpus", str(root / "corpus.txt"),
-                "--out", str(root / "out"), "--json")
+                "--d", "12", "--layers", "2", "--out", str(root / "out"), "--json")
     assert run.returncode == 0, run.stderr[-2000:]
     row = json.loads(run.stdout)["cycles"][0]
     assert "too few" in row["skipped"] or "hidden links" in row["skipped"]
     assert row["ranker"] is None and row["proposals"] == 3
+    corpus = (root / "out" / "corpus.txt").read_text()
+    assert "cat\nA small domesticated carnivore.\n\n" in corpus and corpus.count("\n\n") == 7
+    tuned = json.loads((root / "out" / "cycle-1" / "adapter" / "tune.json").read_text())
+    assert tuned["corpus"] == str((root / "out" / "corpus.txt").resolve())
+    assert tuned["coverage"]["sequences"] == 2 and tuned["rows"]["train"] > 0
