@@ -64,6 +64,10 @@ PROPOSALS_ABOVE = """
     SELECT id FROM proposals WHERE status = 'pending' AND score >= $threshold
     AND ($cycle IS NULL OR cycle = $cycle) ORDER BY id
 """
+PROPOSALS_BY_CONFIDENCE = """
+    SELECT id, confidence FROM proposals WHERE status = 'pending'
+    AND ($cycle IS NULL OR cycle = $cycle) ORDER BY confidence DESC, score DESC, id
+"""
 PROPOSALS_UNKNOWN = "SELECT id FROM id_view WHERE id NOT IN (SELECT id FROM proposals) ORDER BY id"
 PROPOSALS_DECIDE = """
     UPDATE proposals SET status = $status, reviewer = $reviewer, decided = current_timestamp
@@ -109,6 +113,9 @@ CYCLE_TOP = """
     SELECT id FROM proposals WHERE cycle = $cycle ORDER BY score DESC, id LIMIT $k
 """
 CYCLE_ACCEPTED = "SELECT src, dst FROM proposals WHERE cycle = $cycle AND status = 'accepted'"
+CYCLE_ACCEPTED_CONFIDENCE = """
+    SELECT src, dst, confidence FROM proposals WHERE cycle = $cycle AND status = 'accepted'
+"""
 
 STEP_DONE = "SELECT CAST(detail AS VARCHAR) FROM cycle_steps WHERE cycle = $cycle AND step = $step"
 STEP_FORGET = "DELETE FROM cycle_steps WHERE cycle = $cycle AND step = $step"

@@ -32,9 +32,11 @@ def cmd_extract(args, say, emit) -> None:
 def cmd_review(args, say, emit) -> None:
     from loop.review import decide, list_proposals
     with Store(args.db) as store:
-        if args.accept or args.reject or args.accept_above is not None:
+        if (args.accept or args.reject or args.accept_above is not None
+                or args.accept_precision is not None):
             result = decide(store, accept=args.accept or (), reject=args.reject or (),
                             accept_above=args.accept_above, cycle=args.cycle,
+                            accept_precision=args.accept_precision,
                             reviewer=args.reviewer, neuron=args.neuron, token=args.token,
                             stake_scale=args.stake_scale)
             emit(result.__dict__, f"decided {len(result.decided)} proposal(s); "
@@ -57,6 +59,7 @@ def cmd_cycle(args, say, emit) -> None:
     cfg = CycleConfig(corpus=Path(args.corpus) if args.corpus else None, out=Path(args.out),
                       cycles=args.cycles,
                       auto_accept=args.auto_accept,
+                      accept_precision=(None if args.auto_accept else args.accept_precision),
                       holdout=Path(args.holdout) if args.holdout else None,
                       compile=CompileConfig(d=args.d, layers=args.layers,
                                             check_determinism=False),
@@ -103,6 +106,9 @@ def add_commands(command) -> None:
     p.add_argument("--accept", type=int, nargs="+", metavar="ID")
     p.add_argument("--reject", type=int, nargs="+", metavar="ID")
     p.add_argument("--accept-above", type=float, metavar="X", help="accept pending with score ≥ X")
+    p.add_argument("--accept-precision", type=float, metavar="P", help="accept the most "
+                   "confident pending proposals while their mean calibrated confidence (the "
+                   "estimated precision) stays ≥ P")
     p.add_argument("--status", choices=["pending", "accepted", "rejected", "all"],
                    default="pending")
     p.add_argument("--cycle", type=int, help="only this cycle's proposals")
@@ -124,7 +130,11 @@ def add_commands(command) -> None:
                    "JSONL rows with a text field (auto: by extension and blank lines)")
     p.add_argument("--out", default="cycles", metavar="DIR", help="models, adapters, report")
     p.add_argument("--auto-accept", type=int, default=0, metavar="K",
-                   help="accept each cycle's top K proposals")
+                   help="accept each cycle's top K proposals (instead of --accept-precision)")
+    p.add_argument("--accept-precision", type=float, default=0.8, metavar="P",
+                   help="accept the most confident proposals while the estimated precision "
+                   "of those accepted (their mean calibrated confidence) stays ≥ P — possibly "
+                   "none (default 0.8; needs a fitted ranker)")
     p.add_argument("--holdout", metavar="FILE", help="held-out links: eval MRR and precision")
     p.add_argument("--d", type=int, help="hidden size (default: derived)")
     p.add_argument("--layers", type=int, help="layers (default: derived, capped at 8)")

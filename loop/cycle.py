@@ -47,6 +47,7 @@ class CycleConfig:
     out: Path
     cycles: int = 2
     auto_accept: int = 0            # accept the top K proposals of each cycle
+    accept_precision: float | None = None   # accept while the estimated precision stays ≥ P
     holdout: Path | None = None     # held-out links: eval MRR and precision per cycle
     compile: CompileConfig = field(default_factory=lambda: CompileConfig(check_determinism=False))
     tune: TuneConfig = field(default_factory=TuneConfig)
@@ -108,7 +109,8 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
     ranker = step("fit", lambda: _fit(store, folder, n, cfg, say)).get("ranker")
     ranker = Path(ranker) if ranker else None
     step("extract", lambda: _extract(store, model, adapter, ranker, n, cfg, say))
-    step("review", lambda: _review(store, n, cfg.auto_accept, cfg.holdout))
+    step("review", lambda: _review(store, n, cfg.auto_accept, cfg.holdout,
+                                   cfg.accept_precision if ranker else None))
     if cfg.holdout is not None:
         step("eval", lambda: _eval(store, folder, ranker, cfg.holdout, cfg.embed_cache))
 
@@ -234,13 +236,19 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
                                    embed_cache=cfg.embed_cache),
                           graph.known, pairs, seed=cfg.fold_seed + n, say=say)
     ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=cfg.fold_seed + n, say=say)
+    from dataclasses import replace
+
+    from loop.calibrate import calibrate
+    cal = calibrate(queries, ranker, folder, say)              # confidence = P(a true link)
+    ranker = replace(ranker, fit={**ranker.fit, "calibration": cal})
     path = ranker.save(folder / "ranker.json")
     subsets = fit_subsets(queries, ranker.kind, cfg.fold_seed + n, say=say)   # groups' worth
     save_rankers(subsets, folder)
     return {"ranker": str(path), "ranker_kind": ranker.kind, "fold_hidden": len(hidden),
             "fold_mrr": ranker.fit["mrr"],
             "weights": dict(zip(ranker.features, ranker.weights)),
-            "fold_mrr_by_subset": {k: r.fit["mrr"] for k, r in subsets.items()}}
+            "fold_mrr_by_subset": {k: r.fit["mrr"] for k, r in subsets.items()},
+            "reliability": cal["reliability"]}
 
 
 def _extract(store: Store, model: Path, adapter: Path, ranker: Path | None, n: int,
@@ -255,19 +263,27 @@ def _extract(store: Store, model: Path, adapter: Path, ranker: Path | None, n: i
     return {"proposals": len(props), "new": new}
 
 
-def _review(store: Store, n: int, k: int, holdout: Path | None) -> dict:
+def _review(store: Store, n: int, k: int, holdout: Path | None,
+            precision: float | None = None) -> dict:
+    """Accept the cycle's top K proposals, or (`precision`) the most confident ones while the
+    estimated precision of those accepted stays ≥ precision (needs a calibrated ranker)."""
     from loop.review import decide
     top = [i for (i,) in store.query(sql_loop.CYCLE_TOP, {"cycle": n, "k": k})] if k else []
     # the links' time: one past the store's latest, so a rerun stakes identical links
     at = store.scalar(sql_loop.LATEST_LINK_TIME) + 1
-    result = decide(store, accept=top, reviewer="auto", cycle=n, at=at) if top else None
-    accepted = store.query(sql_loop.CYCLE_ACCEPTED, {"cycle": n})
-    detail = {"auto_accepted": len(top), "accepted": len(accepted),
-              "staked": result.staked if result else 0}
+    result = None
+    if top or precision is not None:
+        result = decide(store, accept=top, reviewer="auto", cycle=n, at=at,
+                        accept_precision=None if top else precision)
+    accepted = store.query(sql_loop.CYCLE_ACCEPTED_CONFIDENCE, {"cycle": n})
+    detail = {"auto_accepted": len(result.decided) if result else 0, "accepted": len(accepted),
+              "staked": result.staked if result else 0,
+              "estimated_precision": (round(sum(c for _, _, c in accepted) / len(accepted), 4)
+                                      if accepted else None)}
     if holdout is not None and accepted:
         from loop.evaluate import read_holdout
         truth = {(h.src, h.dst) for h in read_holdout(holdout)}
-        hits = sum((s, d) in truth for s, d in accepted)
+        hits = sum((s, d) in truth for s, d, _ in accepted)
         detail.update(precision=hits / len(accepted), true_accepted=hits)
     return detail
 

@@ -58,7 +58,7 @@ class Proposal:
     src: str
     dst: str
     score: float                   # log P_ranker(dst | src) over src's candidates
-    confidence: float              # P_ranker(dst | src)
+    confidence: float              # calibrated P(a true link) (loop/calibrate.py), else P_ranker
     tuned: float                   # log P_tuned(dst | src) (the compiled one without adapter)
     compiled: float                # log P_compiled(dst | src)
     head: int | None
@@ -181,6 +181,8 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     semcons = json.loads((model_dir / "compile.json").read_text()).get("semcons", [])
     lines = _corpus_lines(graph, corpus, src[order], dst[order], cfg.evidence_lines, cfg.docs)
     tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
+    from loop.calibrate import apply
+    confidence = apply(ranker.fit.get("calibration"), np.exp(vals[order]))   # (k,)
     out = []
     for n, i in enumerate(order):
         qk, delta = heads[n] if heads[n] is not None else (None, None)
@@ -190,7 +192,7 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
         shares = ranker.contributions(fvals[i:i + 1, used].astype(np.float64))[0]
         out.append(Proposal(
             src=graph.index[src[i]], dst=graph.index[dst[i]], score=float(vals[i]),
-            confidence=float(np.exp(vals[i])), tuned=float(fvals[i, tuned_col]),
+            confidence=float(confidence[n]), tuned=float(fvals[i, tuned_col]),
             compiled=float(fvals[i, names.index("compiled")]), head=head, semcon=semcon,
             evidence={"features": values,
                       "contributions": {f: round(float(c), 6)

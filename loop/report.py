@@ -10,7 +10,8 @@ COLUMNS = (("cycle", "cycle"), ("approximation_error", "approximation error (nat
            ("approximation_error_first", "… at a document's first position"),
            ("tuned_heldout_loss", "tuned held-out loss"), ("graph_mrr_after", "graph MRR"),
            ("fold_mrr", "ranker MRR on its fold"), ("proposals", "proposals"),
-           ("accepted", "accepted"), ("precision", "precision"), ("eval_mrr", "eval MRR"),
+           ("accepted", "accepted"), ("estimated_precision", "estimated precision"),
+           ("precision", "precision"), ("eval_mrr", "eval MRR"),
            ("eval_hits10", "eval Hits@10"), ("eval_lm_mrr", "tuned LM alone MRR"),
            ("wall_seconds", "wall s"))
 
@@ -79,7 +80,7 @@ def _plot(rows: list[dict]) -> str | None:
     except ImportError:
         return None
     cycles = [r["cycle"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
     axes[0].plot(cycles, [r.get("approximation_error") for r in rows], "o-", label="all")
     if any(r.get("approximation_error_first") is not None for r in rows):
         axes[0].plot(cycles, [r.get("approximation_error_first") for r in rows], "s--",
@@ -96,9 +97,19 @@ def _plot(rows: list[dict]) -> str | None:
     axes[2].plot(cycles, [r.get("graph_mrr_after") for r in rows], "s--", label="graph MRR")
     axes[2].legend()
     axes[2].set_title("MRR")
-    for ax in axes:
+    for ax in axes[:3]:
         ax.set_xlabel("cycle")
         ax.set_xticks(cycles)
+    axes[3].plot([0, 1], [0, 1], ":", color="grey")
+    for r in rows:                      # calibrated confidence against the fold's truth
+        table = r.get("reliability") or []
+        axes[3].plot([b["estimated"] for b in table], [b["observed"] for b in table], "o-",
+                     ms=3, label=f"cycle {r['cycle']}")
+    axes[3].set_xlabel("estimated confidence")
+    axes[3].set_ylabel("observed (fold)")
+    axes[3].set_title("reliability")
+    if any(r.get("reliability") for r in rows):
+        axes[3].legend()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

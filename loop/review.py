@@ -71,8 +71,11 @@ def list_proposals(store: Store, status: str | None = "pending", cycle: int | No
 def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
            accept_above: float | None = None, cycle: int | None = None,
            reviewer: str = "curator", neuron: str = EXTRACTOR, token: str = "link",
-           stake_scale: float | None = None, at: int | None = None) -> Decision:
-    """Accept / reject pending proposals by id (or accept all pending with score ≥ X), then
+           stake_scale: float | None = None, at: int | None = None,
+           accept_precision: float | None = None) -> Decision:
+    """Accept / reject pending proposals by id (or accept all pending with score ≥ X, or the
+    most confident pending ones while their mean calibrated confidence — the estimated
+    precision of what is accepted — stays ≥ `accept_precision`; loop/calibrate.py), then
     stake every accepted, unstaked proposal — all in one transaction.
 
     An accepted proposal's amount is max(1, round(confidence · scale)); the scale defaults to
@@ -92,6 +95,12 @@ def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
         if accept_above is not None:
             accept += [i for (i,) in store.query(sql_loop.PROPOSALS_ABOVE, {
                 "threshold": accept_above, "cycle": cycle})]
+        if accept_precision is not None:
+            from loop.calibrate import accept_count
+            ranked = [r for r in store.query(sql_loop.PROPOSALS_BY_CONFIDENCE, {"cycle": cycle})
+                      if r[0] not in reject]
+            accept += [i for i, _ in ranked[:accept_count([c for _, c in ranked],
+                                                          accept_precision)]]
         for status, ids in (("accepted", accept), ("rejected", reject)):
             if ids:
                 decided += _set_status(store, ids, status, reviewer)

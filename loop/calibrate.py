@@ -1,0 +1,125 @@
+"""Calibrated confidence: the probability that a proposal is a link a curator would make,
+learned on the fold's hidden links (DESIGN §4).
+
+The ranker's softmax probability P(q | p) says how q compares with p's other candidates, not
+how likely q is a link at all: a page with one missing link and a page with none both give
+their best candidate a high share. On the fold the answer is known, so every source's top
+candidates — the pairs the extractor would propose — are labelled (is it a hidden link?) and
+an isotonic regression (scikit-learn) maps the ranker's probability to the observed share,
+monotone and within [0, 1]. Acceptance by estimated precision (`accept_count`) then takes
+proposals best first while the mean confidence of those taken stays at the target.
+
+Links still missing from the fold count as negatives there, as they do in the store, so the
+estimate is, if anything, low.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TOP = 5                        # candidates per fold source labelled (the extractor's per_source)
+
+
+def fold_pairs(q, ranker, top: int = TOP) -> tuple[np.ndarray, np.ndarray]:
+    """(probability (n,), label (n,)) of each fold source's `top` best candidates under
+    `ranker`: its softmax probability over the source's candidates, and 1 when the pair is a
+    hidden link of that source."""
+    cols = [q.names.index(n) for n in ranker.features]
+    rows = q.row.numpy()
+    probs, labels = [], []
+    for s in np.unique(rows):
+        mine = np.flatnonzero(rows == s)
+        cand = q.mask[mine].any(0).numpy()                                   # (P,)
+        score = ranker.score(q.x[s][None, :, cols].numpy())[0].astype(np.float64)
+        score = np.where(cand, score, -np.inf)
+        p = np.exp(score - score.max())
+        p /= p.sum()
+        best = np.argsort(-p, kind="stable")[:top]
+        targets = set(q.target.numpy()[mine].tolist())
+        probs.append(p[best])
+        labels.append(np.array([t in targets for t in best], dtype=np.float64))
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def fit_calibration(prob: np.ndarray, label: np.ndarray) -> dict:
+    """{"x", "y"}: an isotonic map from the ranker's probability to the share of true links,
+    as the knots np.interp applies (clipped at both ends)."""
+    from sklearn.isotonic import IsotonicRegression
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True)
+    iso.fit(prob, label)
+    return {"x": [float(v) for v in iso.X_thresholds_], "y": [float(v) for v in iso.y_thresholds_],
+            "pairs": int(len(prob)), "positives": int(label.sum())}
+
+
+def apply(calibration: dict | None, prob: np.ndarray) -> np.ndarray:
+    """Calibrated confidence of ranker probabilities (the probabilities themselves without a
+    calibration)."""
+    prob = np.asarray(prob, dtype=np.float64)
+    if not calibration or not calibration.get("x"):
+        return prob
+    return np.interp(prob, calibration["x"], calibration["y"])
+
+
+def reliability(prob: np.ndarray, label: np.ndarray, calibration: dict, bins: int = 10
+                ) -> list[dict]:
+    """Per bin of estimated confidence: its mean estimate, the observed share, the count."""
+    est = apply(calibration, prob)
+    edges = np.linspace(0, 1, bins + 1)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (est >= lo) & ((est < hi) if hi < 1 else (est <= hi))
+        if inside.any():
+            out.append({"estimated": round(float(est[inside].mean()), 4),
+                        "observed": round(float(label[inside].mean()), 4),
+                        "count": int(inside.sum())})
+    return out
+
+
+def plot_reliability(table: list[dict], path: Path) -> Path | None:
+    """estimated vs observed, point size by count; None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.scatter([r["estimated"] for r in table], [r["observed"] for r in table],
+               s=[10 + 2 * np.sqrt(r["count"]) for r in table])
+    ax.set_xlabel("estimated (calibrated confidence)")
+    ax.set_ylabel("observed share of true links (fold)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def accept_count(confidences: list[float], precision: float) -> int:
+    """How many of `confidences` (best first) to accept so that the mean confidence of those
+    accepted — their estimated precision — stays ≥ `precision`: the longest such prefix
+    (possibly 0)."""
+    c = np.asarray(confidences, dtype=np.float64)
+    if not len(c):
+        return 0
+    means = np.cumsum(c) / np.arange(1, len(c) + 1)
+    ok = np.flatnonzero(means >= precision)
+    return int(ok[-1] + 1) if len(ok) else 0
+
+
+def calibrate(q, ranker, folder: Path, say: Callable[[str], None] = lambda _: None) -> dict:
+    """Fit the calibration of `ranker` on the fold queries `q`, write the reliability plot to
+    folder/reliability.png; returns the calibration (with its reliability table)."""
+    with torch.no_grad():
+        prob, label = fold_pairs(q, ranker)
+    cal = fit_calibration(prob, label)
+    cal["reliability"] = reliability(prob, label, cal)
+    plot = plot_reliability(cal["reliability"], Path(folder) / "reliability.png")
+    say(f"calibration: {cal['positives']} true links among {cal['pairs']} top fold candidates"
+        + (f"; reliability plot {plot}" if plot else ""))
+    return cal

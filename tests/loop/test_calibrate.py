@@ -1,0 +1,76 @@
+"""Calibrated confidence: monotone and within [0, 1], the fold's top candidates labelled by
+hand, acceptance by estimated precision, and a cycle that accepts at a precision."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from loop.calibrate import accept_count, apply, fit_calibration, fold_pairs, reliability
+from loop.rank import FitQueries, Ranker
+
+
+def test_isotonic_map_is_monotone_and_bounded():
+    rng = np.random.default_rng(0)
+    prob = rng.random(2000)
+    label = (rng.random(2000) < prob ** 2).astype(float)      # truth: P(link) = p²
+    cal = fit_calibration(prob, label)
+    grid = np.linspace(-0.5, 1.5, 201)
+    est = apply(cal, grid)
+    assert (np.diff(est) >= 0).all() and est.min() >= 0 and est.max() <= 1
+    assert abs(apply(cal, np.array([0.5]))[0] - 0.25) < 0.08
+    table = reliability(prob, label, cal)
+    assert sum(b["count"] for b in table) == 2000
+    assert all(abs(b["estimated"] - b["observed"]) < 0.05 for b in table if b["count"] > 100)
+    np.testing.assert_array_equal(apply(None, grid), grid)    # no calibration: as given
+
+
+def test_fold_pairs_label_each_sources_top_candidates():
+    # two sources over 5 particles; feature = the score; source 0's hidden target is 3
+    x = torch.tensor([[[0.], [1.], [5.], [4.], [2.]],
+                      [[3.], [0.], [1.], [2.], [9.]]])
+    mask = torch.tensor([[False, True, True, True, True], [True, True, True, True, False]])
+    q = FitQueries(("indegree",), x, row=torch.tensor([0, 1]), target=torch.tensor([3, 0]),
+                   mask=mask)
+    prob, label = fold_pairs(q, Ranker(("indegree",), (1.0,)), top=2)
+    # source 0: candidates 1..4, best 2 (5) then 3 (4); source 1: 0..3 (4 is not a candidate)
+    e = np.exp([5., 4., 2., 1.])
+    f = np.exp([3., 2., 1., 0.])
+    np.testing.assert_allclose(prob, [e[0] / e.sum(), e[1] / e.sum(), f[0] / f.sum(),
+                                      f[1] / f.sum()], rtol=1e-6)
+    np.testing.assert_array_equal(label, [0, 1, 1, 0])
+
+
+def test_accept_while_the_estimated_precision_holds():
+    assert accept_count([0.95, 0.9, 0.7, 0.6, 0.1], 0.8) == 3       # mean .85, then .7875
+    assert accept_count([0.95, 0.9, 0.7, 0.6, 0.1], 0.99) == 0
+    assert accept_count([], 0.8) == 0
+    assert accept_count([0.5, 0.9], 0.6) == 2                        # the whole prefix's mean
+
+
+def test_a_cycle_accepts_at_a_precision_and_shows_its_estimate(tmp_path):
+    from tests.conftest import write_wiki
+    from tests.loop.test_cycle import graft
+    particles, links, corpus = write_wiki(tmp_path, pages=50)
+    for kind, path in (("particles", particles), ("links", links)):
+        assert graft(tmp_path, "ingest", kind, str(path)).returncode == 0
+    run = graft(tmp_path, "cycle", "--cycles", "1", "--max-steps", "5", "--top-k", "200",
+                "--d", "16", "--layers", "1", "--accept-precision", "0.5",
+                "--out", str(tmp_path / "out"), "--json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    row = json.loads(run.stdout)["cycles"][0]
+    ranker = json.loads((tmp_path / "out" / "cycle-1" / "ranker.json").read_text())
+    cal = ranker["fit"]["calibration"]
+    assert cal["pairs"] > 0 and row["reliability"] == cal["reliability"]
+    assert (tmp_path / "out" / "cycle-1" / "reliability.png").exists()
+    from graph.store import Store
+    with Store(tmp_path / "g.duckdb", create=False, read_only=True) as store:
+        conf = [c for (c,) in store.query("SELECT confidence FROM proposals ORDER BY "
+                                          "confidence DESC")]
+        taken = [c for (c,) in store.query("SELECT confidence FROM proposals WHERE status = "
+                                           "'accepted' ORDER BY confidence DESC")]
+    assert all(0 <= c <= 1 for c in conf)
+    assert len(taken) == accept_count(conf, 0.5) == row["accepted"]
+    assert taken and len(taken) < len(conf)
+    assert row["estimated_precision"] == round(float(np.mean(taken)), 4) >= 0.5
