@@ -15,6 +15,10 @@ The reference is cycle 1's checkpoint. Held-out documents are chosen by a keyed 
 
 The error is also split into the first predicted position of each held-out document (the
 particle right after the page's own name, where the page's links act directly) and the rest.
+Beside it, with the cycle's adapter, KL(tuned ‖ compiled) at those first positions: how far
+the text moved the model's belief about what follows a page — what the text says that the
+graph does not yet (DESIGN §4). The compiled side is taken at the fitted scale, as the error
+is; the tuned side as it was trained.
 """
 from __future__ import annotations
 
@@ -33,13 +37,15 @@ UNK = SPECIAL_TOKENS.index("<unk>")
 
 
 def approximation_error(model_dir: Path, reference_dir: Path, corpus: Path,
-                        cfg: TuneConfig = TuneConfig(), batch_size: int = 32) -> dict:
+                        cfg: TuneConfig = TuneConfig(), batch_size: int = 32,
+                        adapter: Path | None = None) -> dict:
     """Cross-entropy (nats per token) of the compiled checkpoint `model_dir` on the held-out
     documents of `corpus`, over `reference_dir`'s particles and lexicon, at the scale that
     fits the training documents best; with the reference itself it is tune's tempered loss.
 
-    Returns {"error", "first", "rest", "scale", "tokens", "first_tokens", "dropped"}:
-    `dropped` counts held-out tokens whose particle the model lacks (not scored).
+    Returns {"error", "first", "rest", "scale", "tokens", "first_tokens", "dropped", "kl"}:
+    `dropped` counts held-out tokens whose particle the model lacks (not scored); `kl` is
+    KL(tuned ‖ compiled) at the first positions (nats), with `adapter`, else None.
     """
     from transformers import AutoModelForCausalLM
     to_model, to_column, columns = _token_map(Path(model_dir), Path(reference_dir))
@@ -63,9 +69,33 @@ def approximation_error(model_dir: Path, reference_dir: Path, corpus: Path,
     del fit_logits
     ce, _, first, dropped = _scored(model, held, held_first, mapping, batch_size, scale)
     mean = lambda x: round(float(x.mean()), 6) if len(x) else None  # noqa: E731
+    starts = [row[0] for row, f in zip(held, held_first) if f and len(row) > 1]
+    kl = (first_kl(Path(model_dir), Path(adapter), starts, mapping, batch_size)
+          if adapter is not None else None)
     return {"error": mean(ce), "first": mean(ce[first]), "rest": mean(ce[~first]),
             "scale": round(scale, 6), "tokens": len(ce), "first_tokens": int(first.sum()),
-            "dropped": dropped}
+            "dropped": dropped, "kl": kl}
+
+
+@torch.no_grad()
+def first_kl(model_dir: Path, adapter: Path, starts: list[int], mapping,
+             batch_size: int = 256) -> float | None:
+    """Mean KL(tuned ‖ compiled) of the next particle after each held-out document's first
+    particle (reference tokens `starts`), over the reference columns, both models as they
+    are (`model_dir` + `adapter` against `model_dir`)."""
+    from loop.extract import load_pair
+    to_model, _, columns = mapping
+    if not starts:
+        return None
+    tuned, switch_off = load_pair(model_dir, adapter)
+    total = 0.0
+    for i in range(0, len(starts), batch_size):
+        ids = to_model[torch.tensor(starts[i:i + batch_size])][:, None]           # (B, 1)
+        t = torch.log_softmax(tuned(input_ids=ids).logits[:, -1, columns].float(), -1)
+        with switch_off():
+            c = torch.log_softmax(tuned(input_ids=ids).logits[:, -1, columns].float(), -1)
+        total += float((t.exp() * (t - c)).sum())
+    return round(total / len(starts), 6)
 
 
 @torch.no_grad()

@@ -183,14 +183,16 @@ def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, reference:
           say) -> dict:
     from loop.approx import approximation_error
     r = tune_model(store, model, cfg.corpus, adapter, cfg.tune, cfg.link, say)
-    approx = approximation_error(model, reference, cfg.corpus, cfg.tune)
+    approx = approximation_error(model, reference, cfg.corpus, cfg.tune, adapter=adapter)
     say(f"approximation error {approx['error']:.4f} over cycle 1's vocabulary "
-        f"(first position of a document {approx['first']}, the rest {approx['rest']})")
+        f"(first position of a document {approx['first']}, the rest {approx['rest']}); "
+        f"KL(tuned ‖ compiled) there {approx['kl']}")
     return {"adapter": str(adapter),
             "approximation_error": approx["error"],
             "approximation_error_first": approx["first"],
             "approximation_error_rest": approx["rest"],
             "approximation_tokens": approx["tokens"],
+            "kl_tuned_compiled": approx["kl"],
             "approximation_error_own_vocab": r["before"]["heldout_loss_tempered"],
             "approximation_error_raw": r["before"]["heldout_loss"],
             "temperature": r["before"]["temperature"],

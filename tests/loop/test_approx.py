@@ -113,3 +113,33 @@ def test_particles_the_model_lacks_are_dropped_not_scored_as_unk(two):
     got = approximation_error(ref, later, root / "corpus.txt", CFG)   # `ref` lacks c1
     assert got["dropped"] == targets.count(c1) > 0
     assert got["tokens"] == len(targets) - targets.count(c1)
+
+
+def test_kl_of_tuned_against_compiled_at_first_positions_by_hand(two, tmp_path):
+    """KL(tuned ‖ compiled) after each held-out document's first particle, over the
+    reference's particles, both as they are. A fresh adapter changes nothing: KL 0."""
+    from finetune.tune import tune
+    from peft import PeftModel
+    root, ref, later = two
+    fresh = TuneConfig(holdout=0.5, seed=3, max_steps=1, lr=1e-12, eval_every=1)
+    tune(later, root / "corpus.txt", tmp_path / "fresh", fresh)
+    assert approximation_error(later, ref, root / "corpus.txt", CFG,
+                               adapter=tmp_path / "fresh")["kl"] == pytest.approx(0, abs=1e-6)
+    moved = TuneConfig(holdout=0.5, seed=3, max_steps=10, lr=5e-2, eval_every=5)
+    tune(later, root / "corpus.txt", tmp_path / "moved", moved)
+    got = approximation_error(later, ref, root / "corpus.txt", CFG, adapter=tmp_path / "moved")
+    seqs, _, _ = text_rows(Lexicon.of_checkpoint(ref), root / "corpus.txt", CFG)
+    _, held_docs = data.split(seqs.ids, CFG.holdout, CFG.seed, keys=seqs.lines)
+    ref_ids = json.loads((ref / "particles.json").read_text())
+    own = {p: i + 4 for i, p in enumerate(json.loads((later / "particles.json").read_text()))}
+    cols = torch.tensor([0, 1, 2, 3] + [own[p] for p in ref_ids])
+    compiled = model_of(later)
+    tuned = PeftModel.from_pretrained(model_of(later), str(tmp_path / "moved")).eval()
+    kls = []
+    with torch.no_grad():
+        for doc in held_docs:
+            ids = torch.tensor([[int(cols[doc[0]])]])
+            t = torch.log_softmax(tuned(input_ids=ids).logits[0, -1, cols], -1)
+            c = torch.log_softmax(compiled(input_ids=ids).logits[0, -1, cols], -1)
+            kls.append(float((t.exp() * (t - c)).sum()))
+    assert got["kl"] == pytest.approx(np.mean(kls), abs=1e-5) and got["kl"] > 0.01
