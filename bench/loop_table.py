@@ -26,13 +26,15 @@ def main() -> None:
         rows = cycle_metrics(store)
         evals = {c: json.loads(d)["eval"] for c, step, d, _ in store.query(sql_loop.STEPS_ALL)
                  if step == "eval"}
-    print("| cycle | approx. error | … first position | … rest | d | fold MRR | proposals | "
-          "accepted | precision | wall s |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("| cycle | approx. error | … first position | … rest | KL(tuned ‖ compiled) first | "
+          "d | fold MRR | proposals | accepted | estimated precision | precision | wall s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['cycle']} | {_f(r.get('approximation_error'))} | "
               f"{_f(r.get('approximation_error_first'))} | "
-              f"{_f(r.get('approximation_error_rest'))} | {r.get('d', '–')} | "
-              f"{_f(r.get('fold_mrr'))} | {r.get('proposals', '–')} | {r.get('accepted', '–')} | "
+              f"{_f(r.get('approximation_error_rest'))} | {_f(r.get('kl_tuned_compiled'))} | "
+              f"{r.get('d', '–')} | {_f(r.get('fold_mrr'))} | {r.get('proposals', '–')} | "
+              f"{r.get('accepted', '–')} | {_f(r.get('estimated_precision'), 2)} | "
               f"{_f(r.get('precision'), 2)} | {r['wall_seconds']:.0f} |")
     print("\n| method | MRR | Hits@1 | Hits@10 | AUC | n |\n|---|---|---|---|---|---|")
     for cycle, result in sorted(evals.items()):
