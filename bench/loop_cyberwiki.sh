@@ -4,6 +4,7 @@
 # `graft cycle` runs N cycles with per-cycle eval against the holdout; the last step prints
 # the cycles and the per-cycle eval table beside the baselines (bench/loop_table.py).
 # Usage: bash bench/loop_cyberwiki.sh [WORKDIR] [CYCLES] [AUTO_ACCEPT] [SPLIT_SEED]   (needs ../shared)
+#   AUTO_ACCEPT 0: accept by calibrated confidence instead (--accept-precision, default 0.8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/graft-loop-cyberwiki}; N=${2:-3}; K=${3:-50}; SEED=${4:-1}
