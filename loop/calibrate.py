@@ -33,23 +33,49 @@ def fold_pairs(q, ranker, top: int = TOP) -> tuple[np.ndarray, np.ndarray]:
     for s in np.unique(rows):
         mine = np.flatnonzero(rows == s)
         cand = q.mask[mine].any(0).numpy()                                   # (P,)
-        score = ranker.score(q.x[s][None, :, cols].numpy())[0].astype(np.float64)
-        score = np.where(cand, score, -np.inf)
-        p = np.exp(score - score.max())
-        p /= p.sum()
-        best = np.argsort(-p, kind="stable")[:top]
+        p, best = _top(ranker.score(q.x[s][None, :, cols].numpy())[0], cand, top)
         targets = set(q.target.numpy()[mine].tolist())
-        probs.append(p[best])
+        probs.append(p)
         labels.append(np.array([t in targets for t in best], dtype=np.float64))
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def fit_calibration(prob: np.ndarray, label: np.ndarray) -> dict:
+def other_pairs(features, known, ranker, sources: np.ndarray, top: int = TOP) -> np.ndarray:
+    """The `top` best candidates' probabilities of fold sources without a hidden link (all
+    negatives): most sources of a store have no missing link, and calibrating on the sources
+    that do made every confident proposal look right (cyberwiki: estimated precision 0.90,
+    measured 0.28)."""
+    out = []
+    for i in range(0, len(sources), 256):
+        chunk = sources[i:i + 256]
+        x = features.block(chunk, ranker.features)                            # (B, P, F)
+        scores = ranker.score(x)
+        for j, s in enumerate(chunk):
+            cand = np.ones(scores.shape[1], dtype=bool)
+            cand[s] = False
+            cand[known[[s]].nonzero()[1]] = False
+            out.append(_top(scores[j], cand, top)[0])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _top(score: np.ndarray, cand: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax probabilities, positions) of the `top` best candidates of one source."""
+    score = np.where(cand, np.asarray(score, dtype=np.float64), -np.inf)
+    if not np.isfinite(score).any():
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    p = np.exp(score - score.max())
+    p /= p.sum()
+    best = np.argsort(-p, kind="stable")[:min(top, int(cand.sum()))]
+    return p[best], best
+
+
+def fit_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None
+                    ) -> dict:
     """{"x", "y"}: an isotonic map from the ranker's probability to the share of true links,
-    as the knots np.interp applies (clipped at both ends)."""
+    as the knots np.interp applies (clipped at both ends); `weight` per pair (default 1)."""
     from sklearn.isotonic import IsotonicRegression
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True)
-    iso.fit(prob, label)
+    iso.fit(prob, label, sample_weight=weight)
     return {"x": [float(v) for v in iso.X_thresholds_], "y": [float(v) for v in iso.y_thresholds_],
             "pairs": int(len(prob)), "positives": int(label.sum())}
 
@@ -63,17 +89,20 @@ def apply(calibration: dict | None, prob: np.ndarray) -> np.ndarray:
     return np.interp(prob, calibration["x"], calibration["y"])
 
 
-def reliability(prob: np.ndarray, label: np.ndarray, calibration: dict, bins: int = 10
-                ) -> list[dict]:
-    """Per bin of estimated confidence: its mean estimate, the observed share, the count."""
+def reliability(prob: np.ndarray, label: np.ndarray, calibration: dict, bins: int = 10,
+                weight: np.ndarray | None = None) -> list[dict]:
+    """Per bin of estimated confidence: its mean estimate, the observed (weighted) share, the
+    number of pairs."""
     est = apply(calibration, prob)
+    weight = np.ones(len(est)) if weight is None else np.asarray(weight, dtype=np.float64)
     edges = np.linspace(0, 1, bins + 1)
     out = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         inside = (est >= lo) & ((est < hi) if hi < 1 else (est <= hi))
         if inside.any():
-            out.append({"estimated": round(float(est[inside].mean()), 4),
-                        "observed": round(float(label[inside].mean()), 4),
+            w = weight[inside]
+            out.append({"estimated": round(float(np.average(est[inside], weights=w)), 4),
+                        "observed": round(float(np.average(label[inside], weights=w)), 4),
                         "count": int(inside.sum())})
     return out
 
@@ -112,13 +141,25 @@ def accept_count(confidences: list[float], precision: float) -> int:
     return int(ok[-1] + 1) if len(ok) else 0
 
 
-def calibrate(q, ranker, folder: Path, say: Callable[[str], None] = lambda _: None) -> dict:
-    """Fit the calibration of `ranker` on the fold queries `q`, write the reliability plot to
-    folder/reliability.png; returns the calibration (with its reliability table)."""
+def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, seed: int = 0,
+              say: Callable[[str], None] = lambda _: None) -> dict:
+    """Fit the calibration of `ranker` on the fold: the top candidates of the sources with a
+    hidden link (the queries `q`) and of a seeded sample of the fold's other `sources` (as many
+    again, each standing for its share of all of them), through `features` and the fold's
+    `known` links; write the reliability plot to folder/reliability.png. Returns the
+    calibration with its reliability table (in sample, on the fold)."""
     with torch.no_grad():
         prob, label = fold_pairs(q, ranker)
-    cal = fit_calibration(prob, label)
-    cal["reliability"] = reliability(prob, label, cal)
+        weight = np.ones(len(prob))
+        if features is not None and sources is not None and len(sources):
+            n = min(len(sources), max(1, q.x.shape[0]))
+            pick = np.sort(np.random.default_rng(seed).choice(sources, n, replace=False))
+            other = other_pairs(features, known, ranker, pick)
+            prob = np.concatenate([prob, other])
+            label = np.concatenate([label, np.zeros(len(other))])
+            weight = np.concatenate([weight, np.full(len(other), len(sources) / n)])
+    cal = fit_calibration(prob, label, weight)
+    cal["reliability"] = reliability(prob, label, cal, weight=weight)
     plot = plot_reliability(cal["reliability"], Path(folder) / "reliability.png")
     say(f"calibration: {cal['positives']} true links among {cal['pairs']} top fold candidates"
         + (f"; reliability plot {plot}" if plot else ""))

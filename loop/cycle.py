@@ -234,14 +234,15 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     pos = graph.position()
     pairs = np.array([(pos[s], pos[d]) for s, d in hidden if s in pos and d in pos],
                      dtype=np.int64).reshape(-1, 2)
-    queries = fit_queries(Features(graph, fold / "model", fold / "adapter",
-                                   embed_cache=cfg.embed_cache),
-                          graph.known, pairs, seed=cfg.fold_seed + n, say=say)
+    features = Features(graph, fold / "model", fold / "adapter", embed_cache=cfg.embed_cache)
+    queries = fit_queries(features, graph.known, pairs, seed=cfg.fold_seed + n, say=say)
     ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=cfg.fold_seed + n, say=say)
     from dataclasses import replace
 
     from loop.calibrate import calibrate
-    cal = calibrate(queries, ranker, folder, say)              # confidence = P(a true link)
+    others = np.setdiff1d(np.arange(len(graph.index)), pairs[:, 0])
+    cal = calibrate(queries, ranker, folder, features, graph.known, others,     # P(true link)
+                    cfg.fold_seed + n, say)
     ranker = replace(ranker, fit={**ranker.fit, "calibration": cal})
     path = ranker.save(folder / "ranker.json")
     subsets = fit_subsets(queries, ranker.kind, cfg.fold_seed + n, say=say)   # groups' worth
