@@ -23,7 +23,8 @@ from graph.store import Store  # noqa: E402
 from loop import ablate, evaluate  # noqa: E402
 from loop.fold import make_fold  # noqa: E402
 from loop.linkrows import LinkRowConfig, tune_model  # noqa: E402
-from loop.rank import GROUPS, Features, fit_on, fit_queries  # noqa: E402
+from loop.fit import fit_on, fit_queries  # noqa: E402
+from loop.rank import GROUPS, Features  # noqa: E402
 
 OLD_TEXT = ("mention", "mention_count", "back_mention", "indegree")
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from graph.errors import GraftError
 from loop import evaluate
-from loop.rank import GROUPS, FitQueries, Ranker, fit_kind, ranker_scorer
+from loop.fit import FitQueries, fit_kind
+from loop.rank import GROUPS, Ranker, ranker_scorer
 
 SUBSETS = {"text": ("text",), "text+compiled": ("text", "compiled"),
            "text+tuned": ("text", "tuned"), "all": ("text", "compiled", "tuned")}
@@ -27,7 +28,7 @@ def fit_subsets(queries: FitQueries, kind: str = "linear", seed: int = 0,
                 say: Callable[[str], None] = lambda _: None) -> dict[str, Ranker]:
     """One ranker per subset whose features were computed (text+tuned and all need an
     adapter; `all` is left out when it would equal text+compiled), each of `kind`
-    (loop/rank.py fit_kind)."""
+    (loop/fit.py fit_kind)."""
     out = {}
     for name, groups in SUBSETS.items():
         names = tuple(f for f in queries.names if any(f in GROUPS[g] for g in groups))

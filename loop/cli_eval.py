@@ -81,7 +81,8 @@ def _ablation(args, graph, queries, say) -> dict:
     import numpy as np
 
     from loop import ablate, evaluate
-    from loop.rank import Features, fit_queries
+    from loop.fit import fit_queries
+    from loop.rank import Features
     folder = args.cycle_folder
     cache = folder.parent / "embeddings.safetensors"
     try:

@@ -212,7 +212,8 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     from loop.evaluate import load_graph
     from loop.fold import make_fold
     from loop.ablate import fit_subsets, save_rankers
-    from loop.rank import Features, fit_kind, fit_queries
+    from loop.fit import fit_kind, fit_queries
+    from loop.rank import Features
     if cfg.fold <= 0:
         return {"ranker": None, "skipped": "no fold asked for (--fold 0)"}
     fold = folder / "fold"

@@ -98,7 +98,7 @@ def choose(q, linear_fit: Callable, names: tuple[str, ...], seed: int = 0, share
            say: Callable[[str], None] = lambda _: None) -> dict:
     """Fit the linear ranker and the booster on (1 − share) of the fold's sources, score both
     on the rest, and say which ranks better: {"kind", "mrr": {"linear", "lgbm"}}."""
-    from loop.rank import FitQueries, _mrr
+    from loop.fit import FitQueries, _mrr
     if not available():
         raise GraftError("--ranker-kind lgbm needs lightgbm: pip install lightgbm")
     rng = np.random.default_rng(seed)

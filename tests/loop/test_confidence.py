@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from loop.calibrate import accept_count, apply, fit_calibration, fold_pairs, reliability
-from loop.rank import FitQueries, Ranker
+from loop.fit import FitQueries
+from loop.rank import Ranker
 
 
 def test_isotonic_map_is_monotone_and_bounded():

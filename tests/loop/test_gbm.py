@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from loop.rank import FitQueries, Ranker, fit_kind
+from loop.fit import FitQueries, fit_kind
+from loop.rank import Ranker
 
 pytest.importorskip("lightgbm")
 

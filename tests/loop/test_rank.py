@@ -19,7 +19,8 @@ from graph.snapshot import take_snapshot
 from graph.store import Store
 from loop import evaluate
 from loop.fold import make_fold
-from loop.rank import Features, Ranker, fit_ranker, mention_matrix
+from loop.fit import fit_ranker
+from loop.rank import Features, Ranker, mention_matrix
 from tests.conftest import pid, table_counts, write_wiki
 
 

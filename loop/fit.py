@@ -1,0 +1,158 @@
+"""Fitting the extractor's ranker (loop/rank.py) on a fold's hidden links: each hidden (p, q)
+is a query whose target q must win a softmax over p's candidates — a listwise preference for
+the links curators made over the mentions they left unlinked — and the choice between that
+linear fit and a boosted one (loop/gbm.py).
+
+Letters in shape comments: P particles in the index, S fitted sources, F features, n queries.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from graph.errors import GraftError
+from loop.rank import Features, Ranker
+
+FIT_ENTRIES = 60_000_000          # score entries (sources × P × F) held while fitting
+
+
+@dataclass(frozen=True)
+class FitQueries:
+    """The hidden links of a fold as fitting queries, with every feature computed once."""
+
+    names: tuple[str, ...]
+    x: torch.Tensor                 # (S, P, F) features of the fitted sources
+    row: torch.Tensor               # (n,) each query's row of x
+    target: torch.Tensor            # (n,) each query's target position
+    mask: torch.Tensor              # (n, P) its candidates (the target included)
+
+
+def fit_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed: int = 0,
+                say: Callable[[str], None] = lambda _: None) -> FitQueries:
+    """The queries of `pairs` (hidden (p, q) index positions) with all of `features`.
+
+    Candidates of p are every particle but p and p's `known` targets; sources beyond
+    FIT_ENTRIES score entries are dropped at random (seeded)."""
+    names = tuple(features.names)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if not len(pairs):
+        raise GraftError("no hidden link to fit the ranker on")
+    size = len(features.graph.index)
+    sources = np.unique(pairs[:, 0])
+    cap = max(1, FIT_ENTRIES // (size * len(names)))
+    if len(sources) > cap:
+        sources = np.sort(np.random.default_rng(seed).choice(sources, cap, replace=False))
+        pairs = pairs[np.isin(pairs[:, 0], sources)]
+    say(f"ranker: {len(names)} features of {len(pairs)} hidden links ({len(sources)} sources)")
+    x = torch.from_numpy(np.concatenate([features.block(sources[i:i + 256], names)
+                                         for i in range(0, len(sources), 256)]))  # (S, P, F)
+    row = torch.as_tensor(np.searchsorted(sources, pairs[:, 0]))                # (n,)
+    target = torch.as_tensor(pairs[:, 1])                                      # (n,)
+    candidates = torch.ones(len(sources), size, dtype=torch.bool)              # (S, P)
+    candidates[torch.arange(len(sources)), torch.as_tensor(sources)] = False
+    r, c = known[sources].nonzero()
+    candidates[torch.as_tensor(r), torch.as_tensor(c)] = False
+    mask = candidates[row]                                                     # (n, P)
+    mask[torch.arange(len(row)), target] = True
+    return FitQueries(names, x, row, target, mask)
+
+
+def fit_ranker(features: Features, known: sp.csr_array, pairs: np.ndarray,
+               names: tuple[str, ...] | None = None, l2: float = 1e-3, seed: int = 0,
+               say: Callable[[str], None] = lambda _: None) -> Ranker:
+    """Fit the weights on hidden links: each (p, q) of `pairs` is a query whose target q must
+    win a softmax over p's candidates (every particle but p and p's `known` targets).
+
+    Args:
+        features: over the fold's EvalGraph, with the fold's checkpoint and adapter.
+        known: (P, P) the fold's ground-truth links (not candidates).
+        pairs: (n, 2) index positions of the hidden links.
+        names: the features used (default: all `features` has).
+        l2: ridge on the standardised weights.
+        seed: which queries are kept when they exceed FIT_ENTRIES.
+
+    Returns:
+        The Ranker, in raw feature units, with fit statistics (queries, loss, in-sample MRR
+        and the MRR each feature alone gives on the same queries).
+    """
+    return fit_on(fit_queries(features, known, pairs, seed, say), names, l2, say)
+
+
+def fit_on(q: FitQueries, names: tuple[str, ...] | None = None, l2: float = 1e-3,
+           say: Callable[[str], None] = lambda _: None) -> Ranker:
+    """The listwise linear fit of fit_ranker on prepared queries, with the features `names`
+    (a subset of q.names; default all)."""
+    names = tuple(names or q.names)
+    unknown = [n for n in names if n not in q.names]
+    if unknown:
+        raise GraftError(f"features {unknown} were not computed; have {list(q.names)}")
+    x = q.x[..., [q.names.index(n) for n in names]]                            # (S, P, F')
+    row, target, mask = q.row, q.target, q.mask
+    flat = x.reshape(-1, len(names))
+    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)                      # (F',)
+    z = (x - mean) / std                                                       # (S, P, F')
+    w = torch.zeros(len(names), requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=100, line_search_fn="strong_wolfe")
+
+    def loss_of(weights: torch.Tensor) -> torch.Tensor:
+        s = (z @ weights)[row].masked_fill(~mask, float("-inf"))               # (n, P)
+        return -(s[torch.arange(len(row)), target] - torch.logsumexp(s, 1)).mean()
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_of(w) + l2 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    weights = (w.detach() / std).numpy().astype(np.float64)
+    with torch.no_grad():
+        raw = x @ torch.as_tensor(weights, dtype=torch.float32)                 # (S, P)
+        fit = {"queries": len(row), "sources": int(x.shape[0]),
+               "loss": round(float(loss_of(w.detach())), 5),
+               "mrr": round(_mrr(raw[row], target, mask), 5),
+               "mrr_alone": {n: round(_mrr(x[..., i][row], target, mask), 5)
+                             for i, n in enumerate(names)}}
+    say(f"ranker: fitted {len(names)} features, MRR on the fold {fit['mrr']:.4f}")
+    return Ranker(names, tuple(float(v) for v in weights), fit)
+
+
+def _mrr(scores: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean reciprocal expected rank (ties half) of each row's target among its candidates."""
+    t = scores[torch.arange(len(target)), target][:, None]
+    above = ((scores > t) & mask).sum(1)
+    ties = ((scores == t) & mask).sum(1) - 1
+    return float((1.0 / (1.0 + above + 0.5 * ties).double()).mean())
+
+
+def fit_kind(q: FitQueries, names: tuple[str, ...] | None = None, kind: str = "auto",
+             seed: int = 0, say: Callable[[str], None] = lambda _: None) -> Ranker:
+    """fit_on (kind "linear"), a LightGBM lambdarank booster over the same features ("lgbm",
+    loop/gbm.py), or whichever of the two ranks a held-back quarter of the fold's sources
+    better ("auto"; linear when LightGBM is not installed)."""
+    from dataclasses import replace
+
+    from loop import gbm
+    if kind not in ("auto", "linear", "lgbm"):
+        raise GraftError(f"ranker kind {kind!r}: expected auto, linear or lgbm")
+    names = tuple(names or q.names)
+    linear = fit_on(q, names, say=say)
+    if kind == "linear" or (kind == "auto" and not gbm.available()):
+        return linear
+    choice = {"kind": "lgbm", "mrr": {}}
+    if kind == "auto":
+        choice = gbm.choose(q, lambda sub, n: fit_on(sub, n), names, seed, say=say)
+        if choice["kind"] == "linear":
+            return replace(linear, fit={**linear.fit, "chosen_over_lgbm": choice["mrr"]})
+    cols = [q.names.index(n) for n in names]
+    scores = (q.x[..., cols] @ torch.as_tensor(linear.weights, dtype=torch.float32)).numpy()
+    model = gbm.fit_booster(q, names, scores, np.arange(q.x.shape[0]), seed)
+    boosted = torch.as_tensor(gbm.predict(model, q.x[..., cols].numpy()))
+    fit = {**linear.fit, "kind": "lgbm", "validation_mrr": choice["mrr"],
+           "mrr": round(_mrr(boosted[q.row], q.target, q.mask), 5)}
+    say(f"ranker: lambdarank booster, MRR on the fold {fit['mrr']:.4f} (in sample)")
+    return replace(linear, fit=fit, model=model)
