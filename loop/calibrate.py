@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 TOP = 5                        # candidates per fold source labelled (the extractor's per_source)
+PER_BIN = 100                  # fold pairs pooled per isotonic input point
 
 
 def fold_pairs(q, ranker, top: int = TOP) -> tuple[np.ndarray, np.ndarray]:
@@ -69,13 +70,28 @@ def _top(score: np.ndarray, cand: np.ndarray, top: int) -> tuple[np.ndarray, np.
     return p[best], best
 
 
-def fit_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None
-                    ) -> dict:
+def fit_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None,
+                    per_bin: int = PER_BIN) -> dict:
     """{"x", "y"}: an isotonic map from the ranker's probability to the share of true links,
-    as the knots np.interp applies (clipped at both ends); `weight` per pair (default 1)."""
+    as the knots np.interp applies (clipped at both ends); `weight` per pair (default 1).
+
+    The pairs are first pooled into runs of `per_bin` by probability (weighted means): fitted
+    pair by pair, the few most confident pairs made their own blocks, and on cyberwiki's fold
+    the top ones read 0.90–1.0 where the other half of the fold observed 0.15–0.31; pooled by
+    100, the estimates there were 0.20–0.32 against 0.22–0.24 observed."""
     from sklearn.isotonic import IsotonicRegression
+    weight = np.ones(len(prob)) if weight is None else np.asarray(weight, dtype=np.float64)
+    order = np.argsort(prob, kind="stable")
+    xs, ys, ws = [], [], []
+    per_bin = max(1, min(per_bin, len(order) // 20))     # at least 20 points on a small fold
+    for run in np.array_split(order, max(1, len(order) // per_bin)):
+        if len(run):
+            w = weight[run]
+            xs.append(np.average(prob[run], weights=w))
+            ys.append(np.average(label[run], weights=w))
+            ws.append(w.sum())
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True)
-    iso.fit(prob, label, sample_weight=weight)
+    iso.fit(xs, ys, sample_weight=ws)
     return {"x": [float(v) for v in iso.X_thresholds_], "y": [float(v) for v in iso.y_thresholds_],
             "pairs": int(len(prob)), "positives": int(label.sum())}
 
