@@ -132,7 +132,7 @@ def _methods(args, available: list[str]) -> list[str]:
 def cmd_split(args, say, emit) -> None:
     from loop.evaluate import split_links
     record = split_links(Path(args.links), args.fraction, args.seed, Path(args.train),
-                         Path(args.holdout), token=args.token)
+                         Path(args.holdout), token=args.token, cold_pages=args.cold_pages)
     emit(record, f"{args.links}: {record['holdout']} of {record['eligible']} eligible rows "
                  f"held out to {args.holdout}, {record['train']} kept in {args.train}")
 
@@ -167,3 +167,5 @@ def add_commands(command) -> None:
     p.add_argument("--train", required=True, metavar="OUT", help="the rows kept")
     p.add_argument("--holdout", required=True, metavar="OUT", help="the rows held out")
     p.add_argument("--token", help="only rows with this token may be held out")
+    p.add_argument("--cold-pages", type=float, default=0.0, metavar="F", help="instead, hold "
+                   "out every link of a seeded share F of the pages with ≥ 3 links (cold start)")

@@ -69,7 +69,7 @@ def cmd_cycle(args, say, emit) -> None:
                       extract=ExtractConfig(top_k=args.top_k, beta=args.beta, docs=args.docs),
                       fold=args.fold,
                       ranker_kind=args.ranker_kind, fold_token=args.fold_token,
-                      fold_inverse=args.fold_inverse)
+                      fold_inverse=args.fold_inverse, fold_pages=args.fold_pages)
     with Store(args.db) as store:
         rows = run_cycles(store, cfg, say=say)
     page = write_report(rows, Path(args.out) / "report.html")
@@ -156,6 +156,9 @@ def add_commands(command) -> None:
                    "when none has it")
     p.add_argument("--fold-inverse", action="store_true", help="the fold also hides each "
                    "hidden pair's reverse links (when the holdout dropped them too)")
+    p.add_argument("--fold-pages", type=float, default=0.0, metavar="F", help="the fold also "
+                   "hides every out-link of this share of the pages with ≥ 3 links (cold start: "
+                   "notes with text and no links)")
     p.add_argument("--fold", type=float, default=0.1, help="share of links hidden to fit the "
                    "extractor's ranker each cycle (0: no fit, rank by the lift)")
 

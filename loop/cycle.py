@@ -56,6 +56,7 @@ class CycleConfig:
     fold_seed: int = 0              # the fold of cycle n is seeded fold_seed + n
     fold_token: str = "link"        # the links the fold hides (all links when none has it)
     fold_inverse: bool = False      # hide each hidden pair's reverse links too
+    fold_pages: float = 0.0         # also hide all out-links of this share of linked pages
     link: LinkRowConfig = field(default_factory=LinkRowConfig)   # used when tune.link_rows > 0
     ranker_kind: str = "linear"     # linear, lgbm, or auto: the better on held-back fold sources
 
@@ -220,7 +221,7 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     fold.mkdir(parents=True, exist_ok=True)
     try:
         hidden = make_fold(store, fold / "fold.duckdb", cfg.fold, cfg.fold_seed + n,
-                           cfg.fold_token, cfg.fold_inverse)
+                           cfg.fold_token, cfg.fold_inverse, cfg.fold_pages)
     except GraftError as exc:
         return {"ranker": None, "skipped": str(exc)}
     if len(hidden) < MIN_FOLD:

@@ -148,7 +148,7 @@ def _link_rows(path: Path) -> list[tuple[int, str, dict]]:
 
 
 def split_links(path: Path, fraction: float, seed: int, train: Path, holdout: Path,
-                token: str | None = None) -> dict:
+                token: str | None = None, cold_pages: float = 0.0, min_links: int = 3) -> dict:
     """Hold out a seeded share of a links file; both outputs keep the input's lines verbatim,
     in file order, so one seed always gives the same split.
 
@@ -158,24 +158,41 @@ def split_links(path: Path, fraction: float, seed: int, train: Path, holdout: Pa
         seed: numpy Generator seed.
         train, holdout: output files.
         token: only rows with this token may be held out (None: any row).
+        cold_pages: instead, hold out every eligible row of a seeded share of the sources with
+            at least `min_links` distinct eligible targets (cold start: pages whose links are
+            all missing); `fraction` is then not used.
 
     Returns:
-        {"rows", "eligible", "train", "holdout"} counts.
+        {"rows", "eligible", "train", "holdout"} counts (and "pages" with cold_pages).
     """
-    if not 0 < fraction < 1:
+    if not cold_pages and not 0 < fraction < 1:
         raise GraftError(f"--fraction {fraction}: expected a share strictly between 0 and 1")
+    if not 0 <= cold_pages < 1:
+        raise GraftError(f"--cold-pages {cold_pages}: expected a share in [0, 1)")
     rows = _link_rows(path)
     eligible = [i for i, (_, _, row) in enumerate(rows)
                 if token is None or row.get("token") == token]
-    k = round(fraction * len(eligible))
-    chosen = np.random.default_rng(seed).choice(len(eligible), size=k, replace=False)
+    rng = np.random.default_rng(seed)
     out = np.zeros(len(rows), dtype=bool)
-    out[np.asarray(eligible, dtype=np.int64)[chosen]] = True
+    extra = {}
+    if cold_pages:
+        targets: dict[str, set] = {}
+        for i in eligible:
+            targets.setdefault(rows[i][2]["from"], set()).add(rows[i][2]["to"])
+        linked = sorted(p for p, t in targets.items() if len(t) >= min_links)
+        cold = {linked[i] for i in rng.choice(len(linked), round(cold_pages * len(linked)),
+                                              replace=False)}
+        out[[i for i in eligible if rows[i][2]["from"] in cold]] = True
+        extra = {"pages": len(cold)}
+    else:
+        k = round(fraction * len(eligible))
+        chosen = rng.choice(len(eligible), size=k, replace=False)
+        out[np.asarray(eligible, dtype=np.int64)[chosen]] = True
     for target, keep in ((Path(train), ~out), (Path(holdout), out)):
         target.write_text("".join(rows[i][1] + "\n" for i in np.flatnonzero(keep)),
                           encoding="utf-8")
     return {"rows": len(rows), "eligible": len(eligible), "train": int((~out).sum()),
-            "holdout": int(out.sum())}
+            "holdout": int(out.sum()), **extra}
 
 
 @dataclass(frozen=True)

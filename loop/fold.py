@@ -23,7 +23,8 @@ from loop.evaluate import TRUTH
 
 
 def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = "link",
-              inverse: bool = False) -> list[tuple[str, str]]:
+              inverse: bool = False, pages: float = 0.0, min_links: int = 3
+              ) -> list[tuple[str, str]]:
     """Write the fold store at `out` (replaced if present) and return the hidden pairs.
 
     Args:
@@ -36,6 +37,9 @@ def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = 
         inverse: also leave out every link q → p of a hidden p → q — for a holdout made that
             way (WordNet's hypernym holdout drops each pair's inverse hyponym, or the answer
             would stay in the graph); the fold must hide what the holdout hid.
+        pages: besides, hide every eligible out-link of this share of the sources with at
+            least `min_links` of them — cold-start pages, a new note with text and no links,
+            so that the ranker is also fitted for the case where p's links tell nothing.
 
     Returns:
         The hidden (src, dst) pairs, sorted; every link between them is left out of the fold.
@@ -59,8 +63,16 @@ def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = 
     if k == 0:
         raise GraftError(f"the store has {len(eligible)} ground-truth link pairs: too few to "
                          f"hide a share of {fraction}")
-    chosen = np.sort(np.random.default_rng(seed).choice(len(eligible), size=k, replace=False))
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(eligible), size=k, replace=False))
     hidden = [eligible[i] for i in chosen]
+    if pages > 0:
+        by_source: dict[str, list] = {}
+        for pair in eligible:
+            by_source.setdefault(pair[0], []).append(pair)
+        linked = sorted(p for p, out_links in by_source.items() if len(out_links) >= min_links)
+        cold = rng.choice(len(linked), size=round(pages * len(linked)), replace=False)
+        hidden = sorted(set(hidden) | {pair for i in cold for pair in by_source[linked[i]]})
     gone = set(hidden) | ({(d, s) for s, d in hidden} if inverse else set())
     tables["cyberlinks"] = links.filter(pa.array([(s, d) not in gone for s, d in zip(src, dst)]))
     with Store(out, hash_name=store.hash_name) as fold:

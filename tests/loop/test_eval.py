@@ -239,6 +239,20 @@ def test_cli_eval_json_and_table(capsys, tmp_path):
     assert rc == 1 and "needs --model" in err
 
 
+def test_split_holdout_of_cold_pages_takes_every_link_of_them(tmp_path):
+    rows = [link(f"p{i}", f"q{j}", time=j) for i in range(10) for j in range(i % 5)]
+    src = write_jsonl(tmp_path / "l.jsonl", rows)
+    record = evaluate.split_links(src, 0.0, 1, tmp_path / "t", tmp_path / "h", cold_pages=0.5)
+    held = [json.loads(x) for x in (tmp_path / "h").read_text().splitlines()]
+    pages = {r["from"] for r in held}
+    # pages with ≥ 3 links: i % 5 in (3, 4) → 4 pages; half of them, all their links
+    assert record["pages"] == len(pages) == 2
+    assert all(sum(r["from"] == p for r in rows) >= 3 for p in pages)
+    assert len(held) == sum(r["from"] in pages for r in rows) == record["holdout"]
+    kept = [json.loads(x) for x in (tmp_path / "t").read_text().splitlines()]
+    assert not {r["from"] for r in kept} & pages
+
+
 def test_split_holdout_is_seeded_and_verbatim(capsys, tmp_path):
     rows = [link(f"n{i}", f"n{i + 1}", token="tag" if i % 4 == 0 else "link") for i in range(40)]
     src = write_jsonl(tmp_path / "links.jsonl", rows)

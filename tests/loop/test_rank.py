@@ -166,3 +166,18 @@ def test_fold_of_one_relation_can_hide_the_inverse_too(tmp_path):
         with Store(tmp_path / path, create=False, read_only=True) as fold:
             left = set(fold.query("SELECT src, dst FROM cyberlinks"))
         assert not left & gone and len(left) == 45 - len(gone)
+
+
+def test_fold_can_hide_whole_pages_for_cold_start(tmp_path):
+    store, _ = wiki_store(tmp_path, pages=30)
+    with store:
+        plain = make_fold(store, tmp_path / "a.duckdb", 0.1, seed=2)
+        cold = make_fold(store, tmp_path / "b.duckdb", 0.1, seed=2, pages=0.2)
+        pairs = store.query("SELECT DISTINCT src, dst FROM cyberlinks WHERE origin = 'ingest'")
+    assert set(plain) <= set(cold)
+    sources = {s for s, _ in pairs}
+    whole = {s for s in sources if all((s, d) in set(cold) for t, d in pairs if t == s)}
+    assert len(whole) >= round(0.2 * len(sources))          # every page has 4 links ≥ 3
+    with Store(tmp_path / "b.duckdb", create=False, read_only=True) as fold:
+        left = {s for (s,) in fold.query("SELECT DISTINCT src FROM cyberlinks")}
+    assert not left & whole
