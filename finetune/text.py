@@ -161,14 +161,31 @@ def corpus_documents(path: Path, docs: str = "auto") -> list[tuple[int, str]]:
     return _jsonl_documents(path, lines)
 
 
-def resolve_docs(path: Path, docs: str, lines: list[str] | None = None) -> str:
-    """The layout `auto` stands for in this file (other values are returned as they are)."""
+def corpus_lines(path: Path, docs: str = "auto") -> list[tuple[int, int, str]]:
+    """(document number, line number, text) of every line of every document of a corpus
+    file (corpus_documents): the lines a proposal's evidence quotes. A JSONL row is one
+    line, its title (if any) and text together."""
+    jsonl = _is_jsonl(path, docs)
+    out = []
+    for doc, (start, text) in enumerate(corpus_documents(path, docs)):
+        if jsonl:
+            out.append((doc, start, text.replace("\n", " ")))
+        else:
+            out += [(doc, start + i, line) for i, line in enumerate(text.splitlines())]
+    return out
+
+
+def _is_jsonl(path: Path, docs: str) -> bool:
+    return docs == "jsonl" or (docs == "auto" and
+                               Path(path).suffix.lower() in (".jsonl", ".ndjson"))
+
+
+def resolve_docs(path: Path, docs: str, lines: list[str]) -> str:
+    """The layout `auto` stands for in a file of these `lines` (other values as they are)."""
     if docs != "auto":
         return docs
-    if Path(path).suffix.lower() in (".jsonl", ".ndjson"):
+    if _is_jsonl(path, docs):
         return "jsonl"
-    if lines is None:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     return "lines" if len(lines) > 1 and all(x.strip() for x in lines) else "paragraphs"
 
 

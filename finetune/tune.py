@@ -247,20 +247,20 @@ def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, say) ->
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     per_epoch = -(-len(rows) // cfg.batch_size)
     total = cfg.max_steps or per_epoch * cfg.epochs
-    n_walk = int(round(cfg.replay * cfg.batch_size))
-    n_link = int(round(cfg.link_rows * cfg.batch_size))
+    # rows mixed into every batch: graph walks (replay) and link rows, so many per text row
+    extras = [(extra, int(round(share * cfg.batch_size)))
+              for extra, share in ((walks, cfg.replay), (link_rows, cfg.link_rows))
+              if extra and share]
     curve, best, best_state, best_step, bad, step = Curve(), np.inf, None, 0, 0, 0
     tokens, train_seconds, stopped = 0, 0.0, "steps"
     bar = tqdm(total=total, desc=f"tune ({cfg.method})", unit="step", leave=False)
     while step < total:
         epoch = step // per_epoch
         for chunk in data.chunks(rows, cfg.batch_size, rng):
-            if n_walk and walks:
-                pick = rng.choice(len(walks), min(n_walk, len(walks)), replace=False)
-                chunk = chunk + [walks[i] for i in pick]
-            if n_link and link_rows:
-                pick = rng.choice(len(link_rows), min(n_link, len(link_rows)), replace=False)
-                chunk = chunk + [link_rows[i] for i in pick]
+            for extra, n in extras:
+                if n:
+                    pick = rng.choice(len(extra), min(n, len(extra)), replace=False)
+                    chunk = chunk + [extra[i] for i in pick]
             batch = data.collate(chunk)
             model.train()
             start = time.perf_counter()

@@ -59,9 +59,20 @@ def rank_holdout(graph: evaluate.EvalGraph, queries: evaluate.Queries, features,
                  rankers: dict[str, Ranker]) -> dict:
     """{subset: {mrr, hits1, hits10, auc, weights, fold_mrr}} on the held-out queries, every
     subset scored from one computation of the features per batch."""
-    result = evaluate.evaluate(graph, queries, {name: ranker_scorer(features, r)
-                                                for name, r in rankers.items()})
-    return {name: {**{k: round(v, 5) for k, v in result.metrics(name).items()},
+    return table(evaluate.evaluate(graph, queries, scorers(features, rankers)), rankers)
+
+
+PREFIX = "ablate:"              # the subsets' method names among other scorers
+
+
+def scorers(features, rankers: dict[str, Ranker]) -> dict:
+    """The subsets' Scorers, named PREFIX + subset, to rank beside other methods."""
+    return {PREFIX + name: ranker_scorer(features, r) for name, r in rankers.items()}
+
+
+def table(result: evaluate.Result, rankers: dict[str, Ranker]) -> dict:
+    """The ablation table of an evaluation that ranked `scorers(…, rankers)`."""
+    return {name: {**{k: round(v, 5) for k, v in result.metrics(PREFIX + name).items()},
                    "weights": {f: round(w, 6) for f, w in zip(r.features, r.weights)},
                    "fold_mrr": r.fit.get("mrr")}
             for name, r in rankers.items()}

@@ -28,16 +28,13 @@ def fold_pairs(q, ranker, top: int = TOP) -> tuple[np.ndarray, np.ndarray]:
     """(probability (n,), label (n,)) of each fold source's `top` best candidates under
     `ranker`: its softmax probability over the source's candidates, and 1 when the pair is a
     hidden link of that source."""
+    from loop.fit import source_lists
     cols = [q.names.index(n) for n in ranker.features]
-    rows = q.row.numpy()
     probs, labels = [], []
-    for s in np.unique(rows):
-        mine = np.flatnonzero(rows == s)
-        cand = q.mask[mine].any(0).numpy()                                   # (P,)
+    for s, cand, targets in source_lists(q):
         p, best = _top(ranker.score(q.x[s][None, :, cols].numpy())[0], cand, top)
-        targets = set(q.target.numpy()[mine].tolist())
         probs.append(p)
-        labels.append(np.array([t in targets for t in best], dtype=np.float64))
+        labels.append(np.isin(best, targets).astype(np.float64))
     return np.concatenate(probs), np.concatenate(labels)
 
 

@@ -78,8 +78,6 @@ def _from_cycle(args, say) -> None:
 def _ablation(args, graph, queries, say) -> dict:
     """The cycle's ablation rankers (saved by its fit step, else refitted on its fold) on the
     held-out queries, over --model/--adapter."""
-    import numpy as np
-
     from loop import ablate, evaluate
     from loop.fit import fit_queries
     from loop.rank import Features
@@ -88,16 +86,11 @@ def _ablation(args, graph, queries, say) -> dict:
     try:
         rankers = ablate.load_rankers(folder)
     except GraftError:
+        from loop.fold import hidden_positions
         fold = folder / "fold"
-        if not (fold / "hidden.json").exists():
-            raise GraftError(f"{folder}: neither ablation rankers nor a fold with hidden.json "
-                             "to refit them on (rerun the cycle's fit step)") from None
-        import json
         with Store(fold / "fold.duckdb", create=False, read_only=True) as fs:
             fold_graph = evaluate.load_graph(fs)
-        pos = fold_graph.position()
-        pairs = np.array([(pos[s], pos[d]) for s, d in json.loads((fold / "hidden.json")
-                          .read_text()) if s in pos and d in pos], dtype=np.int64)
+        pairs = hidden_positions(fold_graph, fold)
         adapter = fold / "adapter" if (fold / "adapter").exists() else None
         fq = fit_queries(Features(fold_graph, fold / "model", adapter, embed_cache=cache),
                          fold_graph.known, pairs, say=say)

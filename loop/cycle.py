@@ -26,7 +26,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from compiler.types import CompileConfig
@@ -69,7 +69,6 @@ def run_cycles(store: Store, cfg: CycleConfig, say: Callable[[str], None] = lamb
                ) -> list[dict]:
     """Run (or resume) cycles 1..cfg.cycles; returns each cycle's metrics."""
     if cfg.corpus is None:
-        from dataclasses import replace
         corpus = store_corpus(store, cfg.out / "corpus.txt")
         say(f"corpus: the particles' own texts, written to {corpus}")
         cfg = replace(cfg, corpus=corpus, tune=replace(cfg.tune, docs="paragraphs"),
@@ -166,7 +165,6 @@ def _pinned(cfg: CompileConfig, first: Path) -> CompileConfig:
     and the approximation error of a d = 64 model is not comparable with a d = 178 one: the
     cycles would measure the architecture, not the links.
     """
-    from dataclasses import replace
     used = json.loads((first / "compile.json").read_text())["arch"]["used"]
     return replace(cfg, d=cfg.d or used["d"], layers=cfg.layers or used["layers"])
 
@@ -211,8 +209,9 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     from graph.errors import GraftError
     from graph.snapshot import take_snapshot
     from loop.evaluate import load_graph
-    from loop.fold import make_fold
     from loop.ablate import fit_subsets, save_rankers
+    from loop.calibrate import calibrate
+    from loop.fold import hidden_positions, make_fold, save_hidden
     from loop.fit import fit_kind, fit_queries
     from loop.rank import Features
     if cfg.fold <= 0:
@@ -232,16 +231,11 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
                          _pinned(cfg.compile, folder / "model"))
         tune_model(fs, fold / "model", cfg.corpus, fold / "adapter", cfg.tune, cfg.link, say)
         graph = load_graph(fs)
-    (fold / "hidden.json").write_text(json.dumps(hidden))
-    pos = graph.position()
-    pairs = np.array([(pos[s], pos[d]) for s, d in hidden if s in pos and d in pos],
-                     dtype=np.int64).reshape(-1, 2)
+    save_hidden(fold, hidden)
+    pairs = hidden_positions(graph, fold)
     features = Features(graph, fold / "model", fold / "adapter", embed_cache=cfg.embed_cache)
     queries = fit_queries(features, graph.known, pairs, seed=cfg.fold_seed + n, say=say)
     ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=cfg.fold_seed + n, say=say)
-    from dataclasses import replace
-
-    from loop.calibrate import calibrate
     others = np.setdiff1d(np.arange(len(graph.index)), pairs[:, 0])
     cal = calibrate(queries, ranker, folder, features, graph.known, others,     # P(true link)
                     cfg.fold_seed + n, say)
@@ -309,14 +303,10 @@ def _eval(store: Store, folder: Path, ranker: Path | None, holdout: Path,
     scorers = {"graft": ranker_scorer(features, fitted),
                "graft_lm": ranker_scorer(features, Ranker((features.lm_feature,), (1.0,)))}
     subsets = ablate.load_rankers(folder) if (folder / ablate.FOLDER).is_dir() else {}
-    scorers.update({f"ablate:{k}": ranker_scorer(features, r) for k, r in subsets.items()})
-    result = evaluate.evaluate(graph, queries, scorers)
-    table = {k: {**{m: round(v, 5) for m, v in result.metrics(f"ablate:{k}").items()},
-                 "weights": dict(zip(r.features, r.weights)), "fold_mrr": r.fit.get("mrr")}
-             for k, r in subsets.items()}
+    result = evaluate.evaluate(graph, queries, {**scorers, **ablate.scorers(features, subsets)})
     out = result.to_json()
-    out["methods"] = {k: v for k, v in out["methods"].items() if not k.startswith("ablate:")}
-    return {"eval": out, "ablation": table}
+    out["methods"] = {k: v for k, v in out["methods"].items() if k in scorers}
+    return {"eval": out, "ablation": ablate.table(result, subsets)}
 
 
 def cycle_folder(store: Store, db: Path, cycle: int | None = None) -> tuple[int, Path]:

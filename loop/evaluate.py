@@ -176,12 +176,8 @@ def split_links(path: Path, fraction: float, seed: int, train: Path, holdout: Pa
     out = np.zeros(len(rows), dtype=bool)
     extra = {}
     if cold_pages:
-        targets: dict[str, set] = {}
-        for i in eligible:
-            targets.setdefault(rows[i][2]["from"], set()).add(rows[i][2]["to"])
-        linked = sorted(p for p, t in targets.items() if len(t) >= min_links)
-        cold = {linked[i] for i in rng.choice(len(linked), round(cold_pages * len(linked)),
-                                              replace=False)}
+        cold = cold_sources([(rows[i][2]["from"], rows[i][2]["to"]) for i in eligible],
+                            cold_pages, min_links, rng)
         out[[i for i in eligible if rows[i][2]["from"] in cold]] = True
         extra = {"pages": len(cold)}
     else:
@@ -193,6 +189,18 @@ def split_links(path: Path, fraction: float, seed: int, train: Path, holdout: Pa
                           encoding="utf-8")
     return {"rows": len(rows), "eligible": len(eligible), "train": int((~out).sum()),
             "holdout": int(out.sum()), **extra}
+
+
+def cold_sources(pairs: list[tuple[str, str]], share: float, min_links: int,
+                 rng: np.random.Generator) -> set[str]:
+    """A seeded `share` of the sources with at least `min_links` distinct targets in `pairs`:
+    pages whose links are then all hidden (cold start)."""
+    targets: dict[str, set] = {}
+    for src, dst in pairs:
+        targets.setdefault(src, set()).add(dst)
+    linked = sorted(p for p, t in targets.items() if len(t) >= min_links)
+    return {linked[i] for i in rng.choice(len(linked), round(share * len(linked)),
+                                          replace=False)}
 
 
 @dataclass(frozen=True)

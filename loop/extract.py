@@ -302,22 +302,19 @@ def _corpus_lines(graph, corpus: Path | None, src, dst, keep: int, docs: str = "
     that mentions the target."""
     if corpus is None:
         return [[] for _ in src]
-    from finetune.text import Lexicon, corpus_documents, resolve_docs
+    from finetune.text import Lexicon, corpus_lines
     lexicon = Lexicon(graph.names)
     wanted = set(int(x) for x in src) | set(int(x) for x in dst)
     lines_of: dict[int, set[int]] = {}         # particle → line numbers naming it
     docs_of: dict[int, set[int]] = {}          # particle → documents naming it
     text_of: dict[int, str] = {}               # line number → its text
     doc_of_line: dict[int, int] = {}
-    one_line = resolve_docs(corpus, docs) == "jsonl"       # a JSONL row is one line
-    for doc, (start, text) in enumerate(corpus_documents(corpus, docs)):
-        for i, line in enumerate(text.splitlines()):
-            number = start if one_line else start + i
-            text_of[number] = (text_of[number] + " " + line) if number in text_of else line
-            doc_of_line[number] = doc
-            for token in set(lexicon.match(line)[0]) & wanted:
-                lines_of.setdefault(token, set()).add(number)
-                docs_of.setdefault(token, set()).add(doc)
+    for doc, number, line in corpus_lines(corpus, docs):
+        text_of[number] = line
+        doc_of_line[number] = doc
+        for token in set(lexicon.match(line)[0]) & wanted:
+            lines_of.setdefault(token, set()).add(number)
+            docs_of.setdefault(token, set()).add(doc)
     out = []
     for s, d in zip(src, dst):
         ls, ld = lines_of.get(int(s), set()), lines_of.get(int(d), set())

@@ -31,6 +31,15 @@ class FitQueries:
     mask: torch.Tensor              # (n, P) its candidates (the target included)
 
 
+def source_lists(q: FitQueries):
+    """(row of q.x, candidates (P,) bool, hidden targets (k,)) of each fitted source, the
+    targets being candidates too."""
+    rows = q.row.numpy()
+    for s in np.unique(rows):
+        mine = np.flatnonzero(rows == s)
+        yield int(s), q.mask[mine].any(0).numpy(), np.unique(q.target.numpy()[mine])
+
+
 def fit_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed: int = 0,
                 say: Callable[[str], None] = lambda _: None) -> FitQueries:
     """The queries of `pairs` (hidden (p, q) index positions) with all of `features`.

@@ -10,6 +10,7 @@ fitted on those.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pyarrow.compute as pc
 from graph import sql_loop
 from graph.errors import GraftError
 from graph.store import Store
-from loop.evaluate import TRUTH
+from loop.evaluate import TRUTH, cold_sources
 
 
 def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = "link",
@@ -67,12 +68,8 @@ def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = 
     chosen = np.sort(rng.choice(len(eligible), size=k, replace=False))
     hidden = [eligible[i] for i in chosen]
     if pages > 0:
-        by_source: dict[str, list] = {}
-        for pair in eligible:
-            by_source.setdefault(pair[0], []).append(pair)
-        linked = sorted(p for p, out_links in by_source.items() if len(out_links) >= min_links)
-        cold = rng.choice(len(linked), size=round(pages * len(linked)), replace=False)
-        hidden = sorted(set(hidden) | {pair for i in cold for pair in by_source[linked[i]]})
+        cold = cold_sources(eligible, pages, min_links, rng)
+        hidden = sorted(set(hidden) | {pair for pair in eligible if pair[0] in cold})
     gone = set(hidden) | ({(d, s) for s, d in hidden} if inverse else set())
     tables["cyberlinks"] = links.filter(pa.array([(s, d) not in gone for s, d in zip(src, dst)]))
     with Store(out, hash_name=store.hash_name) as fold:
@@ -84,3 +81,21 @@ def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = 
                 finally:
                     fold.unregister("fold_view")
     return hidden
+
+
+HIDDEN = "hidden.json"          # the fold's hidden pairs, beside its store
+
+
+def save_hidden(folder: Path, hidden: list[tuple[str, str]]) -> None:
+    (Path(folder) / HIDDEN).write_text(json.dumps(hidden))
+
+
+def hidden_positions(graph, folder: Path) -> np.ndarray:
+    """(n, 2) index positions in `graph` (the fold's EvalGraph) of the pairs the fold in
+    `folder` hid (pairs with an end the graph lacks are left out)."""
+    path = Path(folder) / HIDDEN
+    if not path.exists():
+        raise GraftError(f"{path}: missing — the fold's hidden pairs (rerun the cycle's fit step)")
+    pos = graph.position()
+    return np.array([(pos[s], pos[d]) for s, d in json.loads(path.read_text())
+                     if s in pos and d in pos], dtype=np.int64).reshape(-1, 2)

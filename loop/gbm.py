@@ -39,14 +39,14 @@ def lists(q, names: tuple[str, ...], linear: np.ndarray, sources: np.ndarray, se
     """(rows (N, F), labels (N,), group sizes) of the candidate lists of `sources` (rows of
     q.x): each source's hidden targets (label 1), its HARD best-scored other candidates under
     `linear` (S, P) and RANDOM others."""
+    from loop.fit import source_lists
     cols = [q.names.index(n) for n in names]
     rng = np.random.default_rng(seed)
-    row = q.row.numpy()
+    wanted = set(int(s) for s in sources)
     xs, ys, groups = [], [], []
-    for s in sources:
-        mine = np.flatnonzero(row == s)
-        cand = q.mask[mine].any(0).numpy()                                   # (P,)
-        targets = np.unique(q.target.numpy()[mine])
+    for s, cand, targets in source_lists(q):
+        if s not in wanted:
+            continue
         cand[targets] = False
         others = np.flatnonzero(cand)
         hard = others[np.argsort(-linear[s, others], kind="stable")[:HARD]]

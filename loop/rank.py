@@ -116,8 +116,8 @@ class Ranker:
 
 def mention_matrix(graph: EvalGraph) -> sp.csr_array:
     """(P, P) how often q's name or an alias occurs in p's text (p itself left out)."""
-    from loop.textstats import text_stats
-    return text_stats(graph).mention
+    from loop.textstats import mentions
+    return mentions(graph)[0]
 
 
 class Features:
@@ -151,14 +151,13 @@ class Features:
         self.lm_feature = "tuned"
         self.halves = False               # cross-fitted: a second adapter for half the pages
         if adapter is not None:
-            from loop.linkrows import OTHER
-            if (Path(adapter) / "linkrows.json").exists():
+            from loop.linkrows import OTHER, LinkRowConfig, PageContexts
+            if (Path(adapter) / LinkRowConfig.FILE).exists():
                 self.lm_feature = "tuned_context"
             if (Path(adapter) / OTHER / "adapter_config.json").exists():
                 self.model.load_adapter(str(Path(adapter) / OTHER), adapter_name="other")
                 self.model.set_adapter("default")
                 self.halves = True
-            from loop.linkrows import LinkRowConfig, PageContexts
             self.pages = PageContexts(graph, Path(model_dir), LinkRowConfig.of_adapter(adapter))
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         offset = len(SPECIAL_TOKENS)
@@ -204,9 +203,11 @@ class Features:
         if "tuned_context" in names:
             logits["tuned_context"] = self._spread(sources, self._context_logits)
         out = {}
+        named = (self.mention[sources].toarray() > 0
+                 if {"mention", "link_prob_mention"} & set(names) else None)      # (S, P)
         for name in names:
             if name == "mention":
-                x = self.mention[sources].toarray() > 0
+                x = named
             elif name == "mention_count":
                 x = np.log1p(self.mention[sources].toarray())
             elif name == "back_mention":
@@ -216,7 +217,7 @@ class Features:
             elif name == "link_prob":
                 x = np.broadcast_to(st.link_prob[None, :], (len(sources), len(st.link_prob)))
             elif name == "link_prob_mention":
-                x = (self.mention[sources].toarray() > 0) * st.link_prob[None, :]
+                x = named * st.link_prob[None, :]
             elif name == "early_mention":
                 x = st.early[sources].toarray()
             elif name == "comention":
@@ -261,28 +262,35 @@ class Features:
             out["compiled"] = self._spread(sources, run(self.switch_off or nullcontext))
         return out
 
-    def _context_logits(self, rows: np.ndarray, batch: int = 64) -> np.ndarray:
-        """(S', P') log P_tuned(q | link-row context of p) for checkpoint rows of sources."""
-        offset = len(SPECIAL_TOKENS)
-        inv = np.full(self.ckpt.max() + 1 if len(self.ckpt) else 0, -1, dtype=np.int64)
-        inv[self.ckpt[self.have]] = self.have                                  # ckpt → index
-        out = []
-        cols = offset + torch.as_tensor(self.ckpt[self.have])
-        if self.halves:
-            # page p by the adapter that never saw p's link rows (loop/linkrows.py)
-            half = np.array([self.pages.half(int(inv[r])) for r in rows])
-            out = np.empty((len(rows), len(self.have)), dtype=np.float32)
+    def _context_logits(self, rows: np.ndarray) -> np.ndarray:
+        """(S', P') log P_tuned(q | link-row context of p) for checkpoint rows of sources;
+        cross-fitted, page p by the adapter that never saw p's link rows (loop/linkrows.py)."""
+        pages = self._index_of(rows)                                           # (S',)
+        if not self.halves:
+            return self._next_after_contexts(pages)
+        half = np.array([self.pages.half(int(p)) for p in pages])
+        out = np.empty((len(rows), len(self.have)), dtype=np.float32)
+        try:
             for h, name in ((0, "other"), (1, "default")):
                 self.model.set_adapter(name)
-                try:
-                    self.halves = False
-                    out[half == h] = self._context_logits(rows[half == h], batch)
-                finally:
-                    self.halves = True
-                    self.model.set_adapter("default")
-            return out
-        for i in range(0, len(rows), batch):
-            ctx = [self.pages.context(int(inv[r])) for r in rows[i:i + batch]]
+                out[half == h] = self._next_after_contexts(pages[half == h])
+        finally:
+            self.model.set_adapter("default")
+        return out
+
+    def _index_of(self, rows: np.ndarray) -> np.ndarray:
+        """Index positions of checkpoint rows."""
+        inv = np.full(int(self.ckpt.max()) + 1, -1, dtype=np.int64)
+        inv[self.ckpt[self.have]] = self.have
+        return inv[rows]
+
+    def _next_after_contexts(self, pages: np.ndarray, batch: int = 64) -> np.ndarray:
+        """(S', P') the active model's next-particle log-probabilities after each page's
+        link-row context."""
+        cols = len(SPECIAL_TOKENS) + torch.as_tensor(self.ckpt[self.have])
+        out = [np.zeros((0, len(self.have)), np.float32)]
+        for i in range(0, len(pages), batch):
+            ctx = [self.pages.context(int(p)) for p in pages[i:i + batch]]
             # left-padded: the last position is every row's own, and RoPE sees only relative
             # positions, so a row scores as it would alone
             width = max(map(len, ctx))
@@ -294,9 +302,8 @@ class Features:
             with torch.no_grad():
                 logits = self.model(input_ids=ids, attention_mask=mask,
                                     logits_to_keep=1).logits[:, -1]                 # (B, T)
-                x = torch.log_softmax(logits.float(), -1)
-            out.append(x[:, cols].numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.have)), np.float32)
+            out.append(torch.log_softmax(logits.float(), -1)[:, cols].numpy())
+        return np.concatenate(out)
 
     def _spread(self, sources: np.ndarray, score: Callable[[np.ndarray], np.ndarray]
                 ) -> np.ndarray:

@@ -36,9 +36,10 @@ class TextStats:
     reverse: sp.csr_array       # (P, P) 1 where q → p is a ground-truth link
 
 
-def text_stats(graph: EvalGraph) -> TextStats:
-    """Every matrix of TextStats for `graph` (names and aliases matched as finetune/text.py
-    matches them: longest phrase, case-insensitive, on word boundaries)."""
+def mentions(graph: EvalGraph) -> tuple[sp.csr_array, sp.csr_array]:
+    """(mention, early) of TextStats: where each page's text names each particle (names and
+    aliases matched as finetune/text.py matches them: longest phrase, case-insensitive, on
+    word boundaries; a page's own name left out)."""
     size = len(graph.index)
     lexicon = Lexicon(graph.names)
     rows, cols, counts, firsts = [], [], [], []
@@ -52,14 +53,17 @@ def text_stats(graph: EvalGraph) -> TextStats:
         cols.append(u[keep])
         counts.append(c[keep])
         firsts.append(1.0 - first[keep] / len(found))
-    if rows:
-        r, c = np.concatenate(rows), np.concatenate(cols)
-        mention = sp.csr_array((np.concatenate(counts).astype(np.float32), (r, c)),
-                               shape=(size, size))
-        early = sp.csr_array((np.concatenate(firsts).astype(np.float32), (r, c)),
-                             shape=(size, size))
-    else:
-        mention = early = sp.csr_array((size, size), dtype=np.float32)
+    if not rows:
+        empty = sp.csr_array((size, size), dtype=np.float32)
+        return empty, empty
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    return (sp.csr_array((np.concatenate(counts).astype(np.float32), (r, c)), shape=(size, size)),
+            sp.csr_array((np.concatenate(firsts).astype(np.float32), (r, c)), shape=(size, size)))
+
+
+def text_stats(graph: EvalGraph) -> TextStats:
+    """Every matrix of TextStats for `graph`."""
+    mention, early = mentions(graph)
     named = (mention > 0).astype(np.float32)                                  # (P, P) p names q
     linked = named * graph.known                                              # named and linked
     mentioned_in = np.asarray(named.sum(axis=0)).ravel()                      # (P,)
