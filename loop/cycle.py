@@ -321,10 +321,19 @@ def cycle_folder(store: Store, db: Path, cycle: int | None = None) -> tuple[int,
         raise GraftError(f"{db}: no cycle{'' if cycle is None else f' {cycle}'} with a fitted "
                          "ranker in this store (run `graft cycle`, or give --model)")
     row = rows[-1]
+    model = recorded_model(row, db)
+    if model is None:
+        raise GraftError(f"cycle {row['cycle']}'s model {row['model']} is not on disk here")
+    return row["cycle"], model.parent
+
+
+def recorded_model(row: dict, db: Path) -> Path | None:
+    """The checkpoint a cycle's journal row names, as given or relative to the store's
+    folder, when it is on disk."""
     for model in (Path(row["model"]), Path(db).parent / row["model"]):
         if (model / "compile.json").exists():
-            return row["cycle"], model.parent
-    raise GraftError(f"cycle {row['cycle']}'s model {row['model']} is not on disk here")
+            return model
+    return None
 
 
 def cycle_metrics(store: Store) -> list[dict]:

@@ -150,13 +150,13 @@ class Workbench:
         model; with a reason when there is none."""
         if self.model is not None:
             return self.model, ""
-        from loop.cycle import cycle_metrics
+        from loop.cycle import cycle_metrics, recorded_model
         for row in reversed(cycle_metrics(store)):
             if not row.get("model"):
                 continue
-            for folder in (Path(row["model"]), self.db.parent / row["model"]):
-                if (folder / "compile.json").exists():
-                    return folder, ""
+            folder = recorded_model(row, self.db)
+            if folder is not None:
+                return folder, ""
             return None, (f"cycle {row['cycle']}'s model {row['model']} is not on disk here; "
                           "start `graft serve --model DIR`")
         return None, ("no checkpoint known: no cycle has compiled a model in this store; run "
