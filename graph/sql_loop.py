@@ -108,6 +108,24 @@ DECISIONS_OF = """
 """
 LINKED_PAIRS = "SELECT DISTINCT src, dst FROM cyberlinks WHERE valence >= 0"
 REJECTED_PAIRS = "SELECT DISTINCT src, dst FROM proposals WHERE status = 'rejected'"
+# What people decided (the loop's own acceptances, reviewer 'auto', are not labels).
+CURATOR_DECISIONS = """
+    SELECT DISTINCT src, dst, status FROM proposals
+    WHERE status <> 'pending' AND coalesce(reviewer, '') <> 'auto' ORDER BY src, dst
+"""
+# Per cycle: proposals people decided, how many they accepted, their mean confidence.
+CYCLE_CURATOR = """
+    SELECT cycle, count(*), count(*) FILTER (WHERE status = 'accepted'), avg(confidence)
+    FROM proposals WHERE status <> 'pending' AND coalesce(reviewer, '') <> 'auto'
+    GROUP BY cycle ORDER BY cycle
+"""
+CURATOR_LABELS = """
+    SELECT coalesce(TRY_CAST(json_extract(evidence, '$.fold_confidence') AS DOUBLE), confidence),
+           CASE WHEN status = 'accepted' THEN 1 ELSE 0 END
+    FROM proposals WHERE status <> 'pending' AND coalesce(reviewer, '') <> 'auto' ORDER BY id
+"""
+# Pairs linked by the loop (origin extract): never candidates of a fit, like the extractor's.
+PREDICTED_PAIRS = "SELECT DISTINCT src, dst FROM cyberlinks WHERE origin = 'extract' AND valence >= 0"
 
 CYCLE_TOP = """
     SELECT id FROM proposals WHERE cycle = $cycle ORDER BY score DESC, id LIMIT $k

@@ -10,7 +10,11 @@ monotone and within [0, 1]. Acceptance by estimated precision (`accept_count`) t
 proposals best first while the mean confidence of those taken stays at the target.
 
 Links still missing from the fold count as negatives there, as they do in the store, so the
-estimate is, if anything, low.
+fold's estimate is low by however many links the store itself lacks — which the fold cannot
+know (cyberwiki: the most confident proposals read 0.28 where 0.60 of them were held-out
+links). Curators can: once they have reviewed proposals of earlier cycles, a logistic
+correction fitted on what they decided (`curator_correction`) maps the fold's estimate to the
+share curators accept, and every later confidence goes through it.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 
 TOP = 5                        # candidates per fold source labelled (the extractor's per_source)
 PER_BIN = 100                  # fold pairs pooled per isotonic input point
+MIN_REVIEWED = 30              # curator decisions (of both kinds) before they correct the fold
 
 
 def fold_pairs(q, ranker, top: int = TOP) -> tuple[np.ndarray, np.ndarray]:
@@ -93,13 +98,53 @@ def fit_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | No
             "pairs": int(len(prob)), "positives": int(label.sum())}
 
 
-def apply(calibration: dict | None, prob: np.ndarray) -> np.ndarray:
+def apply(calibration: dict | None, prob: np.ndarray, curator: bool = True) -> np.ndarray:
     """Calibrated confidence of ranker probabilities (the probabilities themselves without a
-    calibration)."""
+    calibration): the fold's isotonic map, then the curators' correction when the calibration
+    has one (and `curator`)."""
     prob = np.asarray(prob, dtype=np.float64)
     if not calibration or not calibration.get("x"):
         return prob
-    return np.interp(prob, calibration["x"], calibration["y"])
+    est = np.interp(prob, calibration["x"], calibration["y"])
+    fix = calibration.get("curator") if curator else None
+    return est if not fix else _sigmoid(fix["a"] * _logit(est) + fix["b"])
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-4, 1 - 1e-4)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def curator_labels(store) -> tuple[np.ndarray, np.ndarray]:
+    """(the fold's estimate (n,), 1 if accepted (n,)) of every proposal a person decided —
+    the loop's own acceptances (reviewer 'auto') are not labels. The estimate is the one the
+    proposal got before any curator correction (its evidence's fold_confidence)."""
+    from graph import sql_loop
+    rows = store.query(sql_loop.CURATOR_LABELS)
+    return (np.array([c for c, _ in rows], dtype=np.float64),
+            np.array([a for _, a in rows], dtype=np.float64))
+
+
+def curator_correction(est: np.ndarray, label: np.ndarray, minimum: int = MIN_REVIEWED
+                       ) -> dict | None:
+    """{"a", "b", "reviewed", "accepted", "estimated", "observed"}: observed = σ(a·logit(est)
+    + b), fitted (scikit-learn, a ≥ 0 so the order is kept) on curator decisions; None with
+    fewer than `minimum` decisions or only one kind."""
+    from sklearn.linear_model import LogisticRegression
+    est, label = np.asarray(est, dtype=np.float64), np.asarray(label, dtype=np.float64)
+    if len(est) < minimum or label.min() == label.max():
+        return None
+    x = _logit(est)[:, None]
+    fit = LogisticRegression(C=1.0).fit(x, label)
+    a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    if a < 0:                      # no usable order: the curators' base rate for everything
+        a, b = 0.0, float(_logit(np.array([label.mean()]))[0])
+    return {"a": a, "b": b, "reviewed": int(len(est)), "accepted": int(label.sum()),
+            "estimated": round(float(est.mean()), 4), "observed": round(float(label.mean()), 4)}
 
 
 def reliability(prob: np.ndarray, label: np.ndarray, calibration: dict, bins: int = 10,
@@ -155,12 +200,14 @@ def accept_count(confidences: list[float], precision: float) -> int:
 
 
 def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, seed: int = 0,
-              say: Callable[[str], None] = lambda _: None) -> dict:
+              say: Callable[[str], None] = lambda _: None,
+              curator: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Fit the calibration of `ranker` on the fold: the top candidates of the sources with a
     hidden link (the queries `q`) and of a seeded sample of the fold's other `sources` (as many
     again, each standing for its share of all of them), through `features` and the fold's
-    `known` links; write the reliability plot to folder/reliability.png. Returns the
-    calibration with its reliability table (in sample, on the fold)."""
+    `known` links; write the reliability plot to folder/reliability.png. With `curator`
+    decisions (curator_labels), add their correction. Returns the calibration with its
+    reliability table (in sample, on the fold)."""
     with torch.no_grad():
         prob, label = fold_pairs(q, ranker)
         weight = np.ones(len(prob))
@@ -173,6 +220,11 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
             weight = np.concatenate([weight, np.full(len(other), len(sources) / n)])
     cal = fit_calibration(prob, label, weight)
     cal["reliability"] = reliability(prob, label, cal, weight=weight)
+    fix = curator_correction(*curator) if curator is not None else None
+    if fix:
+        cal["curator"] = fix
+        say(f"calibration: {fix['reviewed']} curator decisions ({fix['observed']:.2f} accepted "
+            f"where the fold estimated {fix['estimated']:.2f}) correct the fold's estimate")
     plot = plot_reliability(cal["reliability"], Path(folder) / "reliability.png")
     say(f"calibration: {cal['positives']} true links among {cal['pairs']} top fold candidates"
         + (f"; reliability plot {plot}" if plot else ""))

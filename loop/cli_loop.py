@@ -59,7 +59,8 @@ def cmd_cycle(args, say, emit) -> None:
     cfg = CycleConfig(corpus=Path(args.corpus) if args.corpus else None, out=Path(args.out),
                       cycles=args.cycles,
                       auto_accept=args.auto_accept,
-                      accept_precision=(None if args.auto_accept else args.accept_precision),
+                      accept_precision=(None if args.auto_accept or args.curator
+                                        else args.accept_precision),
                       holdout=Path(args.holdout) if args.holdout else None,
                       compile=CompileConfig(d=args.d, layers=args.layers,
                                             check_determinism=False),
@@ -69,7 +70,8 @@ def cmd_cycle(args, say, emit) -> None:
                       extract=ExtractConfig(top_k=args.top_k, beta=args.beta, docs=args.docs),
                       fold=args.fold,
                       ranker_kind=args.ranker_kind, fold_token=args.fold_token,
-                      fold_inverse=args.fold_inverse, fold_pages=args.fold_pages)
+                      fold_inverse=args.fold_inverse, fold_pages=args.fold_pages,
+                      hard_negative=args.hard_negative)
     with Store(args.db) as store:
         rows = run_cycles(store, cfg, say=say)
     page = write_report(rows, Path(args.out) / "report.html")
@@ -135,6 +137,12 @@ def add_commands(command) -> None:
                    help="accept the most confident proposals while the estimated precision "
                    "of those accepted (their mean calibrated confidence) stays ≥ P — possibly "
                    "none (default 0.8; needs a fitted ranker)")
+    p.add_argument("--curator", action="store_true", help="accept nothing: leave the proposals "
+                   "pending for a curator (`graft review`, the workbench); the next cycle "
+                   "compiles what they accepted and fits its ranker on their decisions")
+    p.add_argument("--hard-negative", type=float, default=1.0, metavar="X", help="in the "
+                   "ranker's fit a curator-rejected candidate counts as X candidates "
+                   "(1: like any other)")
     p.add_argument("--holdout", metavar="FILE", help="held-out links: eval MRR and precision")
     p.add_argument("--d", type=int, help="hidden size (default: derived)")
     p.add_argument("--layers", type=int, help="layers (default: derived, capped at 8)")

@@ -59,6 +59,7 @@ class CycleConfig:
     fold_pages: float = 0.0         # also hide all out-links of this share of linked pages
     link: LinkRowConfig = field(default_factory=LinkRowConfig)   # used when tune.link_rows > 0
     ranker_kind: str = "linear"     # linear, lgbm, or auto: the better on held-back fold sources
+    hard_negative: float = 1.0      # a curator-rejected candidate counts as this many in the fit
 
     @property
     def embed_cache(self) -> Path:
@@ -210,17 +211,20 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     from graph.snapshot import take_snapshot
     from loop.evaluate import load_graph
     from loop.ablate import fit_subsets, save_rankers
-    from loop.calibrate import calibrate
-    from loop.fold import hidden_positions, make_fold, save_hidden
+    from loop.calibrate import calibrate, curator_labels
+    from loop.fold import hidden_positions, make_fold, not_candidates, positions, save_hidden
     from loop.fit import fit_kind, fit_queries
     from loop.rank import Features
     if cfg.fold <= 0:
         return {"ranker": None, "skipped": "no fold asked for (--fold 0)"}
     fold = folder / "fold"
     fold.mkdir(parents=True, exist_ok=True)
+    decided = store.query(sql_loop.CURATOR_DECISIONS)       # labels; the loop's own are not
+    curated = [(s, d) for s, d, status in decided if status == "accepted"]
+    rejected = [(s, d) for s, d, status in decided if status == "rejected"]
     try:
         hidden = make_fold(store, fold / "fold.duckdb", cfg.fold, cfg.fold_seed + n,
-                           cfg.fold_token, cfg.fold_inverse, cfg.fold_pages)
+                           cfg.fold_token, cfg.fold_inverse, cfg.fold_pages, curated=curated)
     except GraftError as exc:
         return {"ranker": None, "skipped": str(exc)}
     if len(hidden) < MIN_FOLD:
@@ -231,19 +235,22 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
                          _pinned(cfg.compile, folder / "model"))
         tune_model(fs, fold / "model", cfg.corpus, fold / "adapter", cfg.tune, cfg.link, say)
         graph = load_graph(fs)
+        known = not_candidates(graph, fs)
     save_hidden(fold, hidden)
     pairs = hidden_positions(graph, fold)
     features = Features(graph, fold / "model", fold / "adapter", embed_cache=cfg.embed_cache)
-    queries = fit_queries(features, graph.known, pairs, seed=cfg.fold_seed + n, say=say)
+    queries = fit_queries(features, known, pairs, seed=cfg.fold_seed + n, say=say,
+                          hard=positions(graph, rejected), hard_weight=cfg.hard_negative)
     ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=cfg.fold_seed + n, say=say)
     others = np.setdiff1d(np.arange(len(graph.index)), pairs[:, 0])
-    cal = calibrate(queries, ranker, folder, features, graph.known, others,     # P(true link)
-                    cfg.fold_seed + n, say)
+    cal = calibrate(queries, ranker, folder, features, known, others,           # P(true link)
+                    cfg.fold_seed + n, say, curator=curator_labels(store))
     ranker = replace(ranker, fit={**ranker.fit, "calibration": cal})
     path = ranker.save(folder / "ranker.json")
     subsets = fit_subsets(queries, ranker.kind, cfg.fold_seed + n, say=say)   # groups' worth
     save_rankers(subsets, folder)
     return {"ranker": str(path), "ranker_kind": ranker.kind, "fold_hidden": len(hidden),
+            "curator_accepted_hidden": len(curated), "curator_rejected": len(rejected),
             "fold_mrr": ranker.fit["mrr"],
             "weights": dict(zip(ranker.features, ranker.weights)),
             "fold_mrr_by_subset": {k: r.fit["mrr"] for k, r in subsets.items()},
@@ -353,6 +360,11 @@ def cycle_metrics(store: Store) -> list[dict]:
                        eval_lm_mrr=lm.get("mrr"), eval_n=d["eval"]["n"])
         else:
             row.update(d)
+    for cycle, reviewed, accepted, estimated in store.query(sql_loop.CYCLE_CURATOR):
+        if cycle in by_cycle:
+            by_cycle[cycle].update(reviewed=reviewed, curator_accepted=accepted,
+                                   curator_estimated=round(estimated, 4),
+                                   curator_precision=round(accepted / reviewed, 4))
     return [by_cycle[c] for c in sorted(by_cycle)]
 
 

@@ -183,6 +183,7 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
     from loop.calibrate import apply
     confidence = apply(ranker.fit.get("calibration"), np.exp(vals[order]))   # (k,)
+    fold_only = apply(ranker.fit.get("calibration"), np.exp(vals[order]), curator=False)
     out = []
     for n, i in enumerate(order):
         qk, delta = heads[n] if heads[n] is not None else (None, None)
@@ -200,7 +201,8 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
                       "qk_scores": [round(float(x), 6) for x in (qk if qk is not None else [])],
                       "head_deltas": [round(float(x), 6) for x in (delta if delta is not None
                                                                    else [])],
-                      "lines": lines[n]}))
+                      "lines": lines[n],
+                      "fold_confidence": round(float(fold_only[n]), 6)}))
     return out
 
 

@@ -29,6 +29,8 @@ class FitQueries:
     row: torch.Tensor               # (n,) each query's row of x
     target: torch.Tensor            # (n,) each query's target position
     mask: torch.Tensor              # (n, P) its candidates (the target included)
+    hard: torch.Tensor | None = None    # (S, P) candidates a curator rejected
+    hard_weight: float = 1.0        # how many candidates each rejected one counts as
 
 
 def source_lists(q: FitQueries):
@@ -41,11 +43,14 @@ def source_lists(q: FitQueries):
 
 
 def fit_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed: int = 0,
-                say: Callable[[str], None] = lambda _: None) -> FitQueries:
+                say: Callable[[str], None] = lambda _: None, hard: np.ndarray | None = None,
+                hard_weight: float = 1.0) -> FitQueries:
     """The queries of `pairs` (hidden (p, q) index positions) with all of `features`.
 
     Candidates of p are every particle but p and p's `known` targets; sources beyond
-    FIT_ENTRIES score entries are dropped at random (seeded)."""
+    FIT_ENTRIES score entries are dropped at random (seeded). `hard`: (m, 2) pairs a curator
+    rejected — hard negatives, each counting as `hard_weight` candidates in its source's
+    softmax (only sources with a hidden link have queries)."""
     names = tuple(features.names)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     if not len(pairs):
@@ -67,7 +72,17 @@ def fit_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed
     candidates[torch.as_tensor(r), torch.as_tensor(c)] = False
     mask = candidates[row]                                                     # (n, P)
     mask[torch.arange(len(row)), target] = True
-    return FitQueries(names, x, row, target, mask)
+    rejected = None
+    if hard is not None and len(hard) and hard_weight != 1.0:
+        hard = np.asarray(hard, dtype=np.int64).reshape(-1, 2)
+        hard = hard[np.isin(hard[:, 0], sources)]
+        rejected = torch.zeros(len(sources), size, dtype=torch.bool)           # (S, P)
+        rejected[torch.as_tensor(np.searchsorted(sources, hard[:, 0])),
+                 torch.as_tensor(hard[:, 1])] = True
+        rejected &= candidates
+        say(f"ranker: {int(rejected.sum())} rejected pairs as hard negatives "
+            f"(× {hard_weight:g})")
+    return FitQueries(names, x, row, target, mask, rejected, hard_weight)
 
 
 def fit_ranker(features: Features, known: sp.csr_array, pairs: np.ndarray,
@@ -107,8 +122,12 @@ def fit_on(q: FitQueries, names: tuple[str, ...] | None = None, l2: float = 1e-3
     w = torch.zeros(len(names), requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=100, line_search_fn="strong_wolfe")
 
+    offset = (None if q.hard is None else                                      # (S, P)
+              q.hard.to(torch.float32) * float(np.log(q.hard_weight)))
+
     def loss_of(weights: torch.Tensor) -> torch.Tensor:
-        s = (z @ weights)[row].masked_fill(~mask, float("-inf"))               # (n, P)
+        s = z @ weights if offset is None else z @ weights + offset           # (S, P)
+        s = s[row].masked_fill(~mask, float("-inf"))                           # (n, P)
         return -(s[torch.arange(len(row)), target] - torch.logsumexp(s, 1)).mean()
 
     def closure():

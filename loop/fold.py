@@ -24,8 +24,8 @@ from loop.evaluate import TRUTH, cold_sources
 
 
 def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = "link",
-              inverse: bool = False, pages: float = 0.0, min_links: int = 3
-              ) -> list[tuple[str, str]]:
+              inverse: bool = False, pages: float = 0.0, min_links: int = 3,
+              curated: list[tuple[str, str]] = ()) -> list[tuple[str, str]]:
     """Write the fold store at `out` (replaced if present) and return the hidden pairs.
 
     Args:
@@ -41,6 +41,10 @@ def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = 
         pages: besides, hide every eligible out-link of this share of the sources with at
             least `min_links` of them — cold-start pages, a new note with text and no links,
             so that the ranker is also fitted for the case where p's links tell nothing.
+        curated: pairs a curator accepted from proposals — always hidden (their staked links
+            left out of the fold), so the ranker learns from them as links the extractor
+            should find, scored by models that never saw them. Links the loop accepted on
+            its own are never hidden: they are predictions, not answers.
 
     Returns:
         The hidden (src, dst) pairs, sorted; every link between them is left out of the fold.
@@ -70,6 +74,9 @@ def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = 
     if pages > 0:
         cold = cold_sources(eligible, pages, min_links, rng)
         hidden = sorted(set(hidden) | {pair for pair in eligible if pair[0] in cold})
+    if curated:
+        linked = set(zip(src, dst))
+        hidden = sorted(set(hidden) | {tuple(pair) for pair in curated if tuple(pair) in linked})
     gone = set(hidden) | ({(d, s) for s, d in hidden} if inverse else set())
     tables["cyberlinks"] = links.filter(pa.array([(s, d) not in gone for s, d in zip(src, dst)]))
     with Store(out, hash_name=store.hash_name) as fold:
@@ -96,6 +103,26 @@ def hidden_positions(graph, folder: Path) -> np.ndarray:
     path = Path(folder) / HIDDEN
     if not path.exists():
         raise GraftError(f"{path}: missing — the fold's hidden pairs (rerun the cycle's fit step)")
+    return positions(graph, json.loads(path.read_text()))
+
+
+def positions(graph, pairs) -> np.ndarray:
+    """(n, 2) index positions in `graph` of (src, dst) pairs (those with an end the graph
+    lacks left out)."""
     pos = graph.position()
-    return np.array([(pos[s], pos[d]) for s, d in json.loads(path.read_text())
-                     if s in pos and d in pos], dtype=np.int64).reshape(-1, 2)
+    return np.array([(pos[s], pos[d]) for s, d in pairs if s in pos and d in pos],
+                    dtype=np.int64).reshape(-1, 2)
+
+
+def not_candidates(graph, store: Store):
+    """(P, P) 1 where a pair is no candidate of a fit: the graph's ground-truth links and the
+    links the loop staked in `store` — the extractor never proposes either, and a staked
+    prediction counted as a wrong candidate would teach the fit that the compiled model's
+    memory of it is a mistake."""
+    import scipy.sparse as sp
+    staked = positions(graph, store.query(sql_loop.PREDICTED_PAIRS))
+    extra = sp.coo_array((np.ones(len(staked)), (staked[:, 0], staked[:, 1])),
+                         shape=graph.known.shape).tocsr()
+    out = (graph.known + extra).tocsr()
+    out.data[:] = 1.0
+    return out

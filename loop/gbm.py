@@ -107,7 +107,8 @@ def choose(q, linear_fit: Callable, names: tuple[str, ...], seed: int = 0, share
     back[rng.choice(n_src, max(1, int(share * n_src)), replace=False)] = True
     rows = q.row.numpy()
     fit_rows, val_rows = ~back[rows], back[rows]
-    sub = FitQueries(q.names, q.x, q.row[fit_rows], q.target[fit_rows], q.mask[fit_rows])
+    sub = FitQueries(q.names, q.x, q.row[fit_rows], q.target[fit_rows], q.mask[fit_rows],
+                     q.hard, q.hard_weight)
     ranker = linear_fit(sub, names)
     cols = [q.names.index(n) for n in names]
     w = torch.as_tensor(ranker.weights, dtype=torch.float32)

@@ -12,7 +12,10 @@ COLUMNS = (("cycle", "cycle"), ("approximation_error", "approximation error (nat
            ("tuned_heldout_loss", "tuned held-out loss"), ("graph_mrr_after", "graph MRR"),
            ("fold_mrr", "ranker MRR on its fold"), ("proposals", "proposals"),
            ("accepted", "accepted"), ("estimated_precision", "estimated precision"),
-           ("precision", "precision"), ("eval_mrr", "eval MRR"),
+           ("precision", "precision"), ("reviewed", "reviewed by a curator"),
+           ("curator_accepted", "curator accepted"),
+           ("curator_estimated", "their estimated precision"),
+           ("curator_precision", "curator-observed precision"), ("eval_mrr", "eval MRR"),
            ("eval_hits10", "eval Hits@10"), ("eval_lm_mrr", "tuned LM alone MRR"),
            ("wall_seconds", "wall s"))
 
@@ -88,10 +91,13 @@ def _plot(rows: list[dict]) -> str | None:
                      label="first position")
         axes[0].legend()
     axes[0].set_title("approximation error (nats)")
-    axes[1].bar([c - 0.2 for c in cycles], [r.get("proposals") or 0 for r in rows], 0.4,
-                label="proposals")
-    axes[1].bar([c + 0.2 for c in cycles], [r.get("accepted") or 0 for r in rows], 0.4,
-                label="accepted")
+    bars = [("proposals", "proposals"), ("accepted", "accepted"),
+            ("reviewed", "reviewed"), ("curator_accepted", "curator accepted")]
+    bars = [b for b in bars[:2] + [b for b in bars[2:] if any(r.get(b[0]) for r in rows)]]
+    width = 0.8 / len(bars)
+    for i, (key, label) in enumerate(bars):
+        axes[1].bar([c - 0.4 + width * (i + 0.5) for c in cycles],
+                    [r.get(key) or 0 for r in rows], width, label=label)
     axes[1].legend()
     axes[1].set_title("proposals")
     axes[2].plot(cycles, [r.get("eval_mrr") for r in rows], "o-", label="eval MRR")
@@ -106,6 +112,9 @@ def _plot(rows: list[dict]) -> str | None:
         table = r.get("reliability") or []
         axes[3].plot([b["estimated"] for b in table], [b["observed"] for b in table], "o-",
                      ms=3, label=f"cycle {r['cycle']}")
+        if r.get("reviewed"):           # what the curator accepted of what they reviewed
+            axes[3].plot([r["curator_estimated"]], [r["curator_precision"]], "*", ms=12,
+                         label=f"cycle {r['cycle']}, curator")
     axes[3].set_xlabel("estimated confidence")
     axes[3].set_ylabel("observed (fold)")
     axes[3].set_title("reliability")
