@@ -297,9 +297,10 @@ def _review(store: Store, n: int, k: int, holdout: Path | None,
 def _eval(store: Store, folder: Path, ranker: Path | None, holdout: Path,
           embed_cache: Path | None = None) -> dict:
     """graft (the extractor's ranker over this cycle's models), graft_lm (the tuned model
-    alone: loop/rank.py Features.lm_feature) and, when the fit step saved
-    them, the ablation rankers (loop/ablate.py) on the held-out links."""
-    from loop import ablate, evaluate
+    alone: loop/rank.py Features.lm_feature), unlinked mentions (what Obsidian and Logseq
+    show, over this cycle's graph) and, when the fit step saved them, the ablation rankers
+    (loop/ablate.py) on the held-out links."""
+    from loop import ablate, baselines, evaluate
     from loop.extract import lift_ranker
     from loop.rank import Features, Ranker, ranker_scorer
     model, adapter = folder / "model", folder / "adapter"
@@ -308,7 +309,8 @@ def _eval(store: Store, folder: Path, ranker: Path | None, holdout: Path,
     fitted = Ranker.load(ranker) if ranker else lift_ranker(0.5, True)
     features = Features(graph, model, adapter, embed_cache=embed_cache)
     scorers = {"graft": ranker_scorer(features, fitted),
-               "graft_lm": ranker_scorer(features, Ranker((features.lm_feature,), (1.0,)))}
+               "graft_lm": ranker_scorer(features, Ranker((features.lm_feature,), (1.0,))),
+               "mentions": baselines.mentions(graph, baselines.BaselineConfig())}
     subsets = ablate.load_rankers(folder) if (folder / ablate.FOLDER).is_dir() else {}
     result = evaluate.evaluate(graph, queries, {**scorers, **ablate.scorers(features, subsets)})
     out = result.to_json()
@@ -344,7 +346,9 @@ def recorded_model(row: dict, db: Path) -> Path | None:
 
 
 def cycle_metrics(store: Store) -> list[dict]:
-    """One row per cycle: every recorded step's detail, merged, plus the wall time."""
+    """One row per cycle: every recorded step's detail, merged, plus the wall time and what
+    people decided of its proposals (reviewed, curator_accepted, their mean confidence
+    curator_estimated, and curator_precision = accepted / reviewed)."""
     by_cycle: dict[int, dict] = {}
     for cycle, name, detail, finished in store.query(sql_loop.STEPS_ALL):
         row = by_cycle.setdefault(cycle, {"cycle": cycle, "steps": [], "wall_seconds": 0.0})
@@ -355,9 +359,11 @@ def cycle_metrics(store: Store) -> list[dict]:
             row["ablation"] = d.get("ablation") or None
             g = d["eval"]["methods"].get("graft", {})
             lm = d["eval"]["methods"].get("graft_lm", {})
+            m = d["eval"]["methods"].get("mentions", {})
             row.update(eval_mrr=g.get("mrr"), eval_hits1=g.get("hits1"),
                        eval_hits10=g.get("hits10"), eval_auc=g.get("auc"),
-                       eval_lm_mrr=lm.get("mrr"), eval_n=d["eval"]["n"])
+                       eval_lm_mrr=lm.get("mrr"), eval_mentions_mrr=m.get("mrr"),
+                       eval_mentions_hits10=m.get("hits10"), eval_n=d["eval"]["n"])
         else:
             row.update(d)
     for cycle, reviewed, accepted, estimated in store.query(sql_loop.CYCLE_CURATOR):
@@ -371,7 +377,7 @@ def cycle_metrics(store: Store) -> list[dict]:
 def format_metrics(rows: list[dict]) -> str:
     head = (f"{'cycle':>5} {'approx. error':>13} {'tuned loss':>10} {'graph MRR':>9} "
             f"{'fold MRR':>8} {'proposals':>9} {'accepted':>8} {'precision':>9} {'eval MRR':>8} "
-            f"{'Hits@10':>7} {'LM MRR':>7} {'wall s':>7}")
+            f"{'Hits@10':>7} {'mentions':>8} {'LM MRR':>7} {'wall s':>7}")
     lines = [head]
     for r in rows:
         lines.append(f"{r['cycle']:>5} {_f(r.get('approximation_error')):>13} "
@@ -379,6 +385,7 @@ def format_metrics(rows: list[dict]) -> str:
                      f"{_f(r.get('fold_mrr')):>8} {r.get('proposals', '-'):>9} "
                      f"{r.get('accepted', '-'):>8} {_f(r.get('precision')):>9} "
                      f"{_f(r.get('eval_mrr')):>8} {_f(r.get('eval_hits10')):>7} "
+                     f"{_f(r.get('eval_mentions_mrr')):>8} "
                      f"{_f(r.get('eval_lm_mrr')):>7} {r['wall_seconds']:>7.1f}")
     return "\n".join(lines)
 

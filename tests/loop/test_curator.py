@@ -1,0 +1,111 @@
+"""Curator decisions feed the next cycle: accepted pairs become hidden labels of the fold,
+rejected ones hard negatives of the fit, both correct the calibration; the loop's own
+acceptances stay predictions."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from graph.store import Store
+from loop.calibrate import apply, curator_correction
+from loop.fit import FitQueries, fit_on
+
+
+def _queries(hard=None, weight=1.0):
+    # 4 sources over 6 particles, features (mention, indegree); every target (0) is
+    # mentioned, half of them linked often, and each source has one mentioned, often linked
+    # decoy (5) the curator rejected
+    x = torch.zeros(4, 6, 2)
+    x[:, :, 1] = torch.tensor([0., 1., 0., 1., 0., 1.])
+    x[:2, 0, 1] = 1.0
+    x[:, 0, 0] = x[:, 5, 0] = 1.0
+    x[:, 2, 0] = 0.5                         # a half-mention that is not a link
+    x[:, 1, 0] = 0.2
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    return FitQueries(("mention", "indegree"), x, torch.arange(4), torch.zeros(4, dtype=torch.long),
+                      mask, hard, weight)
+
+
+def test_rejected_pairs_weigh_as_hard_negatives():
+    hard = torch.zeros(4, 6, dtype=torch.bool)
+    hard[:, 5] = True
+    plain = fit_on(_queries())
+    same = fit_on(_queries(hard, 1.0))
+    assert plain.weights == same.weights                        # weight 1: any candidate
+    heavy = fit_on(_queries(hard, 20.0))
+    # the rejected decoy is mentioned and linked often: counting it 20 times pushes indegree down
+    assert heavy.weights[1] < plain.weights[1]
+
+
+def test_the_curators_correction_maps_the_fold_to_what_they_accept():
+    rng = np.random.default_rng(0)
+    est = rng.uniform(0.05, 0.35, 400)
+    label = (rng.random(400) < 2 * est).astype(float)           # curators accept twice as often
+    fix = curator_correction(est, label)
+    assert fix["reviewed"] == 400 and fix["a"] > 0
+    cal = {"x": [0.0, 1.0], "y": [0.0, 1.0], "curator": fix}     # fold map: the identity
+    grid = np.linspace(0, 1, 101)
+    out = apply(cal, grid)
+    assert (np.diff(out) >= 0).all() and 0 <= out.min() and out.max() <= 1
+    for p in (0.1, 0.2, 0.3):
+        assert abs(apply(cal, np.array([p]))[0] - 2 * p) < 0.08
+    np.testing.assert_allclose(apply(cal, grid, curator=False), grid)
+    assert curator_correction(est[:20], label[:20]) is None            # too few decisions
+    assert curator_correction(est, np.zeros(400)) is None                # one kind only
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    """Cycle 1 accepts nothing (--curator); a curator accepts 10 proposals and rejects 30;
+    the loop auto-accepts one more pair; cycle 2 runs."""
+    from loop.review import decide
+    from tests.conftest import write_wiki
+    from tests.loop.test_cycle import graft
+    root = tmp_path_factory.mktemp("curated")
+    particles, links, _ = write_wiki(root, pages=50)
+    for kind, path in (("particles", particles), ("links", links)):
+        assert graft(root, "ingest", kind, str(path)).returncode == 0
+    args = ["cycle", "--max-steps", "5", "--top-k", "200", "--d", "16", "--layers", "1",
+            "--curator", "--out", str(root / "out"), "--json", "--hard-negative", "4"]
+    run = graft(root, *args, "--cycles", "1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    with Store(root / "g.duckdb") as store:
+        assert store.scalar("SELECT count(*) FROM proposals WHERE status <> 'pending'") == 0
+        ids = [i for (i,) in store.query("SELECT id FROM proposals ORDER BY score DESC, id")]
+        pairs = dict((i, (s, d)) for i, s, d in store.query("SELECT id, src, dst FROM proposals"))
+        decide(store, accept=ids[:10], reject=ids[10:40], reviewer="curator")
+        decide(store, accept=ids[40:41], reviewer="auto")
+    run = graft(root, *args, "--cycles", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root, [pairs[i] for i in ids[:10]], pairs[ids[40]], json.loads(run.stdout)
+
+
+def test_accepted_pairs_are_hidden_labels_of_the_next_fold(curated):
+    root, accepted, auto, out = curated
+    hidden = {tuple(p) for p in json.loads(
+        (root / "out" / "cycle-2" / "fold" / "hidden.json").read_text())}
+    assert set(accepted) <= hidden                   # a curator's acceptance: always a label
+    assert auto not in hidden                        # the loop's own: a prediction, never
+    row = out["cycles"][1]
+    assert row["curator_accepted_hidden"] == 10 and row["curator_rejected"] == 30
+    with Store(root / "out" / "cycle-2" / "fold" / "fold.duckdb", create=False,
+               read_only=True) as fold:
+        linked = set(fold.query("SELECT src, dst FROM cyberlinks"))
+    assert not set(accepted) & linked and auto in linked
+
+
+def test_curator_decisions_correct_the_next_calibration_and_show_in_the_report(curated):
+    root, _, _, out = curated
+    fit = json.loads((root / "out" / "cycle-2" / "ranker.json").read_text())["fit"]
+    fix = fit["calibration"]["curator"]
+    assert fix["reviewed"] == 40 and fix["accepted"] == 10
+    first = out["cycles"][0]
+    assert first["reviewed"] == 40 and first["curator_accepted"] == 10
+    assert first["curator_precision"] == 0.25
+    with Store(root / "g.duckdb", create=False, read_only=True) as store:
+        cycle2 = [json.loads(e)["fold_confidence"] for (e,) in store.query(
+            "SELECT CAST(evidence AS VARCHAR) FROM proposals WHERE cycle = 2")]
+    assert cycle2 and all(0 <= c <= 1 for c in cycle2)
