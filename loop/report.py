@@ -16,7 +16,8 @@ COLUMNS = (("cycle", "cycle"), ("approximation_error", "approximation error (nat
            ("curator_accepted", "curator accepted"),
            ("curator_estimated", "their estimated precision"),
            ("curator_precision", "curator-observed precision"), ("eval_mrr", "eval MRR"),
-           ("eval_hits10", "eval Hits@10"), ("eval_lm_mrr", "tuned LM alone MRR"),
+           ("eval_hits10", "eval Hits@10"), ("eval_mentions_mrr", "unlinked mentions MRR"),
+           ("eval_lm_mrr", "tuned LM alone MRR"),
            ("wall_seconds", "wall s"))
 
 
@@ -101,6 +102,9 @@ def _plot(rows: list[dict]) -> str | None:
     axes[1].legend()
     axes[1].set_title("proposals")
     axes[2].plot(cycles, [r.get("eval_mrr") for r in rows], "o-", label="eval MRR")
+    if any(r.get("eval_mentions_mrr") is not None for r in rows):
+        axes[2].plot(cycles, [r.get("eval_mentions_mrr") for r in rows], "^:",
+                     label="unlinked mentions")
     axes[2].plot(cycles, [r.get("graph_mrr_after") for r in rows], "s--", label="graph MRR")
     axes[2].legend()
     axes[2].set_title("MRR")

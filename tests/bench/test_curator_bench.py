@@ -1,0 +1,46 @@
+"""bench/curator.py: the key/test split and the simulated curator are deterministic."""
+from __future__ import annotations
+
+from bench.curator import curator_review, split_key
+from graph.store import Store
+from loop.extract import Proposal
+from loop.review import add_proposals
+
+
+def test_the_key_and_the_test_are_disjoint_and_seeded():
+    rows = [{"from": f"s{i % 7}", "to": f"t{i}"} for i in range(40)]
+    rows.append(dict(rows[0]))                       # a duplicate pair goes with its twin
+    key, test = split_key(rows, seed=3)
+    pairs = lambda rs: {(r["from"], r["to"]) for r in rs}   # noqa: E731
+    assert not pairs(key) & pairs(test) and len(key) + len(test) == len(rows)
+    assert len(pairs(key)) == 20
+    assert split_key(rows, seed=3) == (key, test) and split_key(rows, seed=4) != (key, test)
+
+
+def _store(path):
+    store = Store(path)
+    props = [Proposal(src=f"s{i % 3}", dst=f"t{i}", score=float(i % 5), confidence=0.1 * (i % 5),
+                      tuned=0.0, compiled=0.0, head=None, semcon=None, evidence={})
+             for i in range(12)]
+    add_proposals(store, props, 1, "model", None)
+    return store
+
+
+def test_the_curator_works_the_queue_the_same_way_every_time(tmp_path):
+    key = {("s0", "t3"), ("s1", "t4"), ("s2", "t8"), ("s0", "t0")}
+    out = []
+    for name in ("a", "b"):
+        with _store(tmp_path / f"{name}.duckdb") as store:
+            out.append(curator_review(store, 1, key, k=5))
+            status = store.query("SELECT src, dst, status, reviewer FROM proposals ORDER BY id")
+            out[-1]["status"] = status
+    assert out[0] == out[1]
+    review = out[0]
+    # the queue: score 4 (t4, t9), 3 (t3, t8), 2 (t2) — by score, then id
+    assert review["reviewed"] == 5 and review["accepted"] == 3
+    assert review["measured"] == 0.6
+    assert review["estimated"] == round((0.4 + 0.4 + 0.3 + 0.3 + 0.2) / 5, 4)
+    decided = {(s, d): st for s, d, st, _ in review["status"] if st != "pending"}
+    assert decided == {("s1", "t4"): "accepted", ("s0", "t9"): "rejected",
+                       ("s0", "t3"): "accepted", ("s2", "t8"): "accepted",
+                       ("s2", "t2"): "rejected"}
