@@ -90,9 +90,12 @@ def test_demo_builds_ingests_and_prints_stats(capsys, tmp_path, monkeypatch):
     assert rc == 0, err
     assert "particles" in out and "top 10 particles by focus" in out
     assert "report: " in out and (tmp_path / "numpy-docs-cycles" / "report.html").exists()
+    hidden = (tmp_path / "numpy-docs" / "hidden_links.jsonl").read_text().splitlines()
+    assert len(hidden) == round(0.1 * 5322)                 # hidden, then ranked every cycle
+    assert "cycle 2: graft" in out and "unlinked mentions" in out
     got = stats(capsys, tmp_path / "demo.duckdb")
     assert got["particles"] > 1000 and got["semcons"] == 3  # see-also, member-of, ⊥
-    assert got["links"] > 5322 - 1                          # + the links the cycles accepted
+    assert got["links"] > 5322 - len(hidden)                # (+ label links, accepted links)
 
 
 @needs_cyberwiki
