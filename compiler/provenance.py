@@ -467,12 +467,31 @@ def trace_link(tr: Trace, link: list[str]) -> dict:
     recs = tr.records(table)
     out = {"query": "link", "checkpoint": str(tr.out), "snapshot": tr.snap.id,
            "p": tr.describe(p), "q": tr.describe(q), "clipped_records": recs.clipped,
+           "proposals": proposals_of(tr.store, tr.particles[p], tr.particles[q]),
            "records": [{"seq": int(s), "neuron": n, "amount": a, "w": float(w), "m": float(m)}
                        for s, n, a, w, m in zip(recs.seq, recs.neuron, recs.amount, recs.w, recs.m)]}
     if not len(recs.m):
         return {**out, "touches": [], "why": "no record with effective stake > 0 from P to Q"}
     m = float(recs.m.sum())
     return {**out, "m": m, "touches": _touches(tr, p, q, m), "heads": _link_heads(tr, p, q, recs)}
+
+
+def proposals_of(store: Store, src: str, dst: str) -> list[dict]:
+    """The decided proposals of the loop behind a link p → q: the cycle that proposed it,
+    who decided, the confidence and evidence, and the vault notes it was written into."""
+    import json
+    from graph import sql_vault
+    cols = ("id", "cycle", "status", "reviewer", "confidence", "staked", "decided",
+            "evidence", "notes")
+    out = []
+    for row in store.query(sql_vault.PROPOSALS_OF_PAIR, {"src": src, "dst": dst}):
+        r = dict(zip(cols, row))
+        evidence = json.loads(r["evidence"]) if r["evidence"] else {}
+        shares = evidence.get("contributions", {})
+        r["evidence"] = {"contributions": dict(sorted(shares.items(), key=lambda kv: -abs(kv[1]))[:5]),
+                         "lines": evidence.get("lines", [])[:3]}
+        out.append(r)
+    return out
 
 
 def _touches(tr: Trace, p: int, q: int, m: float) -> list[dict]:
@@ -569,6 +588,12 @@ def format_trace(result: dict) -> str:
     lines = [f"link {_who(result['p'])} → {_who(result['q'])}",
              _table(["seq", "neuron", "amount", "w", "m"],
                     [[r["seq"], r["neuron"], r["amount"], r["w"], r["m"]] for r in result["records"]])]
+    for r in result.get("proposals", []):
+        why = ", ".join(f"{k} {v:+.3g}" for k, v in r["evidence"]["contributions"].items())
+        lines.append(f"proposal {r['id']} of cycle {r['cycle']}: {r['status']} by {r['reviewer']} "
+                     f"on {r['decided']} (confidence {r['confidence']:.2f}"
+                     + (f"; evidence {why}" if why else "") + ")"
+                     + (f"; written into {r['notes']}" if r["notes"] else ""))
     if not result["touches"]:
         return "\n".join(lines + [result["why"]])
     lines += ["touches (exact, SVD basis as compiled):",

@@ -181,16 +181,27 @@ def import_vault(store: Store, root: Path, flavor: str, *, neuron: str = "vault"
                  time: int | None = None, say: Say = _quiet) -> dict:
     """Read a Logseq/Obsidian vault and write its particles and links in one batch.
 
+    A vault imported before is imported again by what changed (graph/vault_write.py
+    reimport_rows): notes changed, added or deleted since, links a curator removed withdrawn.
+
     Returns:
-        {"particles", "links", "batch", "skipped"} — skipped says why nothing was written
-        (the same vault content was imported before).
+        {"particles", "links", "batch", "skipped"} — skipped says why nothing was written —
+        and on a re-import {"changed_notes", "deleted_notes", "withdrawn", "added"}.
     """
     from graph.ingest import ingest_link_rows
     from graph.vault import read_vault
+    from graph.vault_write import record_notes, reimport_rows
     say(f"reading {flavor} vault {root}")
     vault = read_vault(Path(root), flavor, neuron=neuron, hash_name=store.hash_name, time=time)
-    say(f"writing {len(vault.particles)} particles and {len(vault.links)} links")
-    result = ingest_link_rows(store, vault.links, source=str(root), kind="vault",
-                              particles=vault.particles)
-    return {"particles": len(vault.particles), "links": len(vault.links),
-            "batch": result.batch, "skipped": result.skipped}
+    delta = reimport_rows(store, Path(root), vault, neuron, at=time)
+    rows, particles, counts = delta or (vault.links, vault.particles, {})
+    if delta is not None and not rows and not particles:
+        return {"particles": 0, "links": 0, "batch": None, **counts,
+                "skipped": "no note changed since the last import"}
+    say(f"writing {len(particles)} particles and {len(rows)} links"
+        + (f" ({counts['changed_notes']} notes new or changed, {counts['deleted_notes']} "
+           f"deleted; {counts['withdrawn']} links withdrawn)" if counts else ""))
+    result = ingest_link_rows(store, rows, source=str(root), kind="vault", particles=particles)
+    record_notes(store, Path(root), vault.particles)   # what `graft vault apply` may change
+    return {"particles": len(particles), "links": len(rows), "batch": result.batch,
+            "skipped": result.skipped, **counts}

@@ -1,5 +1,6 @@
 """Every SQL statement graft runs, as named constants; only graph/store.py executes them."""
 from graph import sql_loop as _loop
+from graph import sql_vault as _vault
 
 # Migrations are applied once, in order, and never edited: a schema change is a new entry.
 MIGRATIONS: list[str] = [
@@ -53,6 +54,8 @@ MIGRATIONS: list[str] = [
     """,
     # 2: the loop — proposals and the cycle journal (graph/sql_loop.py)
     _loop.MIGRATION,
+    # 3: the vault round trip — notes as last read or written, links written into them
+    _vault.MIGRATION,
 ]
 
 SCHEMA_VERSION_CREATE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
@@ -77,6 +80,18 @@ MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM cyberlinks"
 # A stake of any size, exactly, as text; and as float64 for the matrices.
 AMOUNT_TEXT = "coalesce(CAST(amount AS VARCHAR), amount_big)"
 AMOUNT_FLOAT = "coalesce(CAST(amount AS DOUBLE), CAST(amount_big AS DOUBLE))"
+# Effective stake w of a link `l` (DESIGN §1), and the withdrawal rule: a link of valence 0
+# or -1 withdraws its neuron's earlier links on the same (from, to, token) — a neuron's
+# latest word on a link wins, so a vault re-import can record a link a curator deleted
+# (cyberlinks are append-only). `wd` is the WITHDRAWN join below.
+W_OF_L = f"""CASE WHEN l.valence = 1 AND l.seq > coalesce(wd.wseq, -1)
+                  THEN {AMOUNT_FLOAT.replace('amount', 'l.amount')} * coalesce(t.rho, 1)
+                  ELSE 0 END"""
+WITHDRAWN = """LEFT JOIN (SELECT neuron, src, dst, token, max(seq) AS wseq FROM cyberlinks
+                          WHERE seq <= $max_seq AND valence <= 0
+                          GROUP BY neuron, src, dst, token) wd
+               ON wd.neuron = l.neuron AND wd.src = l.src AND wd.dst = l.dst
+                  AND wd.token = l.token"""
 
 # -- staging: every field read as text so nothing is lost before validation ----------------
 LINK_FIELDS = ("neuron", "from", "to", "token", "amount", "valence", "time")
@@ -272,13 +287,12 @@ LINK_COUNT_UPTO = "SELECT count(*) FROM cyberlinks WHERE seq <= ?"
 # for sha256 stores with hex ids (vectorised); other ids get it in Python.
 SNAPSHOT_LINKS = f"""
     SELECT l.seq, l.neuron, l.src, l.dst, l.token, {AMOUNT_TEXT.replace('amount', 'l.amount')} AS amount,
-           CASE WHEN l.valence = 1 THEN {AMOUNT_FLOAT.replace('amount', 'l.amount')} * coalesce(t.rho, 1)
-                ELSE 0 END AS w,
+           {W_OF_L} AS w,
            l.valence, l.time, l.origin,
            CASE WHEN $sha256 AND length(l.src) = 64 AND length(l.dst) = 64
                      AND regexp_full_match(l.src || l.dst, '[0-9a-f]+')
                 THEN lower(sha256(unhex(l.src) || unhex(l.dst))) END AS axon
-    FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token
+    FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token {WITHDRAWN}
     WHERE l.seq <= $max_seq
     ORDER BY l.time, l.src, l.dst, l.neuron, l.token, l.valence, l.amount, l.amount_big
 """
@@ -289,11 +303,10 @@ SNAPSHOT_LINKS = f"""
 # are hex (see ALL_HEX_IDS), so the length test alone guards unhex.
 SNAPSHOT_TYPED_EDGES = f"""
     SELECT l.src, l.dst,
-           CASE WHEN l.valence = 1 THEN {AMOUNT_FLOAT.replace('amount', 'l.amount')} * coalesce(t.rho, 1)
-                ELSE 0 END AS w,
+           {W_OF_L} AS w,
            CASE WHEN $sha256 AND length(l.src) = 64 AND length(l.dst) = 64
                 THEN lower(sha256(unhex(l.src) || unhex(l.dst))) END AS axon
-    FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token
+    FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token {WITHDRAWN}
     WHERE l.seq <= $max_seq
     ORDER BY l.time, l.src, l.dst, l.neuron, l.token, l.valence, l.amount, l.amount_big
 """
@@ -334,9 +347,8 @@ EXPORT_LINKS = f"""
 SNAPSHOT_EDGES = f"""
     WITH l AS (
         SELECT l.src, l.dst, l.time, l.neuron, l.token, l.valence, l.amount, l.amount_big,
-               CASE WHEN l.valence = 1 THEN {AMOUNT_FLOAT.replace('amount', 'l.amount')} * coalesce(t.rho, 1)
-                    ELSE 0 END AS w
-        FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token
+               {W_OF_L} AS w
+        FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token {WITHDRAWN}
         WHERE l.seq <= $max_seq
     ),
     axons AS (SELECT DISTINCT lower(sha256(unhex(src) || unhex(dst))) AS axon FROM l)
@@ -357,9 +369,8 @@ ALL_HEX_IDS = """
 # from it: such a graph would be misread here, and shows as a large residual).
 _PROVENANCE_LINKS = f"""
     SELECT l.seq, l.neuron, l.src, l.dst, l.token, {AMOUNT_TEXT.replace('amount', 'l.amount')} AS amount,
-           CASE WHEN l.valence = 1 THEN {AMOUNT_FLOAT.replace('amount', 'l.amount')} * coalesce(t.rho, 1)
-                ELSE 0 END AS w
-    FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token
+           {W_OF_L} AS w
+    FROM cyberlinks l LEFT JOIN tokens t ON t.name = l.token {WITHDRAWN}
     WHERE l.seq <= $max_seq AND {{where}}
     ORDER BY l.seq
 """
@@ -373,3 +384,15 @@ PROVENANCE_NAMED = """
        OR list_contains(list_transform(coalesce(aliases, []), lambda a: lower(a)), lower($name))
     ORDER BY particle
 """
+
+# -- vault re-import (graph/vault_write.py; the rest is in graph/sql_vault.py)
+# The links a neuron's import holds now from some notes (id_view): withdrawn ones left out
+# (graph/sql.py WITHDRAWN), amounts summed per (from, to, token).
+LINKS_NOW_FROM = f"""
+    SELECT l.src, l.dst, l.token, sum(CAST(l.amount AS HUGEINT))
+    FROM cyberlinks l {WITHDRAWN}
+    WHERE l.seq <= $max_seq AND l.neuron = $neuron AND l.valence = 1
+      AND l.seq > coalesce(wd.wseq, -1) AND l.src IN (SELECT particle FROM id_view)
+    GROUP BY l.src, l.dst, l.token ORDER BY l.src, l.dst, l.token
+"""
+KNOWN_PARTICLES = "SELECT particle FROM particles WHERE particle IN (SELECT particle FROM id_view)"

@@ -52,6 +52,26 @@ def cmd_import_vault(args) -> None:
           + (f" (skipped: {result['skipped']})" if result.get("skipped") else ""))
 
 
+def cmd_vault_apply(args) -> None:
+    from graph.vault_write import apply_vault
+    with _open(args) as store:
+        results = apply_vault(store, Path(args.dir), args.flavor, dry_run=args.dry_run,
+                              related=args.related, force=args.force, say=_say)
+    written = sum(len(r.written) for r in results)
+    listed = [(r.source, p, t) for r in results for p, t in r.listed]
+    lines = [r.diff for r in results if r.diff] if args.dry_run else [
+        f"{r.source}: {len(r.written)} link(s) written" for r in results if r.written]
+    lines += [f"{source}: proposal {p} → [[{t}]] not written: the note never mentions it "
+              "(--related SECTION appends it)" for source, p, t in listed]
+    lines.append(f"{'would write' if args.dry_run else 'wrote'} {written} link(s) into "
+                 f"{sum(bool(r.diff) for r in results)} note(s); "
+                 f"{sum(len(r.already) for r in results)} already linked, {len(listed)} "
+                 f"unmentioned, {sum(bool(r.skipped) for r in results)} note(s) skipped")
+    _emit(args, {"dry_run": args.dry_run, "notes": [
+        {k: v for k, v in r.__dict__.items() if k != "new"} for r in results]},
+        "\n".join(lines))
+
+
 def cmd_stats(args) -> None:
     from graph import stats
     with Store(args.db, create=False, read_only=True) as store:
@@ -172,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flavor", choices=["logseq", "obsidian"], required=True)
     p.add_argument("--neuron", default="vault", help="who signs the imported links")
     p.add_argument("--time", type=int, help="link time for every page (default: file mtime)")
+
+    p = command("vault", cmd_vault_apply, "write accepted links back into the vault's notes")
+    p.add_argument("what", choices=["apply"])
+    p.add_argument("dir", metavar="DIR", help="the vault folder `graft import vault` read")
+    p.add_argument("--flavor", choices=["logseq", "obsidian"], required=True)
+    p.add_argument("--dry-run", action="store_true", help="print the unified diff, write nothing")
+    p.add_argument("--related", metavar="SECTION", help="append links the note never "
+                   "mentions under this section (default: leave the note, list the link)")
+    p.add_argument("--force", action="store_true", help="write notes changed since they "
+                   "were imported too")
 
     p = command("stats", cmd_stats, "counts, focus and degrees of the store")
     p.add_argument("--top", type=int, default=10, help="how many top particles by focus")

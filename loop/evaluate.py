@@ -48,7 +48,7 @@ class EvalGraph:
 
     index: list[str]                # (P,) particle ids, sorted: particles table ∪ link endpoints
     adjacency: sp.csr_array         # (P, P) Σ effective stake of ingest/curator links (w > 0)
-    known: sp.csr_array             # (P, P) 1 where any ingest/curator link p → q: not candidates
+    known: sp.csr_array             # (P, P) 1 where an ingest/curator link p → q has w > 0
     link_indegree: np.ndarray       # (P,) distinct sources of links into q with token `link`
     names: dict[int, list[str]] = field(default_factory=dict)  # position → name, then aliases
     texts: dict[int, str] = field(default_factory=dict)        # position → non-empty text
@@ -91,7 +91,8 @@ def load_graph(store: Store, tie_token: str = "link") -> EvalGraph:
     keep = w > 0
     adjacency = sp.coo_array((w[keep], (src[keep], dst[keep])), shape=size).tocsr()
     adjacency.sum_duplicates()
-    known = sp.coo_array((np.ones(len(src)), (src, dst)), shape=size).tocsr()
+    known = sp.coo_array((np.ones(int(keep.sum())), (src[keep], dst[keep])),  # withdrawn
+                         shape=size).tocsr()                                    # links not
     known.sum_duplicates()
     known.data[:] = 1.0
     token = truth.column("token").to_numpy(zero_copy_only=False)
