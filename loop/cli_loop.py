@@ -78,6 +78,20 @@ def cmd_cycle(args, say, emit) -> None:
     emit({"cycles": rows, "report": str(page)}, format_metrics(rows) + f"\nreport: {page}")
 
 
+def cmd_suggest(args, say, emit) -> None:
+    from loop.suggest import format_suggestions, suggest
+    path = Path(args.file)
+    try:
+        markdown = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        from graph.errors import GraftError
+        raise GraftError(f"{path}: cannot read the note ({exc})") from None
+    with Store(args.db, create=False, read_only=True) as store:
+        result = suggest(store, Path(args.db), args.name or path.stem, markdown, args.flavor,
+                         args.cycle, args.top)
+    emit(result, format_suggestions(result))
+
+
 def cmd_report(args, say, emit) -> None:
     from loop.cycle import cycle_metrics
     from loop.report import write_report
@@ -169,6 +183,16 @@ def add_commands(command) -> None:
                    "notes with text and no links)")
     p.add_argument("--fold", type=float, default=0.1, help="share of links hidden to fit the "
                    "extractor's ranker each cycle (0: no fit, rank by the lift)")
+
+    p = command("suggest", cmd_suggest, "proposed links for one note (new, or without "
+                "links yet) from the latest cycle's model and ranker")
+    p.add_argument("file", metavar="FILE.md")
+    p.add_argument("--name", help="the note's name (default: the file's stem)")
+    p.add_argument("--flavor", choices=["obsidian", "logseq"], default="obsidian",
+                   help="how to read its markup")
+    p.add_argument("--cycle", type=int, help="the cycle whose model and ranker score it "
+                   "(default: the latest)")
+    p.add_argument("--top", type=int, default=10)
 
     p = command("report", cmd_report, "write the cycles' HTML report")
     p.add_argument("--out", default="cycles/report.html", metavar="FILE")
