@@ -202,6 +202,6 @@ def import_vault(store: Store, root: Path, flavor: str, *, neuron: str = "vault"
         + (f" ({counts['changed_notes']} notes new or changed, {counts['deleted_notes']} "
            f"deleted; {counts['withdrawn']} links withdrawn)" if counts else ""))
     result = ingest_link_rows(store, rows, source=str(root), kind="vault", particles=particles)
-    record_notes(store, Path(root), vault.particles)   # what `graft vault apply` may change
+    record_notes(store, Path(root), flavor, vault.particles)   # what `graft vault apply` may change
     return {"particles": len(particles), "links": len(rows), "batch": result.batch,
             "skipped": result.skipped, **counts}

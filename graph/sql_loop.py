@@ -68,6 +68,7 @@ PROPOSALS_BY_CONFIDENCE = """
     SELECT id, confidence FROM proposals WHERE status = 'pending'
     AND ($cycle IS NULL OR cycle = $cycle) ORDER BY confidence DESC, score DESC, id
 """
+PROPOSAL_ID = "SELECT id FROM proposals WHERE cycle = $cycle AND src = $src AND dst = $dst"
 PROPOSALS_UNKNOWN = "SELECT id FROM id_view WHERE id NOT IN (SELECT id FROM proposals) ORDER BY id"
 PROPOSALS_DECIDE = """
     UPDATE proposals SET status = $status, reviewer = $reviewer, decided = current_timestamp

@@ -4,6 +4,7 @@ read or wrote it, and which accepted proposals went into which note."""
 MIGRATION = """
     CREATE TABLE vault_notes (
         root VARCHAR NOT NULL,            -- the vault folder, resolved
+        flavor VARCHAR NOT NULL,          -- obsidian | logseq
         source VARCHAR NOT NULL,          -- the note's path inside it (POSIX)
         particle VARCHAR NOT NULL,        -- the page it is
         sha256 VARCHAR NOT NULL,          -- its bytes when last imported
@@ -20,12 +21,13 @@ MIGRATION = """
 """
 
 NOTE_IMPORTED = """
-    INSERT OR REPLACE INTO vault_notes (root, source, particle, sha256, written)
-    VALUES ($root, $source, $particle, $sha256, NULL)
+    INSERT OR REPLACE INTO vault_notes (root, flavor, source, particle, sha256, written)
+    VALUES ($root, $flavor, $source, $particle, $sha256, NULL)
 """
 NOTE_WRITTEN = """
     UPDATE vault_notes SET written = $sha256 WHERE root = $root AND source = $source
 """
+VAULTS = "SELECT DISTINCT root, flavor FROM vault_notes ORDER BY root"
 NOTES_OF = """
     SELECT source, particle, sha256, written FROM vault_notes WHERE root = $root ORDER BY source
 """
@@ -55,4 +57,10 @@ PROPOSALS_OF_PAIR = """
             WHERE w.proposal = p.id) AS notes
     FROM proposals p WHERE p.src = $src AND p.dst = $dst AND p.status <> 'pending'
     ORDER BY p.id
+"""
+NOTES_WITHOUT_LINKS = """
+    SELECT n.root, n.source, coalesce(p.name, n.source) FROM vault_notes n
+    LEFT JOIN particles p ON p.particle = n.particle
+    WHERE NOT EXISTS (SELECT 1 FROM cyberlinks l WHERE l.src = n.particle AND l.valence = 1)
+    ORDER BY n.root, n.source
 """

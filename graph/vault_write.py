@@ -62,7 +62,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def record_notes(store: Store, root: Path, particles: list[dict]) -> int:
+def record_notes(store: Store, root: Path, flavor: str, particles: list[dict]) -> int:
     """Keep the SHA-256 of each page file of an imported vault (particles with a `source`)."""
     root = Path(root).resolve()
     rows = [(p["source"], p["particle"]) for p in particles if p.get("source")]
@@ -70,7 +70,8 @@ def record_notes(store: Store, root: Path, particles: list[dict]) -> int:
         for source, particle in rows:
             path = root / source
             if path.is_file():
-                store.execute(sql_vault.NOTE_IMPORTED, {"root": str(root), "source": source,
+                store.execute(sql_vault.NOTE_IMPORTED, {"root": str(root), "flavor": flavor,
+                                                        "source": source,
                                                         "particle": particle,
                                                         "sha256": sha256(path.read_bytes())})
     return len(rows)
@@ -123,9 +124,11 @@ def reimport_rows(store: Store, root: Path, vault, neuron: str, at: int | None =
 
 def apply_vault(store: Store, root: Path, flavor: str, *, dry_run: bool = False,
                 related: str | None = None, force: bool = False,
+                only: set[str] | None = None,
                 say: Callable[[str], None] = lambda _: None) -> list[NoteResult]:
     """Write every accepted, staked proposal whose source is a note of the vault at `root`
-    into that note (module docstring); returns one NoteResult per note with such a link."""
+    (of the notes `only`, by path, when given) into that note (module docstring); returns
+    one NoteResult per note with such a link."""
     if flavor not in FLAVORS:
         raise GraftError(f"vault flavor {flavor!r} is not one of {FLAVORS}")
     root = Path(root).resolve()
@@ -141,6 +144,8 @@ def apply_vault(store: Store, root: Path, flavor: str, *, dry_run: bool = False,
         by_note.setdefault(row[1], []).append(row)
     results, done = [], 0
     for source, links in by_note.items():
+        if only is not None and source not in only:
+            continue
         result = _apply_note(root / source, source, links, notes[source][1], flavor, related,
                              force)
         results.append(result)
@@ -338,8 +343,8 @@ def _insert_after_content(lines: list[str], at: int, end: int, item: str, nl: st
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` by `data`: a temporary file in the same folder, fsynced, renamed over
-    it (the file's permission bits kept)."""
+    """Replace (or create) `path` with `data`: a temporary file in the same folder, fsynced,
+    renamed over it (the file's permission bits kept)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -347,7 +352,13 @@ def atomic_write(path: Path, data: bytes) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
+        if path.exists():
+            mode = path.stat().st_mode & 0o7777
+        else:                                   # a new file: what open() would give it
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

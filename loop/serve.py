@@ -94,6 +94,21 @@ class DecideBody(BaseModel):
     reviewer: str = Field("curator", min_length=1, max_length=100)
 
 
+class NoteBody(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    text: str = Field(max_length=1_000_000)
+    top: int = Field(10, ge=1, le=100)
+
+
+class NoteAcceptBody(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    text: str = Field(max_length=1_000_000)
+    dst: str = Field(min_length=1, max_length=200)
+    score: float = 0.0
+    confidence: float = Field(0.5, ge=0.0, le=1.0)
+    reviewer: str = Field("curator", min_length=1, max_length=100)
+
+
 class Workbench:
     """The app's state: where the store is, the secrets, and the per-process store lock."""
 
@@ -161,6 +176,27 @@ class Workbench:
                           "start `graft serve --model DIR`")
         return None, ("no checkpoint known: no cycle has compiled a model in this store; run "
                       "`graft cycle`, or start `graft serve --model DIR`")
+
+
+def _vault(wb: Workbench, required: bool = True) -> tuple[Path | None, str]:
+    """(root, flavor) of the one vault this store imported."""
+    from graph import sql_vault
+    with wb.store() as store:
+        vaults = store.query(sql_vault.VAULTS)
+    if len(vaults) == 1:
+        return Path(vaults[0][0]), vaults[0][1]
+    if not required:
+        return None, "obsidian"
+    raise GraftError("no vault imported into this store (graft import vault DIR)" if not vaults
+                     else f"{len(vaults)} vaults imported; the new-note view writes to one")
+
+
+def _note_path(root: Path, source: str) -> Path:
+    """root/source, refusing anything outside the vault or not a .md file."""
+    path = (root / source).resolve()
+    if not path.is_relative_to(root.resolve()) or path.suffix != ".md":
+        raise GraftError(f"{source!r}: not a note of the vault {root}")
+    return path
 
 
 def _bearer(headers) -> str | None:
@@ -286,6 +322,69 @@ def _api(app: FastAPI, wb: Workbench) -> None:
                 return {"available": False, "message": reason}
             result = provenance.trace(store, folder, pair=(p, q), top=top)
         return {"available": True, "model": str(folder), "trace": result}
+
+    @app.get("/api/notes")
+    def notes():
+        """The vaults this store imported, and their notes without links (a new note's
+        case): what the new-note view offers to open."""
+        from graph import sql_vault
+        with wb.store() as store:
+            vaults = store.query(sql_vault.VAULTS)
+            bare = store.query(sql_vault.NOTES_WITHOUT_LINKS)
+        return {"vaults": [{"root": r, "flavor": f} for r, f in vaults],
+                "notes": [{"root": r, "source": s, "name": n} for r, s, n in bare]}
+
+    @app.get("/api/note")
+    def note(source: str):
+        root, flavor = _vault(wb)
+        path = _note_path(root, source)
+        return {"source": source, "name": path.stem, "flavor": flavor,
+                "text": path.read_text(encoding="utf-8") if path.exists() else ""}
+
+    @app.post("/api/suggest")
+    def suggest_(body: NoteBody):
+        from loop.suggest import suggest
+        flavor = _vault(wb, required=False)[1]
+        with wb.store() as store:
+            return suggest(store, wb.db, body.name, body.text, flavor, top=body.top)
+
+    @app.post("/api/note/accept")
+    def note_accept(body: NoteAcceptBody):
+        """Accept a suggestion for a note: the note becomes a file of the vault if it is new,
+        the vault is re-imported (the note's particle and text), the pair is a proposal
+        accepted by the reviewer and staked, and `graft vault apply` writes it into the
+        note — at its first mention, else under "Related"."""
+        from graph.ingest_rows import import_vault
+        from graph.vault_write import apply_vault, atomic_write
+        from loop.extract import Proposal
+        from loop.review import add_proposals
+        from graph import ids
+        from graph.vault import normalise_name
+        root, flavor = _vault(wb)
+        source = (f"pages/{body.name}.md" if flavor == "logseq" else f"{body.name}.md")
+        path = _note_path(root, source)
+        if path.exists() and path.read_text(encoding="utf-8") != body.text:
+            raise GraftError(f"{source} differs from the text here (edited in the vault "
+                             "since you opened it?): reopen it, then accept")
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, body.text.encode("utf-8"))
+        with wb.store(write=True) as store:
+            import_vault(store, root, flavor)
+            src = ids.particle_of_text(normalise_name(body.name), store.hash_name)
+            add_proposals(store, [Proposal(src, body.dst, body.score, body.confidence, 0.0,
+                                           0.0, None, None, {"by": "workbench new-note view"})],
+                          0, "workbench", None)
+            [pid] = [i for (i,) in store.query(sql_loop.PROPOSAL_ID,
+                                               {"cycle": 0, "src": src, "dst": body.dst})]
+            result = decide(store, accept=[pid], reviewer=body.reviewer, neuron=wb.neuron,
+                            token=wb.link_token)
+            notes = apply_vault(store, root, flavor, related="Related", only={source})
+        written = [how for n in notes for _, how in n.written]
+        skipped = [n.skipped for n in notes if n.skipped]
+        return {"source": source, "proposal": pid, "staked": result.staked,
+                "written": written, "skipped": skipped,
+                "text": path.read_text(encoding="utf-8")}
 
     @app.get("/api/cycles")
     def cycles():

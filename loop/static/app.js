@@ -109,9 +109,22 @@ function evidenceOf(r) {
 }
 
 // -- proposals queue -----------------------------------------------------------------------
+// A page at a time: each source's proposals together, pages by their best proposal.
+function bySource(rows) {
+  const groups = new Map();
+  for (const r of rows) {
+    if (!groups.has(r.src)) groups.set(r.src, []);
+    groups.get(r.src).push(r);
+  }
+  return [...groups.values()].flat();
+}
+
 async function showQueue() {
   const data = await api("/api/proposals?status=pending");
-  state.rows = data.proposals;
+  state.rows = bySource(data.proposals);
+  // the relation column only when the proposals span more than one named relation
+  const relations = new Set(state.rows.map((r) => r.semcon_name || r.semcon || ""));
+  const typed = relations.size > 1;
   state.sel = Math.max(0, Math.min(state.sel, state.rows.length - 1));
   const c = data.counts;
   $("counts").textContent = `pending ${c.pending || 0} · accepted ${c.accepted || 0} · `
@@ -127,13 +140,21 @@ async function showQueue() {
     bulk.textContent = `accept ${ids.length} with score ≥ ${x}`;
   });
   bulk.addEventListener("click", () => decide({ accept_above: parseFloat(threshold.value) }));
-  const table = el("table", { id: "queue" },
-    el("tr", {}, ["#", "cycle", "source → target", "semcon", "score", "conf."].map((h) => el("th", {}, h))),
-    state.rows.map((r, i) => el("tr", { class: "row", "data-id": r.id, on: { click: () => select(i) } },
+  const heads = ["#", "cycle", "target", ...(typed ? ["relation"] : []), "confidence", "score"];
+  const body = [];
+  state.rows.forEach((r, i) => {
+    if (i === 0 || state.rows[i - 1].src !== r.src) {
+      const n = state.rows.filter((x) => x.src === r.src).length;
+      body.push(el("tr", { class: "page" }, el("td", { colspan: heads.length },
+        r.src_name, el("span", { class: "muted" }, ` · ${n} proposal${n === 1 ? "" : "s"}`))));
+    }
+    body.push(el("tr", { class: "row", "data-id": r.id, on: { click: () => select(i) } },
       el("td", { class: "num" }, r.id), el("td", { class: "num" }, r.cycle),
-      el("td", {}, r.src_name, " → ", r.dst_name),
-      el("td", {}, r.semcon_name || (r.semcon ? r.semcon.slice(0, 8) : "–")),
-      el("td", { class: "num" }, fmt(r.score)), el("td", { class: "num" }, pct(r.confidence)))));
+      el("td", {}, "→ ", r.dst_name),
+      ...(typed ? [el("td", {}, r.semcon_name || "–")] : []),
+      el("td", { class: "num" }, pct(r.confidence)), el("td", { class: "num" }, fmt(r.score))));
+  });
+  const table = el("table", { id: "queue" }, el("tr", {}, heads.map((h) => el("th", {}, h))), body);
   const list = el("section", { class: "panel" },
     el("div", { class: "bar" }, el("span", {}, "score threshold"), threshold, bulk),
     state.rows.length ? table : el("p", { class: "muted" }, "no pending proposals"));
@@ -317,12 +338,78 @@ async function showCycles() {
     el("div", { class: "panel" }, table));
 }
 
+// -- a new note ----------------------------------------------------------------------------
+// Type or paste a note (or open a note of the vault with no links): the latest cycle's
+// model and ranker propose its links; accepting one writes it into the note's file.
+async function showNote() {
+  const notes = await api("/api/notes").catch(() => ({ vaults: [], notes: [] }));
+  const name = el("input", { id: "note-name", placeholder: "note name", size: 30 });
+  const text = el("textarea", { id: "note-text", rows: 14, cols: 80,
+    placeholder: "the note's text (Markdown)" });
+  const open = el("select", { id: "note-open", "aria-label": "open a note without links" },
+    el("option", { value: "" }, notes.notes.length ? "open a note without links…" : "no note without links"),
+    notes.notes.map((n) => el("option", { value: n.source }, n.name)));
+  open.addEventListener("change", async () => {
+    if (!open.value) return;
+    const d = await api("/api/note?source=" + encodeURIComponent(open.value));
+    name.value = d.name;
+    text.value = d.text;
+  });
+  const out = el("div", { id: "suggestions" });
+  const run = el("button", { id: "suggest", class: "accept" }, "suggest links");
+  run.addEventListener("click", () => suggestFor(name.value.trim(), text.value, out));
+  const where = notes.vaults.length === 1 ? `accepted links are written into ${notes.vaults[0].root}`
+    : "import a vault (graft import vault) to write accepted links into its notes";
+  show("note", el("div", { class: "cols" },
+    el("section", { class: "panel" }, el("h2", {}, "a new note"),
+      el("div", { class: "bar" }, name, open), text, el("div", { class: "bar" }, run,
+        el("span", { class: "muted" }, where))),
+    el("section", { class: "panel" }, out)));
+}
+
+async function suggestFor(name, text, out) {
+  if (!name) { say("give the note a name", "error"); return; }
+  out.replaceChildren(el("p", { class: "muted" }, "scoring the note …"));
+  let d;
+  try { d = await api("/api/suggest", { name, text, top: 10 }); } catch (err) {
+    out.replaceChildren(el("p", { class: "error" }, err.message));
+    return;
+  }
+  out.replaceChildren(el("h2", {}, `${d.suggestions.length} proposed links (cycle ${d.cycle})`),
+    el("p", { class: "muted" }, d.linked.length ? "links already: " + d.linked.join(", ")
+      : "no links yet"),
+    el("ol", { id: "suggestion-list" }, d.suggestions.map((s) => el("li", { class: "suggestion" },
+      el("div", { class: "bar" }, el("strong", {}, s.name), el("span", { class: "muted" },
+        `confidence ${pct(s.confidence)}`),
+      el("button", { class: "accept", on: { click: () => acceptFor(name, s, out) } }, "accept")),
+      s.lines.length ? el("ul", { class: "evidence" }, s.lines.map((line) =>
+        el("li", {}, highlight(line, [], [s.name])))) : null,
+      barChart("the ranker's score by feature (largest parts)", Object.entries(s.contributions)
+        .filter(([, v]) => v !== 0).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1])).slice(0, 5)
+        .map(([f, v]) => ({ label: f, value: v })), fmt)))));
+}
+
+async function acceptFor(name, s, out) {
+  const text = $("note-text").value;
+  try {
+    const r = await api("/api/note/accept", { name, text, dst: s.dst, score: s.score,
+      confidence: s.confidence, reviewer: $("reviewer").value.trim() || "curator" });
+    $("note-text").value = r.text;
+    say(r.written.length ? `wrote [[${s.name}]] into ${r.source} (${r.written.join(", ")})`
+      : `accepted ${s.name}; ${r.skipped.join("; ") || "nothing written"}`, r.written.length ? "ok" : "error");
+    await suggestFor(name, r.text, out);
+  } catch (err) {
+    say("not accepted: " + err.message, "error");
+  }
+}
+
 // -- routing and keys ----------------------------------------------------------------------
 async function route() {
   const [, page, arg] = (location.hash || "#/queue").match(/^#\/([^/]*)\/?(.*)$/) || [];
   try {
     if (page === "particle") await showParticle(decodeURIComponent(arg));
     else if (page === "cycles") await showCycles();
+    else if (page === "note") await showNote();
     else await showQueue();
   } catch (err) {
     say(err.message, "error");

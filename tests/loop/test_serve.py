@@ -328,8 +328,10 @@ def test_a_curator_accepts_a_proposal_in_chromium(served, db, tmp_path):
                     "(.ci/run does this)")
     sync_api = pytest.importorskip("playwright.sync_api",
                                    reason="playwright is not installed: pip install '.[dev]'")
-    order = [(r["src_name"], r["dst_name"]) for r in TestClient(
-        create_app(db), base_url=BASE).get("/api/proposals").json()["proposals"]]
+    rows = TestClient(create_app(db), base_url=BASE).get("/api/proposals").json()["proposals"]
+    pages = list(dict.fromkeys(r["src_name"] for r in rows))   # the queue: a page at a time
+    order = [(r["src_name"], r["dst_name"]) for page in pages for r in rows
+             if r["src_name"] == page]
     steps = order.index(("tail", "dog"))
     dialogs, shots = [], tmp_path / "shots"
     with sync_api.sync_playwright() as pw:
@@ -343,6 +345,8 @@ def test_a_curator_accepts_a_proposal_in_chromium(served, db, tmp_path):
         for _ in range(steps):
             page.keyboard.press("j")
         assert page.text_content("#detail h2") == "tail → dog"
+        assert page.locator("#queue tr.page").count() == len(pages)
+        assert "relation" not in page.text_content("#queue tr")     # one relation: no column
         page.keyboard.press("y")
         page.wait_for_selector("#why figure svg rect")
         assert "weight × value" in page.text_content("#detail")     # the ranker's chart
@@ -364,6 +368,84 @@ def test_a_curator_accepts_a_proposal_in_chromium(served, db, tmp_path):
         browser.close()
     assert dialogs == [] and injected == 0
     assert extract_links(db) == [(pid("tail"), pid("dog"), 1)]
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        for shot in sorted(shots.iterdir()):
+            shutil.copy(shot, Path(SHOTS) / shot.name)
+
+
+# -- the new-note view -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vault_cycle(tmp_path_factory):
+    """An Obsidian vault made of the toy wiki (pages link their targets, name decoys),
+    imported, and one cycle run on it."""
+    from tests.conftest import write_wiki
+    from tests.loop.test_cycle import graft
+    root = tmp_path_factory.mktemp("vault")
+    particles, links, _ = write_wiki(root, pages=50)
+    vault = root / "vault"
+    vault.mkdir()
+    by_id = {r["particle"]: r for r in map(json.loads, particles.read_text().splitlines())}
+    targets: dict[str, list[str]] = {}
+    for row in map(json.loads, links.read_text().splitlines()):
+        targets.setdefault(row["from"], []).append(by_id[row["to"]]["name"])
+    for p, row in by_id.items():
+        text = row["text"]
+        for name in targets.get(p, []):
+            text = text.replace(f"see {name}.", f"see [[{name}]].")
+        (vault / f"{row['name']}.md").write_text(text + "\n")
+    assert graft(root, "import", "vault", str(vault), "--flavor", "obsidian").returncode == 0
+    run = graft(root, "cycle", "--cycles", "1", "--max-steps", "5", "--top-k", "50", "--d",
+                "16", "--layers", "1", "--curator", "--out", str(root / "out"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root, vault
+
+
+def test_a_curator_writes_a_new_note_and_accepts_a_link_in_chromium(vault_cycle, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is missing: apt-get install chromium chromium-driver "
+                    "(.ci/run does this)")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed: pip install '.[dev]'")
+    uvicorn = pytest.importorskip("uvicorn")
+    root, vault = vault_cycle
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(root / "g.duckdb"), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shots = tmp_path / "shots"
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/#/note")
+            page.wait_for_selector("#note-text")
+            page.fill("#note-name", "idea")
+            page.fill("#note-text", "Thinking about page07 and page11 today.\n")
+            page.click("#suggest")
+            page.wait_for_selector("#suggestion-list li")
+            first = page.text_content("#suggestion-list li strong")
+            assert first in ("page07", "page11")
+            page.screenshot(path=shots / "6-new-note.png", full_page=True)
+            page.click("#suggestion-list li button.accept")
+            page.wait_for_selector("#status.ok")
+            assert f"wrote [[{first}]] into idea.md" in page.text_content("#status")
+            assert f"[[{first}]]" in page.input_value("#note-text")
+            page.screenshot(path=shots / "7-accepted.png", full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    note = (vault / "idea.md").read_text()
+    assert note == f"Thinking about page07 and page11 today.\n".replace(first, f"[[{first}]]")
+    with Store(root / "g.duckdb", create=False, read_only=True) as store:
+        rows = store.query("SELECT status, reviewer, staked IS NOT NULL FROM proposals "
+                           "WHERE cycle = 0")
+    assert rows == [("accepted", "curator", True)]
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         for shot in sorted(shots.iterdir()):
