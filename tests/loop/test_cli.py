@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-
-import pytest
 
 from loop.cli import main
 from tests.conftest import CYBERWIKI, FIXTURES, REPO, link, needs_cyberwiki, write_jsonl

@@ -441,7 +441,7 @@ def test_a_curator_writes_a_new_note_and_accepts_a_link_in_chromium(vault_cycle,
         server.should_exit = True
         thread.join(timeout=10)
     note = (vault / "idea.md").read_text()
-    assert note == f"Thinking about page07 and page11 today.\n".replace(first, f"[[{first}]]")
+    assert note == "Thinking about page07 and page11 today.\n".replace(first, f"[[{first}]]")
     with Store(root / "g.duckdb", create=False, read_only=True) as store:
         rows = store.query("SELECT status, reviewer, staked IS NOT NULL FROM proposals "
                            "WHERE cycle = 0")

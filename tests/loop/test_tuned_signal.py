@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.conftest import link, pid, write_jsonl
 from tests.loop.test_cycle import graft
 
