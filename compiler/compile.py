@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from threadpoolctl import threadpool_limits
 
 from compiler import certificate, pack
@@ -20,6 +19,7 @@ from compiler.semcons import build_semcons
 from compiler.types import CompileConfig, Compiled
 from compiler.vocab import build_vocab
 from graph.focus import compute_focus
+from graph.runtime import torch_threads
 from graph.snapshot import Snapshot, typed_edges
 from graph.store import Store
 
@@ -112,14 +112,3 @@ def _null():
     yield
 
 
-@contextmanager
-def torch_threads(n: int):
-    """torch's intra-op threads set to `n` for the block (compile pins BLAS for its bits; tune
-    and extract pin it because a second thread on a shared 2-core machine made LoRA steps
-    20× slower: torch's flush-denormal flag does not reach its worker threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -14,8 +14,8 @@ import scipy.sparse as sp
 
 from compiler import linalg
 from compiler.types import MLP, Arch, CompileConfig, Embedding, Vocab
+from graph.walks import random_walks
 
-MAX_PAIRS = 50_000_000  # co-occurrence pairs held at once (~600 MB as int32 coo)
 
 
 def build_mlp(vocab: Vocab, emb: Embedding, arch: Arch, cfg: CompileConfig, seed: int) -> MLP:
@@ -34,37 +34,6 @@ def build_mlp(vocab: Vocab, emb: Embedding, arch: Arch, cfg: CompileConfig, seed
         down[:, : len(s)] = vt.T * root
     return MLP(gate=gate, down=down, stats={"walks": int(walks.shape[0]),
                                             "ppmi_nnz": int(ppmi.nnz)})
-
-
-def random_walks(a: sp.csr_array, per_node: int, length: int, seed: int) -> np.ndarray:
-    """Stake-weighted walks, all walkers stepped together; -1 marks a stopped walker, which
-    stays stopped. Returns (W, T), the transposed view of a (T, W) array.
-
-    Walkers start at every node with out-links (per_node each), thinned evenly when the
-    co-occurrence pairs would exceed MAX_PAIRS.
-    """
-    rng = np.random.default_rng(seed)
-    a = a.tocsr()
-    starts = np.repeat(np.flatnonzero(np.diff(a.indptr) > 0), per_node)
-    budget = max(MAX_PAIRS // max(length, 1), 1)
-    if len(starts) > budget:
-        starts = starts[np.linspace(0, len(starts) - 1, budget).astype(np.int64)]
-    cum = np.cumsum(a.data)                                      # (nnz,)
-    before = np.concatenate([[0.0], cum])[a.indptr[:-1]]        # (V,) cum stake before row
-    steps = np.full((length, len(starts)), -1, np.int32 if a.shape[0] < 2**31 else np.int64)
-    if length:
-        steps[0] = starts
-    # Only walkers still moving are stepped (most stop within a few steps on a sparse
-    # graph); they stay in walker order, so the draws match stepping every walker.
-    walker, cur = np.arange(len(starts)), starts
-    for t in range(1, length):
-        has = a.indptr[cur + 1] > a.indptr[cur]
-        walker, row = walker[has], cur[has]
-        target = before[row] + rng.random(len(row)) * (cum[a.indptr[row + 1] - 1] - before[row])
-        pos = np.searchsorted(cum, target, side="right")
-        cur = a.indices[np.minimum(pos, a.indptr[row + 1] - 1)]
-        steps[t, walker] = cur
-    return steps.T                                              # (W, T)
 
 
 def cooccurrence(walks: np.ndarray, window: int, v: int) -> sp.csr_array:

@@ -16,6 +16,7 @@ from transformers import LlamaConfig
 
 from compiler.types import LEXICON, SPECIAL_TOKENS, Compiled
 from compiler.vocab import save_tokenizer
+from graph.checkpoint import COMPILE_RECORD
 
 WEIGHTS = "model.safetensors"
 PROVENANCE = "provenance.safetensors"
@@ -107,5 +108,5 @@ def pack_llama(c: Compiled, out: Path, tensors: dict[str, np.ndarray]) -> dict:
                     for n, x in sorted(tensors.items())},
         "timings": c.timings,
     }
-    (out / "compile.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    (out / COMPILE_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record

@@ -52,6 +52,7 @@ from safetensors import safe_open
 from compiler.types import SPECIAL_TOKENS
 from graph import ids, sql
 from graph import semcons as graph_semcons
+from graph.checkpoint import COMPILE_RECORD
 from graph.errors import GraftError
 from graph.snapshot import adjacency, get_snapshot, snapshot_links
 from graph.store import Store
@@ -84,12 +85,12 @@ class Trace:
 
     def __init__(self, store: Store, out: Path):
         out = Path(out)
-        missing = [n for n in ("compile.json", "particles.json", WEIGHTS, PROVENANCE)
+        missing = [n for n in (COMPILE_RECORD, "particles.json", WEIGHTS, PROVENANCE)
                    if not (out / n).exists()]
         if missing:
             raise GraftError(f"{out}: missing {', '.join(missing)}; is this a graft checkpoint?")
         self.store, self.out = store, out
-        self.record = json.loads((out / "compile.json").read_text())
+        self.record = json.loads((out / COMPILE_RECORD).read_text())
         try:
             self.snap = get_snapshot(store, self.record["snapshot"])
         except GraftError as exc:

@@ -13,8 +13,7 @@ import scipy.sparse as sp
 
 from graph.errors import GraftError
 
-SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
-LEXICON = "lexicon.json"  # in a checkpoint: per particle, its name then aliases (text → particles)
+from graph.checkpoint import LEXICON, SPECIAL_TOKENS  # noqa: F401  (re-exported for the passes)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from safetensors import safe_open
 
 from compiler import certificate, pack
 from compiler.types import CompileConfig
+from graph.checkpoint import COMPILE_RECORD
 from graph.errors import GraftError
 from graph.snapshot import get_snapshot
 from graph.store import Store
@@ -22,7 +23,7 @@ def verify_checkpoint(out: Path, store: Store | None = None) -> dict:
     recompiled with the recorded config, giving P-EMBED, P-ATTN and P-DET (the recompiled
     weights must equal the files byte for byte).
     """
-    record_path = out / "compile.json"
+    record_path = out / COMPILE_RECORD
     if not record_path.exists():
         raise GraftError(f"{out}: no compile.json; is this a graft checkpoint?")
     record = json.loads(record_path.read_text())
@@ -35,7 +36,7 @@ def verify_checkpoint(out: Path, store: Store | None = None) -> dict:
         from compiler.compile import compile_snapshot  # (import cycle)
         with tempfile.TemporaryDirectory(prefix="graft-verify-") as tmp:
             again = compile_snapshot(store, snap, Path(tmp), cfg)
-            fresh = json.loads((Path(tmp) / "compile.json").read_text())["tensors"]
+            fresh = json.loads((Path(tmp) / COMPILE_RECORD).read_text())["tensors"]
         differ = sorted(n for n, t in record["tensors"].items()
                         if fresh.get(n, {}).get("blake3") != t["blake3"])
         checks.update({"P-EMBED": again["P-EMBED"], "P-ATTN": again["P-ATTN"],

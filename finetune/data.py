@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from compiler.types import SPECIAL_TOKENS
+from graph.checkpoint import COMPILE_RECORD, SPECIAL_TOKENS
 
 PAD, IGNORE = 0, -100
 
@@ -106,7 +106,7 @@ def checkpoint_graph(store, model_dir: Path) -> sp.csr_array:
     from graph.errors import GraftError
     from graph.snapshot import adjacency, get_snapshot
     model_dir = Path(model_dir)
-    record = json.loads((model_dir / "compile.json").read_text())
+    record = json.loads((model_dir / COMPILE_RECORD).read_text())
     adj = adjacency(store, get_snapshot(store, record["snapshot"]))
     particles = json.loads((model_dir / "particles.json").read_text())
     if adj.index != particles:
@@ -117,7 +117,7 @@ def checkpoint_graph(store, model_dir: Path) -> sp.csr_array:
 
 def walk_rows(adj: sp.csr_array, n: int, length: int, seed: int) -> list[list[int]]:
     """`n`-ish seeded stake-weighted walks as token rows (walks shorter than 2 are dropped)."""
-    from compiler.mlp import random_walks
+    from graph.walks import random_walks
     out_deg = np.diff(adj.indptr) > 0
     per_node = max(1, -(-n // max(int(out_deg.sum()), 1)))
     walks = random_walks(adj, per_node, length, seed)

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from compiler.types import SPECIAL_TOKENS
+from graph.checkpoint import SPECIAL_TOKENS
 from finetune.data import batches
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.types import LEXICON, SPECIAL_TOKENS
+from graph.checkpoint import LEXICON, SPECIAL_TOKENS
 
 UNIT = re.compile(r"\w+|[^\w\s]")
 

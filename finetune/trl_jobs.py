@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from compiler.types import LEXICON
+from graph.checkpoint import LEXICON
 from graph.errors import GraftError
 from graph.formats import json_lines
 

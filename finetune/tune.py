@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compiler.types import LEXICON
+from graph.checkpoint import LEXICON
 from finetune import data, forgetting
 from finetune.text import Lexicon, corpus_sequences
 from graph.errors import GraftError
@@ -48,7 +48,7 @@ class TuneConfig:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     graph_links: int = 2000         # links sampled for graph fit
     seed: int = 0
-    threads: int = 1                # torch threads (see compiler.compile.torch_threads)
+    threads: int = 1                # torch threads (see graph.runtime.torch_threads)
 
     def __post_init__(self):
         from finetune.text import DOCS
@@ -140,7 +140,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 def tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig = TuneConfig(), store=None,
          say: Callable[[str], None] = lambda _: None, link_rows: list | None = None) -> dict:
     """Tune with `cfg.threads` torch threads; see `_tune`."""
-    from compiler.compile import torch_threads
+    from graph.runtime import torch_threads
     with torch_threads(cfg.threads):
         return _tune(model_dir, corpus, out, cfg, store, say, link_rows or [])
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from compiler.types import SPECIAL_TOKENS
+from graph.checkpoint import SPECIAL_TOKENS
 from finetune import data
 from finetune.forgetting import fit_scale
 from finetune.text import Lexicon

@@ -18,7 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from compiler import linalg, mlp
-from compiler.types import SPECIAL_TOKENS
+from graph.walks import random_walks
+from graph.checkpoint import SPECIAL_TOKENS
 from graph.errors import GraftError
 from graph.focus import compute_focus
 from loop.evaluate import EvalGraph, Scorer, checkpoint_positions
@@ -80,7 +81,7 @@ def adamic_adar(graph: EvalGraph, cfg: BaselineConfig) -> Scorer:
 
 def ppmi(graph: EvalGraph, cfg: BaselineConfig) -> Scorer:
     """Positive PMI of walk co-occurrence (the compiler's MLP statistic, compiler/mlp.py)."""
-    walks = mlp.random_walks(graph.adjacency, cfg.walks_per_node, cfg.walk_length, cfg.seed)
+    walks = random_walks(graph.adjacency, cfg.walks_per_node, cfg.walk_length, cfg.seed)
     m = mlp.positive_pmi(mlp.cooccurrence(walks, cfg.window, len(graph.index)))  # (P, P)
     return lambda sources: m[sources].toarray()
 

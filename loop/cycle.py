@@ -32,6 +32,7 @@ from pathlib import Path
 from compiler.types import CompileConfig
 from finetune.tune import TuneConfig
 from graph import sql_loop
+from graph.checkpoint import COMPILE_RECORD
 from graph.store import Store
 from loop.extract import ExtractConfig
 from loop.linkrows import LinkRowConfig, tune_model
@@ -119,7 +120,7 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
 def _missing(step: str, detail: dict, folder: Path) -> Path | None:
     """The output a recorded step left on disk that is no longer there (its --out folder
     deleted or moved), or None."""
-    wanted = {"compile": [folder / "model" / "compile.json"],
+    wanted = {"compile": [folder / "model" / COMPILE_RECORD],
               "tune": [folder / "adapter"],
               "fit": [Path(detail["ranker"])] if detail.get("ranker") else []}.get(step, [])
     return next((path for path in wanted if not path.exists()), None)
@@ -166,7 +167,7 @@ def _pinned(cfg: CompileConfig, first: Path) -> CompileConfig:
     and the approximation error of a d = 64 model is not comparable with a d = 178 one: the
     cycles would measure the architecture, not the links.
     """
-    used = json.loads((first / "compile.json").read_text())["arch"]["used"]
+    used = json.loads((first / COMPILE_RECORD).read_text())["arch"]["used"]
     return replace(cfg, d=cfg.d or used["d"], layers=cfg.layers or used["layers"])
 
 
@@ -174,7 +175,7 @@ def _compile(store: Store, snap_id: str, out: Path, cfg: CompileConfig, say) -> 
     from compiler.compile import compile_snapshot
     from graph.snapshot import get_snapshot
     cert = compile_snapshot(store, get_snapshot(store, snap_id), out, cfg)
-    used = json.loads((out / "compile.json").read_text())["arch"]["used"]
+    used = json.loads((out / COMPILE_RECORD).read_text())["arch"]["used"]
     return {"model": str(out), "certificate": bool(cert["pass"]), "d": used["d"],
             "layers": used["layers"]}
 
@@ -340,7 +341,7 @@ def recorded_model(row: dict, db: Path) -> Path | None:
     """The checkpoint a cycle's journal row names, as given or relative to the store's
     folder, when it is on disk."""
     for model in (Path(row["model"]), Path(db).parent / row["model"]):
-        if (model / "compile.json").exists():
+        if (model / COMPILE_RECORD).exists():
             return model
     return None
 

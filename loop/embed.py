@@ -74,7 +74,7 @@ def particle_embeddings(graph: EvalGraph, cache: Path | None = None, batch: int 
             or max_tokens is replaced.
         batch: texts per forward pass.
         max_tokens: wordpieces kept per text (longer texts are truncated), at most 512.
-        threads: torch intra-op threads for the pass (1: see compiler.compile.torch_threads).
+        threads: torch intra-op threads for the pass (1: see graph.runtime.torch_threads).
         say: progress messages.
 
     Returns:
@@ -119,7 +119,7 @@ def embed_texts(texts: Sequence[str], batch: int = 64, max_tokens: int = 128,
     from tqdm import tqdm
     from transformers import AutoModel, AutoTokenizer
 
-    from compiler.compile import torch_threads
+    from graph.runtime import torch_threads
 
     out = np.zeros((len(texts), DIM), dtype=np.float32)
     todo = [i for i, t in enumerate(texts) if t]

@@ -359,7 +359,7 @@ def model_scorer(model_dir: Path, index: list[str], adapter: Path | None = None)
     """
     import torch
 
-    from compiler.types import SPECIAL_TOKENS
+    from graph.checkpoint import SPECIAL_TOKENS
     from finetune.checkpoints import load_checked
     if not (Path(model_dir) / "config.json").exists():
         raise GraftError(f"{model_dir}: no config.json (not a checkpoint folder)")

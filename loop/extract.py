@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compiler.types import SPECIAL_TOKENS
+from graph.checkpoint import COMPILE_RECORD, SPECIAL_TOKENS
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class ExtractConfig:
     per_target: int = 5            # ... and per target (a hub would otherwise take them all)
     beta: float = 0.5              # without a ranker: the compiled belief's weight subtracted
     batch: int = 256               # sources per batch (fewer when the index is large)
-    threads: int = 1               # torch threads (see compiler.compile.torch_threads)
+    threads: int = 1               # torch threads (see graph.runtime.torch_threads)
     evidence_lines: int = 3        # corpus lines kept per proposal
     docs: str = "auto"             # the corpus's layout (finetune.text.corpus_documents)
 
@@ -120,7 +120,7 @@ def extract(store, model_dir: Path, cfg: ExtractConfig = ExtractConfig(),
     Returns:
         Proposals, best first.
     """
-    from compiler.compile import torch_threads
+    from graph.runtime import torch_threads
     with torch_threads(cfg.threads), torch.no_grad():
         return _extract(store, Path(model_dir), cfg, adapter, ranker, corpus, say, embed_cache)
 
@@ -178,7 +178,7 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     order = _capped(np.lexsort((dst, src, -vals)), dst, cfg.per_target, cfg.top_k)
     say(f"extract: {size} sources scored, {len(order)} proposals")
     heads = _proposal_heads(feats, src[order], dst[order])
-    semcons = json.loads((model_dir / "compile.json").read_text()).get("semcons", [])
+    semcons = json.loads((model_dir / COMPILE_RECORD).read_text()).get("semcons", [])
     lines = _corpus_lines(graph, corpus, src[order], dst[order], cfg.evidence_lines, cfg.docs)
     tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
     from loop.calibrate import apply

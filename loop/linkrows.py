@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.types import SPECIAL_TOKENS
+from graph.checkpoint import SPECIAL_TOKENS
 from finetune.text import Lexicon
 from loop.evaluate import EvalGraph, checkpoint_positions
 

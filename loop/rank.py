@@ -49,7 +49,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from compiler.types import SPECIAL_TOKENS
+from graph.checkpoint import SPECIAL_TOKENS
 from graph.errors import GraftError
 from loop.evaluate import EvalGraph, Scorer, checkpoint_positions
 
