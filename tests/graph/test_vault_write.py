@@ -255,3 +255,63 @@ def test_trace_shows_the_proposal_behind_a_written_link(tmp_path):
     assert f"proposal {proposal} of cycle 1: accepted by curator" in run.stdout
     assert "written into Tea.md (mention)" in run.stdout
     assert "vault" in run.stdout and "graft-extractor" in run.stdout   # both records
+
+
+@pytest.mark.parametrize("flavor", ["obsidian", "logseq"])
+def test_import_cycle_accept_apply_reimport(tmp_path, flavor):
+    """The whole trip with a real cycle: what the curator accepted comes back as the vault's
+    own links, and every note differs from before by link markup alone."""
+    import re
+    from tests.conftest import write_wiki
+    particles, links, _ = write_wiki(tmp_path, pages=40)
+    rows = [json.loads(line) for line in particles.read_text().splitlines()]
+    by_id = {r["particle"]: r["name"] for r in rows}
+    targets: dict[str, list[str]] = {}
+    for row in map(json.loads, links.read_text().splitlines()):
+        targets.setdefault(by_id[row["from"]], []).append(by_id[row["to"]])
+    files = {}
+    for r in rows:                   # pages link half their targets, name the rest plainly
+        text = r["text"]
+        for name in targets.get(r["name"], [])[::2]:
+            text = text.replace(f"see {name}.", f"see [[{name}]].")
+        files[f"{r['name']}.md"] = ("- " + text + "\n") if flavor == "logseq" else text + "\n"
+    folder = write(tmp_path, flavor, files)
+    before = snapshot_of(folder)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    db = tmp_path / "g.duckdb"
+
+    def graft(*args):
+        run = subprocess.run([sys.executable, "-m", "loop.cli", "--db", str(db), *args],
+                             cwd=REPO, env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stdout
+
+    graft("import", "vault", str(folder), "--flavor", flavor)
+    graft("cycle", "--cycles", "1", "--max-steps", "5", "--top-k", "30", "--d", "16",
+          "--layers", "1", "--curator", "--out", str(tmp_path / "out"))
+    with Store(db) as store:
+        ids = [i for (i,) in store.query("SELECT id FROM proposals ORDER BY score DESC, id "
+                                         "LIMIT 12")]
+        decide(store, accept=ids)
+        accepted = set(store.query("SELECT src, dst FROM proposals WHERE status = 'accepted'"))
+    out = json.loads(graft("vault", "apply", str(folder), "--flavor", flavor, "--json"))
+    written = sum(len(n["written"]) for n in out["notes"])
+    assert written > 0
+    after = snapshot_of(folder)
+
+    def plain(data: bytes) -> str:   # the text with link markup reduced to what it shows
+        text = data.decode()
+        text = re.sub(r"\[([^\[\]]*)\]\(\[\[[^\[\]]*\]\]\)", r"\1", text)
+        text = re.sub(r"\[\[[^\[\]|]*\|([^\[\]]*)\]\]", r"\1", text)
+        return re.sub(r"\[\[([^\[\]]*)\]\]", r"\1", text)
+
+    assert sum(after[k] != before[k] for k in before) == len({n["source"] for n in out["notes"]
+                                                              if n["written"]})
+    assert all(plain(after[k]) == plain(before[k]) for k in before)
+    graft("import", "vault", str(folder), "--flavor", flavor)
+    with Store(db, create=False, read_only=True) as store:
+        vault_links = set(store.query("SELECT src, dst FROM cyberlinks WHERE origin = 'ingest' "
+                                      "AND valence = 1"))
+        by_note = set(store.query("SELECT p.src, p.dst FROM vault_writes w JOIN proposals p "
+                                  "ON p.id = w.proposal"))
+    assert len(by_note) == written and by_note <= accepted and by_note <= vault_links
