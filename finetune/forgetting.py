@@ -7,6 +7,7 @@ import scipy.sparse as sp
 import torch
 
 from graph.checkpoint import SPECIAL_TOKENS
+from graph.runtime import device_of
 from finetune.data import batches
 
 
@@ -15,10 +16,11 @@ def text_loss(model, rows: list[list[int]], batch_size: int = 32, scale: float =
     """Mean next-token cross-entropy (nats per predicted token) over `rows`, of
     softmax(scale · logits)."""
     model.eval()
+    dev = device_of(model)
     total, count = 0.0, 0
     for b in batches(rows, batch_size):
-        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
-        target = b.labels[:, 1:]
+        logits = model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev)).logits
+        target = b.labels[:, 1:].to(dev)
         loss = torch.nn.functional.cross_entropy(
             scale * logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
             ignore_index=-100, reduction="sum")
@@ -61,12 +63,13 @@ def logits_of(model, rows: list[list[int]],
               batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, T) next-token logits and (N,) targets of every predicted position of `rows`."""
     model.eval()
+    dev = device_of(model)
     out, targets = [], []
     with torch.no_grad():
         for b in batches(rows, batch_size):
             keep = b.labels[:, 1:] != -100
-            out.append(model(input_ids=b.input_ids,
-                             attention_mask=b.attention_mask).logits[:, :-1][keep].float())
+            out.append(model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(
+                dev)).logits[:, :-1][keep.to(dev)].float().cpu())
             targets.append(b.labels[:, 1:][keep])
     return torch.cat(out), torch.cat(targets)
 
@@ -91,8 +94,8 @@ def graph_fit(model, adj: sp.csr_array, pairs: np.ndarray, batch_size: int = 256
     ranks = []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
-        ids = torch.as_tensor(chunk[:, :1] + offset)
-        logits = model(input_ids=ids).logits[:, -1, offset:].float()      # (B, V)
+        ids = torch.as_tensor(chunk[:, :1] + offset).to(device_of(model))
+        logits = model(input_ids=ids).logits[:, -1, offset:].float().cpu()  # (B, V)
         target = logits[torch.arange(len(chunk)), torch.as_tensor(chunk[:, 1])]
         above = (logits > target[:, None]).sum(1)
         for j, (p, q) in enumerate(chunk):                                # filter known links

@@ -95,8 +95,12 @@ def preference_pairs(decisions: Iterable[dict]) -> list[dict]:
 def train(kind: str, model_dir: Path, data_path: Path, out: Path, *, method: str = "lora",
           max_steps: int | None = None, epochs: float = 1.0, lr: float | None = None,
           batch_size: int = 4, beta: float = 0.1, rank: int = 8, alpha: int = 16,
-          seed: int = 0, say: Callable[[str], None] = lambda _: None) -> dict:
-    """Run TRL's SFT, DPO or reward trainer; the adapter or model is saved to `out`."""
+          seed: int = 0, device: str = "auto",
+          say: Callable[[str], None] = lambda _: None) -> dict:
+    """Run TRL's SFT, DPO or reward trainer on `device` (auto: CUDA when torch sees it);
+    the adapter or model is saved to `out`."""
+    from graph.runtime import resolve_device
+    device = resolve_device(device)
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer
@@ -113,7 +117,9 @@ def train(kind: str, model_dir: Path, data_path: Path, out: Path, *, method: str
         tok.pad_token = tok.eos_token
     model = _model(kind, model_dir, tok)
     torch.set_flush_denormal(True)
-    common = dict(output_dir=str(out), use_cpu=True, bf16=False, fp16=False, report_to="none",
+    # fp32 everywhere (TRL defaults to bf16); on CUDA the trainer places the model itself
+    common = dict(output_dir=str(out), use_cpu=device == "cpu", bf16=False, fp16=False,
+                  report_to="none",
                   save_strategy="no", logging_steps=1, seed=seed, data_seed=seed,
                   per_device_train_batch_size=batch_size, num_train_epochs=epochs,
                   max_steps=max_steps if max_steps else -1, disable_tqdm=False,
@@ -130,7 +136,8 @@ def train(kind: str, model_dir: Path, data_path: Path, out: Path, *, method: str
             (out / name).write_bytes((model_dir / name).read_bytes())
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     record = {"kind": kind, "model": str(model_dir.resolve()), "data": str(Path(data_path)),
-              "method": method, "rows": len(rows), "steps": trainer.state.global_step,
+              "method": method, "device": device, "rows": len(rows),
+              "steps": trainer.state.global_step,
               "first_loss": losses[0] if losses else None,
               "last_loss": losses[-1] if losses else None,
               "train_seconds": round(result.metrics.get("train_runtime", 0.0), 3)}

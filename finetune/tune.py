@@ -49,6 +49,7 @@ class TuneConfig:
     graph_links: int = 2000         # links sampled for graph fit
     seed: int = 0
     threads: int = 1                # torch threads (see graph.runtime.torch_threads)
+    device: str = "auto"            # auto (CUDA when torch sees it), cpu, cuda[:N]
 
     def __post_init__(self):
         from finetune.text import DOCS
@@ -69,12 +70,17 @@ class TuneConfig:
 
 
 def load_for_tuning(model_dir: Path, cfg: TuneConfig):
-    """The model with what `cfg.method` trains made trainable (peft for lora/qlora)."""
+    """The model with what `cfg.method` trains made trainable (peft for lora/qlora), on
+    cfg.device."""
     from finetune.checkpoints import load_checked
+    from graph.runtime import resolve_device
+    device = resolve_device(cfg.device)
     kwargs = {}
     if cfg.method == "qlora":
-        kwargs = {"quantization_config": _four_bit(), "device_map": {"": "cpu"}}
+        kwargs = {"quantization_config": _four_bit(), "device_map": {"": device}}
     model = load_checked(model_dir, dtype=torch.float32, **kwargs)
+    if cfg.method != "qlora":
+        model = model.to(device)
     if cfg.method == "full":
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -244,6 +250,7 @@ def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, say) ->
     from tqdm import tqdm
     rng = np.random.default_rng(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     per_epoch = -(-len(rows) // cfg.batch_size)
     total = cfg.max_steps or per_epoch * cfg.epochs
@@ -264,7 +271,7 @@ def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, say) ->
             batch = data.collate(chunk)
             model.train()
             start = time.perf_counter()
-            loss = model(**batch.as_kwargs()).loss
+            loss = model(**{k: v.to(device) for k, v in batch.as_kwargs().items()}).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -300,7 +307,10 @@ def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, say) ->
     return {"curve": curve, "steps": step, "stopped": stopped, "best_step": best_step,
             "best_heldout_loss": float(best), "train_tokens": tokens,
             "train_seconds": round(train_seconds, 3),
-            "tokens_per_second": round(tokens / train_seconds, 1) if train_seconds else 0.0}
+            "tokens_per_second": round(tokens / train_seconds, 1) if train_seconds else 0.0,
+            "device": str(device),
+            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else "cpu")}
 
 
 def _trainable_state(model) -> dict:

@@ -60,7 +60,8 @@ def approximation_error(model_dir: Path, reference_dir: Path, corpus: Path,
         from graph.errors import GraftError
         raise GraftError(f"{corpus}: too little matched text to measure the approximation "
                          "error")
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    from graph.runtime import resolve_device
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(resolve_device(cfg.device))
     model.eval()
     mapping = (to_model, to_column, columns)
     fit_logits, fit_targets, _, _ = _scored(model, scale_rows(train_rows, len(columns), cfg.seed),
@@ -70,7 +71,7 @@ def approximation_error(model_dir: Path, reference_dir: Path, corpus: Path,
     ce, _, first, dropped = _scored(model, held, held_first, mapping, batch_size, scale)
     mean = lambda x: round(float(x.mean()), 6) if len(x) else None  # noqa: E731
     starts = [row[0] for row, f in zip(held, held_first) if f and len(row) > 1]
-    kl = (first_kl(Path(model_dir), Path(adapter), starts, mapping, batch_size)
+    kl = (first_kl(Path(model_dir), Path(adapter), starts, mapping, batch_size, cfg.device)
           if adapter is not None else None)
     return {"error": mean(ce), "first": mean(ce[first]), "rest": mean(ce[~first]),
             "scale": round(scale, 6), "tokens": len(ce), "first_tokens": int(first.sum()),
@@ -79,7 +80,7 @@ def approximation_error(model_dir: Path, reference_dir: Path, corpus: Path,
 
 @torch.no_grad()
 def first_kl(model_dir: Path, adapter: Path, starts: list[int], mapping,
-             batch_size: int = 256) -> float | None:
+             batch_size: int = 256, device: str = "auto") -> float | None:
     """Mean KL(tuned ‖ compiled) of the next particle after each held-out document's first
     particle (reference tokens `starts`), over the reference columns, both models as they
     are (`model_dir` + `adapter` against `model_dir`)."""
@@ -87,13 +88,16 @@ def first_kl(model_dir: Path, adapter: Path, starts: list[int], mapping,
     to_model, _, columns = mapping
     if not starts:
         return None
-    tuned, switch_off = load_pair(model_dir, adapter)
+    from graph.runtime import device_of
+    tuned, switch_off = load_pair(model_dir, adapter, device)
+    dev = device_of(tuned)
     total = 0.0
     for i in range(0, len(starts), batch_size):
-        ids = to_model[torch.tensor(starts[i:i + batch_size])][:, None]           # (B, 1)
-        t = torch.log_softmax(tuned(input_ids=ids).logits[:, -1, columns].float(), -1)
+        ids = to_model[torch.tensor(starts[i:i + batch_size])][:, None].to(dev)   # (B, 1)
+        t = torch.log_softmax(tuned(input_ids=ids).logits[:, -1].cpu()[:, columns].float(), -1)
         with switch_off():
-            c = torch.log_softmax(tuned(input_ids=ids).logits[:, -1, columns].float(), -1)
+            c = torch.log_softmax(tuned(input_ids=ids).logits[:, -1].cpu()[:, columns].float(),
+                                  -1)
         total += float((t.exp() * (t - c)).sum())
     return round(total / len(starts), 6)
 
@@ -109,8 +113,9 @@ def _scored(model, rows: list[list[int]], row_first: list[bool] | None, mapping,
     out, targets, first, dropped = [], [], [], 0
     for i in range(0, len(rows), batch_size):
         b = data.collate(rows[i:i + batch_size])
-        logits = model(input_ids=to_model[b.input_ids],
-                       attention_mask=b.attention_mask).logits[:, :-1]
+        dev = next(model.parameters()).device
+        logits = model(input_ids=to_model[b.input_ids].to(dev),
+                       attention_mask=b.attention_mask.to(dev)).logits[:, :-1].cpu()
         labels = b.labels[:, 1:]
         target = torch.where(labels >= 0, to_column[labels.clamp(min=0)], -1)
         dropped += int(((labels >= 0) & (target < 0)).sum())

@@ -28,7 +28,8 @@ def cmd_eval(args, say, emit) -> None:
             from loop.rank import Features, Ranker, ranker_scorer
             cache = (args.cycle_folder.parent / "embeddings.safetensors"
                      if args.cycle_folder else None)
-            features = Features(graph, Path(args.model), adapter, embed_cache=cache)
+            features = Features(graph, Path(args.model), adapter, embed_cache=cache,
+                                device=args.device)
             scorers[name] = ranker_scorer(features, Ranker.load(Path(args.ranker)))
             if adapter is not None:           # the tuned model alone, as the cycle scores it
                 scorers["graft_lm"] = ranker_scorer(features,
@@ -36,7 +37,8 @@ def cmd_eval(args, say, emit) -> None:
                 continue
             name = "graft_lm"                 # and the model's own logits beside it
         if name in ("graft", "graft_lm"):
-            scorers[name] = evaluate.model_scorer(Path(args.model), graph.index, adapter)
+            scorers[name] = evaluate.model_scorer(Path(args.model), graph.index, adapter,
+                                                  args.device)
         else:
             scorers[name] = baselines.BASELINES[name](graph, cfg)
     say(f"ranking {len(queries.pairs)} held-out links among {len(graph.index)} particles")
@@ -92,11 +94,11 @@ def _ablation(args, graph, queries, say) -> dict:
             fold_graph = evaluate.load_graph(fs)
         pairs = hidden_positions(fold_graph, fold)
         adapter = fold / "adapter" if (fold / "adapter").exists() else None
-        fq = fit_queries(Features(fold_graph, fold / "model", adapter, embed_cache=cache),
-                         fold_graph.known, pairs, say=say)
+        fq = fit_queries(Features(fold_graph, fold / "model", adapter, embed_cache=cache,
+                                  device=args.device), fold_graph.known, pairs, say=say)
         rankers = ablate.fit_subsets(fq, say=say)
     adapter = Path(args.adapter) if args.adapter else None
-    features = Features(graph, Path(args.model), adapter, embed_cache=cache)
+    features = Features(graph, Path(args.model), adapter, embed_cache=cache, device=args.device)
     return ablate.rank_holdout(graph, queries, features, rankers)
 
 
@@ -152,6 +154,8 @@ def add_commands(command) -> None:
     p.add_argument("--spectral-d", type=int, default=64, help="SVD rank without --model")
     p.add_argument("--kge-model", default="TransE", help="the PyKEEN model of the pykeen method")
     p.add_argument("--kge-epochs", type=int, default=20)
+    p.add_argument("--device", default="auto", help="where the models run: auto (CUDA when "
+                   "torch sees a GPU, else the CPU), cpu, or cuda[:N]")
 
     p = command("split-holdout", cmd_split, "hold out a seeded share of a links file")
     p.add_argument("links", metavar="LINKS", help="links JSONL")

@@ -5,6 +5,9 @@ from pathlib import Path
 
 from graph.store import Store
 
+DEVICE_HELP = ("where the models run: auto (CUDA when torch sees a GPU, else the CPU), cpu, "
+               "cuda[:N]")
+
 
 def cmd_extract(args, say, emit) -> None:
     from finetune.checkpoints import require_adapter
@@ -15,7 +18,7 @@ def cmd_extract(args, say, emit) -> None:
     require_adapter(adapter)
     ranker = Ranker.load(Path(args.ranker)) if args.ranker else None
     cfg = ExtractConfig(top_k=args.top_k, per_source=args.per_source,
-                        per_target=args.per_target, beta=args.beta)
+                        per_target=args.per_target, beta=args.beta, device=args.device)
     with Store(args.db) as store:
         proposals = extract(store, Path(args.model), cfg, adapter=adapter, ranker=ranker,
                             corpus=Path(args.corpus) if args.corpus else None, say=say)
@@ -65,9 +68,10 @@ def cmd_cycle(args, say, emit) -> None:
                       compile=CompileConfig(d=args.d, layers=args.layers,
                                             check_determinism=False),
                       tune=TuneConfig(method=args.method, lr=args.lr, max_steps=args.max_steps,
-                                      docs=args.docs,
+                                      docs=args.docs, device=args.device,
                                       replay=args.replay, link_rows=args.link_rows),
-                      extract=ExtractConfig(top_k=args.top_k, beta=args.beta, docs=args.docs),
+                      extract=ExtractConfig(top_k=args.top_k, beta=args.beta, docs=args.docs,
+                                            device=args.device),
                       fold=args.fold,
                       ranker_kind=args.ranker_kind, fold_token=args.fold_token,
                       fold_inverse=args.fold_inverse, fold_pages=args.fold_pages,
@@ -88,7 +92,7 @@ def cmd_suggest(args, say, emit) -> None:
         raise GraftError(f"{path}: cannot read the note ({exc})") from None
     with Store(args.db, create=False, read_only=True) as store:
         result = suggest(store, Path(args.db), args.name or path.stem, markdown, args.flavor,
-                         args.cycle, args.top)
+                         args.cycle, args.top, args.device)
     emit(result, format_suggestions(result))
 
 
@@ -115,6 +119,7 @@ def add_commands(command) -> None:
     p.add_argument("--beta", type=float, default=0.5,
                    help="without --ranker: score = log P_tuned − β·log P_compiled")
     p.add_argument("--cycle", type=int, default=0, help="the cycle these proposals belong to")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     p = command("review", cmd_review, "list proposals, accept or reject them; accepted ones "
                 "are staked as cyberlinks")
@@ -154,6 +159,7 @@ def add_commands(command) -> None:
     p.add_argument("--curator", action="store_true", help="accept nothing: leave the proposals "
                    "pending for a curator (`graft review`, the workbench); the next cycle "
                    "compiles what they accepted and fits its ranker on their decisions")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (tuning, extraction, eval)")
     p.add_argument("--hard-negative", type=float, default=1.0, metavar="X", help="in the "
                    "ranker's fit a curator-rejected candidate counts as X candidates "
                    "(1: like any other)")
@@ -193,6 +199,7 @@ def add_commands(command) -> None:
     p.add_argument("--cycle", type=int, help="the cycle whose model and ranker score it "
                    "(default: the latest)")
     p.add_argument("--top", type=int, default=10)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     p = command("report", cmd_report, "write the cycles' HTML report")
     p.add_argument("--out", default="cycles/report.html", metavar="FILE")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from graph.store import Store
 
+DEVICE_HELP = "auto (CUDA when torch sees a GPU, else the CPU), cpu, or cuda[:N]"
+
 
 def cmd_tune(args, say, emit) -> None:
     from finetune.tune import TuneConfig, tune
@@ -13,7 +15,7 @@ def cmd_tune(args, say, emit) -> None:
                      replay=args.replay, rank=args.rank, alpha=args.alpha,
                      targets=tuple(args.targets.split(",")), patience=args.patience,
                      eval_every=args.eval_every, seed=args.seed, threads=args.threads,
-                     docs=args.docs)
+                     docs=args.docs, device=args.device)
     store = Store(args.db, create=False, read_only=True) if Path(args.db).exists() else None
     if store is None:
         say(f"no store at {args.db}: graph fit is not measured")
@@ -27,7 +29,8 @@ def cmd_tune(args, say, emit) -> None:
 
 def format_tune(r: dict) -> str:
     lines = [f"{r['method']}: {r['steps']} steps ({r['stopped']} stop, best at step "
-             f"{r['best_step']}), {r['tokens_per_second']:.0f} tokens/s",
+             f"{r['best_step']}), {r['tokens_per_second']:.0f} tokens/s on "
+             f"{r.get('device_name', 'cpu')}",
              f"coverage: {r['coverage']['share']:.1%} of words, {r['coverage']['particles']} "
              f"particles, {r['coverage']['sequences']} sequences",
              f"{'':<8} {'held-out loss':>14} {'graph MRR':>10} {'graph Hits@10':>14}"]
@@ -51,7 +54,7 @@ def cmd_trl(args, say, emit) -> None:
     record = train(args.command, Path(args.model), Path(args.data), Path(args.out),
                    method=args.method, max_steps=args.max_steps, epochs=args.epochs,
                    lr=args.lr, batch_size=args.batch_size, beta=getattr(args, "beta", 0.1),
-                   seed=args.seed, say=say)
+                   seed=args.seed, device=args.device, say=say)
     emit(record, f"{record['kind']} ({record['method']}): {record['steps']} steps on "
                  f"{record['rows']} rows, loss {record['first_loss']:.4f} → "
                  f"{record['last_loss']:.4f}; saved to {args.out}")
@@ -88,6 +91,7 @@ def add_commands(command) -> None:
     p.add_argument("--patience", type=int, default=4, help="evaluations without improvement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: see README)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     p = command("merge", cmd_merge, "merge a LoRA adapter into a plain checkpoint")
     p.add_argument("adapter", metavar="ADAPTER")
@@ -107,6 +111,7 @@ def add_commands(command) -> None:
         p.add_argument("--lr", type=float, help="default 2e-4 LoRA, 1e-5 full")
         p.add_argument("--batch-size", type=int, default=4)
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto", help=DEVICE_HELP)
         if kind == "dpo":
             p.add_argument("--beta", type=float, default=0.1)
 

@@ -114,7 +114,8 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
     step("review", lambda: _review(store, n, cfg.auto_accept, cfg.holdout,
                                    cfg.accept_precision if ranker else None))
     if cfg.holdout is not None:
-        step("eval", lambda: _eval(store, folder, ranker, cfg.holdout, cfg.embed_cache))
+        step("eval", lambda: _eval(store, folder, ranker, cfg.holdout, cfg.embed_cache,
+                                   cfg.extract.device))
 
 
 def _missing(step: str, detail: dict, folder: Path) -> Path | None:
@@ -239,7 +240,8 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
         known = not_candidates(graph, fs)
     save_hidden(fold, hidden)
     pairs = hidden_positions(graph, fold)
-    features = Features(graph, fold / "model", fold / "adapter", embed_cache=cfg.embed_cache)
+    features = Features(graph, fold / "model", fold / "adapter", embed_cache=cfg.embed_cache,
+                        device=cfg.extract.device)
     queries = fit_queries(features, known, pairs, seed=cfg.fold_seed + n, say=say,
                           hard=positions(graph, rejected), hard_weight=cfg.hard_negative)
     ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=cfg.fold_seed + n, say=say)
@@ -296,7 +298,7 @@ def _review(store: Store, n: int, k: int, holdout: Path | None,
 
 
 def _eval(store: Store, folder: Path, ranker: Path | None, holdout: Path,
-          embed_cache: Path | None = None) -> dict:
+          embed_cache: Path | None = None, device: str = "auto") -> dict:
     """graft (the extractor's ranker over this cycle's models), graft_lm (the tuned model
     alone: loop/rank.py Features.lm_feature), unlinked mentions (what Obsidian and Logseq
     show, over this cycle's graph) and, when the fit step saved them, the ablation rankers
@@ -308,7 +310,7 @@ def _eval(store: Store, folder: Path, ranker: Path | None, holdout: Path,
     graph = evaluate.load_graph(store)
     queries = evaluate.select_queries(graph, evaluate.read_holdout(holdout))
     fitted = Ranker.load(ranker) if ranker else lift_ranker(0.5, True)
-    features = Features(graph, model, adapter, embed_cache=embed_cache)
+    features = Features(graph, model, adapter, embed_cache=embed_cache, device=device)
     scorers = {"graft": ranker_scorer(features, fitted),
                "graft_lm": ranker_scorer(features, Ranker((features.lm_feature,), (1.0,))),
                "mentions": baselines.mentions(graph, baselines.BaselineConfig())}

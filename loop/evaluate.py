@@ -343,7 +343,8 @@ def checkpoint_positions(model_dir: Path, index: list[str]) -> np.ndarray:
     return np.array([order.get(p, -1) for p in index], dtype=np.int64)
 
 
-def model_scorer(model_dir: Path, index: list[str], adapter: Path | None = None) -> Scorer:
+def model_scorer(model_dir: Path, index: list[str], adapter: Path | None = None,
+                 device: str = "auto") -> Scorer:
     """Next-particle logits of a checkpoint after the one-token prompt [p].
 
     Checkpoint token 4 + i is particle particles.json[i]; store particles the checkpoint
@@ -353,11 +354,14 @@ def model_scorer(model_dir: Path, index: list[str], adapter: Path | None = None)
         model_dir: a graft-compiled (or tuned, merged) checkpoint folder.
         index: the store's particle index (EvalGraph.index).
         adapter: a peft LoRA adapter folder to apply on top, or None.
+        device: where the model runs (graph.runtime.resolve_device).
 
     Returns:
         A Scorer over `index`.
     """
     import torch
+
+    from graph.runtime import resolve_device
 
     from graph.checkpoint import SPECIAL_TOKENS
     from finetune.checkpoints import load_checked
@@ -369,7 +373,8 @@ def model_scorer(model_dir: Path, index: list[str], adapter: Path | None = None)
         from finetune.checkpoints import require_adapter
         require_adapter(adapter)
         model = PeftModel.from_pretrained(model, str(adapter))
-    model.eval()
+    device = resolve_device(device)
+    model = model.to(device).eval()
     offset = len(SPECIAL_TOKENS)
     ckpt = checkpoint_positions(model_dir, index)                          # (P,)
     have = np.flatnonzero(ckpt >= 0)                                       # positions it knows
@@ -378,9 +383,9 @@ def model_scorer(model_dir: Path, index: list[str], adapter: Path | None = None)
         out = np.full((len(sources), len(index)), -np.inf, dtype=np.float32)   # (S, P)
         ok = np.flatnonzero(ckpt[sources] >= 0)
         if len(ok):
-            ids = torch.as_tensor(ckpt[sources[ok]] + offset)[:, None]          # (S', 1)
+            ids = torch.as_tensor(ckpt[sources[ok]] + offset)[:, None].to(device)  # (S', 1)
             with torch.no_grad():
-                logits = model(input_ids=ids).logits[:, -1].float().numpy()     # (S', T)
+                logits = model(input_ids=ids).logits[:, -1].float().cpu().numpy()  # (S', T)
             out[ok[:, None], have[None, :]] = logits[:, offset + ckpt[have]]
         return out
 

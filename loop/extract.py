@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from graph.checkpoint import COMPILE_RECORD, SPECIAL_TOKENS
+from graph.runtime import device_of
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class ExtractConfig:
     threads: int = 1               # torch threads (see graph.runtime.torch_threads)
     evidence_lines: int = 3        # corpus lines kept per proposal
     docs: str = "auto"             # the corpus's layout (finetune.text.corpus_documents)
+    device: str = "auto"           # where the models run: auto (CUDA when seen), cpu, cuda[:N]
 
 
 @dataclass(frozen=True)
@@ -66,20 +68,23 @@ class Proposal:
     evidence: dict
 
 
-def load_pair(model_dir: Path, adapter: Path | None):
-    """The tuned model (compiled + adapter, or a merged/tuned folder) and a context that
-    switches it back to the compiled model (the adapter disabled), or None without one."""
+def load_pair(model_dir: Path, adapter: Path | None, device: str = "auto"):
+    """The tuned model (compiled + adapter, or a merged/tuned folder) on `device` and a
+    context that switches it back to the compiled model (the adapter disabled), or None
+    without one."""
     from finetune.checkpoints import load_checked
-    base = load_checked(model_dir, dtype=torch.float32).eval()
+    from graph.runtime import resolve_device
+    device = resolve_device(device)
+    base = load_checked(model_dir, dtype=torch.float32).to(device).eval()
     if adapter is None:
         return base, None
     if not (Path(adapter) / "adapter_config.json").exists():
         # a fully tuned model (`--method full`): the compiled weights are swapped in instead
-        tuned = load_checked(Path(adapter), dtype=torch.float32).eval()
+        tuned = load_checked(Path(adapter), dtype=torch.float32).to(device).eval()
         compiled = {k: v.detach().clone() for k, v in base.state_dict().items()}
         return tuned, lambda: _weights(tuned, compiled)
     from peft import PeftModel
-    tuned = PeftModel.from_pretrained(base, str(adapter)).eval()
+    tuned = PeftModel.from_pretrained(base, str(adapter)).to(device).eval()
     return tuned, tuned.disable_adapter
 
 
@@ -131,7 +136,7 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     from loop.rank import Features
     torch.set_flush_denormal(True)                # tiny singular values: ~20× (DESIGN §7)
     graph = load_graph(store)
-    feats = Features(graph, model_dir, adapter, embed_cache=embed_cache)
+    feats = Features(graph, model_dir, adapter, embed_cache=embed_cache, device=cfg.device)
     ranker = ranker or lift_ranker(cfg.beta, adapter is not None)
     pos = graph.position()
     size = len(graph.index)
@@ -245,11 +250,12 @@ def _qk_scores(model, src_ids, dst_ids) -> np.ndarray:
     dh = getattr(cfg, "head_dim", None) or cfg.hidden_size // h
     layer = base.model.layers[0]
     embed = base.get_input_embeddings()
-    xp = layer.input_layernorm(embed(torch.as_tensor(src_ids)))                   # (n, d)
-    xq = layer.input_layernorm(embed(torch.as_tensor(dst_ids)))
+    dev = device_of(base)
+    xp = layer.input_layernorm(embed(torch.as_tensor(src_ids).to(dev)))          # (n, d)
+    xq = layer.input_layernorm(embed(torch.as_tensor(dst_ids).to(dev)))
     q = layer.self_attn.q_proj(xp).reshape(len(src_ids), h, dh)                    # (n, h, dh)
     k = layer.self_attn.k_proj(xq).reshape(len(dst_ids), kv, dh).repeat_interleave(h // kv, 1)
-    return ((q * k).sum(-1) / dh ** 0.5).float().numpy().astype(np.float64)
+    return ((q * k).sum(-1) / dh ** 0.5).float().cpu().numpy().astype(np.float64)
 
 
 def _head_deltas(tuned, switch_off, src_ids, dst_ids) -> np.ndarray:
@@ -278,7 +284,7 @@ def _head_logits(model, src_ids, dst_ids, context) -> np.ndarray:
         lambda mod, args, out: final.append(args[0][:, -1].detach())))
     with context():
         try:
-            model(input_ids=torch.as_tensor(src_ids)[:, None])
+            model(input_ids=torch.as_tensor(src_ids)[:, None].to(device_of(base)))
         finally:
             for hook in hooks:              # before calling o_proj again below
                 hook.remove()
@@ -287,13 +293,14 @@ def _head_logits(model, src_ids, dst_ids, context) -> np.ndarray:
         norm = base.model.norm
         eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
         factor = norm.weight[None] * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        target = base.lm_head.weight[torch.as_tensor(dst_ids)] * factor               # (n, d)
-        heads = torch.zeros(n, h)
-        eye = torch.eye(h).repeat_interleave(dh, dim=1)                             # (h, h·dh)
+        dev = x.device
+        target = base.lm_head.weight[torch.as_tensor(dst_ids).to(dev)] * factor       # (n, d)
+        heads = torch.zeros(n, h, device=dev)
+        eye = torch.eye(h, device=dev).repeat_interleave(dh, dim=1)                 # (h, h·dh)
         for mod, a in captured:                                                     # (n, h·dh)
             parts = mod((a[:, None, :] * eye[None]).reshape(n * h, -1)).reshape(n, h, -1)
             heads += (parts * target[:, None, :]).sum(-1)
-    return heads.numpy().astype(np.float64)
+    return heads.cpu().numpy().astype(np.float64)
 
 
 def _corpus_lines(graph, corpus: Path | None, src, dst, keep: int, docs: str = "auto"

@@ -51,6 +51,7 @@ import torch
 
 from graph.checkpoint import SPECIAL_TOKENS
 from graph.errors import GraftError
+from graph.runtime import device_of
 from loop.evaluate import EvalGraph, Scorer, checkpoint_positions
 
 TEXT_FEATURES = ("mention", "mention_count", "back_mention", "indegree", "link_prob",
@@ -130,10 +131,12 @@ class Features:
         embed_cache: where the text embeddings of `embed_sim` are cached (loop/embed.py);
             None computes them in memory.
         embed: offer `embed_sim` (only when loop.embed.available()).
+        device: where the models run (graph.runtime.resolve_device); features come back as
+            numpy arrays on the CPU either way.
     """
 
     def __init__(self, graph: EvalGraph, model_dir: Path, adapter: Path | None = None,
-                 embed_cache: Path | None = None, embed: bool = True):
+                 embed_cache: Path | None = None, embed: bool = True, device: str = "auto"):
         from loop import embed as text_embed
         from loop.extract import load_pair
         from loop.textstats import text_stats
@@ -144,7 +147,8 @@ class Features:
         self.indegree = np.log1p(graph.link_indegree).astype(np.float32)      # (P,)
         self.ckpt = checkpoint_positions(model_dir, graph.index)             # (P,)
         self.have = np.flatnonzero(self.ckpt >= 0)
-        self.model, self.switch_off = load_pair(Path(model_dir), adapter)
+        self.model, self.switch_off = load_pair(Path(model_dir), adapter, device)
+        self.device = device_of(self.model)
         self.pages = None
         # the tuned model's own guess at p's next link: after p's link row when it was tuned
         # on link rows (loop/linkrows.py), else after [p] alone
@@ -161,8 +165,8 @@ class Features:
             self.pages = PageContexts(graph, Path(model_dir), LinkRowConfig.of_adapter(adapter))
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         offset = len(SPECIAL_TOKENS)
-        emb = base.get_input_embeddings().weight.detach().float()             # (T, d)
-        head = base.lm_head.weight.detach().float()                           # (T, d)
+        emb = base.get_input_embeddings().weight.detach().float().cpu()       # (T, d)
+        head = base.lm_head.weight.detach().float().cpu()                     # (T, d)
         self.embed = emb[offset:].numpy()                                     # by ckpt position
         self.head = head[offset + torch.as_tensor(self.ckpt[self.have])].numpy()
         self._embed_cache = embed_cache
@@ -250,9 +254,10 @@ class Features:
 
         def run(switch) -> Callable:
             def logits(rows: np.ndarray) -> np.ndarray:                       # (S',) ckpt rows
-                ids = torch.as_tensor(rows + offset)[:, None]                     # (S', 1)
+                ids = torch.as_tensor(rows + offset)[:, None].to(self.device)      # (S', 1)
                 with torch.no_grad(), switch():
-                    x = torch.log_softmax(self.model(input_ids=ids).logits[:, -1].float(), -1)
+                    x = torch.log_softmax(self.model(input_ids=ids).logits[:, -1].float(),
+                                          -1).cpu()
                 return x[:, offset + torch.as_tensor(self.ckpt[self.have])].numpy()  # (S', P')
             return logits
 
@@ -300,9 +305,10 @@ class Features:
                 ids[j, width - len(c):] = torch.tensor(c)
                 mask[j, width - len(c):] = 1
             with torch.no_grad():
-                logits = self.model(input_ids=ids, attention_mask=mask,
+                logits = self.model(input_ids=ids.to(self.device),
+                                    attention_mask=mask.to(self.device),
                                     logits_to_keep=1).logits[:, -1]                 # (B, T)
-            out.append(torch.log_softmax(logits.float(), -1)[:, cols].numpy())
+            out.append(torch.log_softmax(logits.float(), -1).cpu()[:, cols].numpy())
         return np.concatenate(out)
 
     def _spread(self, sources: np.ndarray, score: Callable[[np.ndarray], np.ndarray]

@@ -24,17 +24,21 @@ from graph.store import Store
 from graph.vault import normalise_name, read_vault
 
 
+NOTE_FILE = "graft-note.md"
+
+
 def read_note(name: str, markdown: str, flavor: str = "obsidian") -> tuple[str, list[str]]:
     """(its text as the importer keeps it, the names it links already) of one note."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:     # under a neutral file name: any `name`
         folder = Path(tmp) / ("pages" if flavor == "logseq" else "")
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{name}.md").write_text(markdown, encoding="utf-8")
+        (folder / NOTE_FILE).write_text(markdown, encoding="utf-8")
         vault = read_vault(Path(tmp), flavor, time=0)
-    own = normalise_name(name)
     names = {p["particle"]: p["name"] for p in vault.particles}
-    [page] = [p for p in vault.particles if p["name"] == own]
-    return page["text"], sorted(names[r["to"]] for r in vault.links)
+    [page] = [p for p in vault.particles if (p["source"] or "").endswith(NOTE_FILE)]
+    own = {normalise_name(name), normalise_name(name.rsplit("/", 1)[-1])}   # itself
+    return page["text"], sorted({names[r["to"]] for r in vault.links
+                                 if r["from"] == page["particle"]} - own)
 
 
 def with_note(graph, particle: str, name: str, text: str):
@@ -55,7 +59,7 @@ def with_note(graph, particle: str, name: str, text: str):
 
 
 def suggest(store: Store, db: Path, name: str, markdown: str, flavor: str = "obsidian",
-            cycle: int | None = None, top: int = 10) -> dict:
+            cycle: int | None = None, top: int = 10, device: str = "auto") -> dict:
     """The `top` proposals for the note `name` with body `markdown`: {"cycle", "particle",
     "in_store", "linked", "suggestions": [{dst, name, score, confidence, contributions,
     lines}]}, best first; particles the note links already, or a curator rejected for it,
@@ -85,7 +89,7 @@ def suggest(store: Store, db: Path, name: str, markdown: str, flavor: str = "obs
             cand[q] = False
     with torch.no_grad():
         feats = Features(graph, folder / "model", folder / "adapter",
-                         embed_cache=folder.parent / "embeddings.safetensors")
+                         embed_cache=folder.parent / "embeddings.safetensors", device=device)
         x = feats.block(np.array([p]), ranker.features)[0]                      # (P, F)
     score = np.where(cand, ranker.score(x[None])[0], -np.inf)                  # (P,)
     prob = np.exp(score - score.max())

@@ -142,3 +142,20 @@ def test_split_by_keys_keeps_documents_whatever_else_is_kept():
     kept = [i for i in range(200) if i % 3]
     _, held2 = split([docs[i] for i in kept], 0.1, 0, keys=[keys[i] for i in kept])
     assert held2 == [d for d in held if d[0] % 3]
+
+
+def test_device_is_resolved_and_recorded(compiled, tmp_path):
+    from graph.errors import GraftError
+    from graph.runtime import resolve_device
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(GraftError, match="expected auto, cpu, cuda"):
+        resolve_device("tpu")
+    record = tune(compiled / "ckpt", compiled / "related.txt", tmp_path / "cpu",
+                  TuneConfig(max_steps=2, eval_every=2, batch_size=4, holdout=0.25,
+                             device="cpu"))
+    assert (record["device"], record["device_name"]) == ("cpu", "cpu")
+    if not torch.cuda.is_available():                  # asked for, and absent: said, not CPU
+        with pytest.raises(GraftError, match="torch sees no CUDA device"):
+            tune(compiled / "ckpt", compiled / "related.txt", tmp_path / "cuda",
+                 TuneConfig(max_steps=2, batch_size=4, holdout=0.25, device="cuda"))

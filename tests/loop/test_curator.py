@@ -69,7 +69,8 @@ def curated(tmp_path_factory):
     for kind, path in (("particles", particles), ("links", links)):
         assert graft(root, "ingest", kind, str(path)).returncode == 0
     args = ["cycle", "--max-steps", "5", "--top-k", "200", "--d", "16", "--layers", "1",
-            "--curator", "--out", str(root / "out"), "--json", "--hard-negative", "4"]
+            "--curator", "--out", str(root / "out"), "--json", "--hard-negative", "4",
+            "--device", "cpu"]
     run = graft(root, *args, "--cycles", "1")
     assert run.returncode == 0, run.stderr[-3000:]
     with Store(root / "g.duckdb") as store:

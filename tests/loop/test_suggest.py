@@ -37,7 +37,7 @@ def test_a_new_note_gets_the_pages_it_names(wiki):
     assert "page03" not in names and "idea" not in names      # linked already; itself
     assert all(0 <= s["confidence"] <= 1 for s in out["suggestions"])
     assert out["suggestions"][0]["lines"] == ["Thinking about page07 and page11, after page03."]
-    text = graft(wiki, "suggest", str(note), "--top", "5")
+    text = graft(wiki, "suggest", str(note), "--top", "5", "--device", "cpu")
     assert text.returncode == 0 and "[[page07]]" in text.stdout
 
 
@@ -60,3 +60,11 @@ def test_a_stored_note_keeps_its_links_and_rejections_out(wiki):
         decide(store, reject=[i])
         again = suggest(store, wiki / "g.duckdb", "page00", text, top=10)
     assert top not in {s["dst"] for s in again["suggestions"]}
+
+
+def test_a_note_is_read_as_the_importer_reads_a_page_whatever_its_name():
+    from loop.suggest import read_note
+    text, linked = read_note("inbox/2024: idea?", "---\ntags: [x]\n---\nSee [[a/B]] and "
+                             "`code [[c]]`, #t and [[inbox/2024: idea?]].\n")
+    assert text == "See a/B and `code [[c]]`, t and inbox/2024: idea?."   # as imported
+    assert linked == ["b", "t", "x"]          # Obsidian links by the last part; not itself
