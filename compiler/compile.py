@@ -59,12 +59,20 @@ def compile_snapshot(store: Store, snap: Snapshot, out: Path, cfg: CompileConfig
             pi = compute_focus(vocab.adjacency).pi
         with timed("architecture"):
             arch = derive_arch(vocab.adjacency, pi, len(semcons.particles), cfg, seed)
-        compiled, tensors = _weights(vocab, semcons, pi, arch, cfg, seed, timed)
+        start, warm = None, None
+        if cfg.warm_start:
+            with timed("warm start"):
+                from compiler.warm import load_start
+                start, warm = load_start(Path(cfg.warm_start), vocab)
+        compiled, tensors = _weights(vocab, semcons, pi, arch, cfg, seed, timed, start)
         second = None
         if cfg.check_determinism:
             with timed("determinism"):
                 second = {n: pack.digest(x) for n, x in _weights(
-                    vocab, semcons, pi, arch, cfg, seed, None)[1].items()}
+                    vocab, semcons, pi, arch, cfg, seed, None, start)[1].items()}
+        if warm:
+            compiled = replace(compiled, embedding=replace(
+                compiled.embedding, stats={**compiled.embedding.stats, "warm_start": warm}))
         compiled = Compiled(**{**compiled.__dict__, "snapshot": snap.id, "timings": timings})
         with timed("pack"):
             record = pack.pack_llama(compiled, out, tensors)
@@ -82,11 +90,11 @@ def compile_snapshot(store: Store, snap: Snapshot, out: Path, cfg: CompileConfig
     })
 
 
-def _weights(vocab, semcons, pi, arch, cfg, seed, timed):
+def _weights(vocab, semcons, pi, arch, cfg, seed, timed, start=None):
     """The passes that make weights (run twice for P-DET)."""
     timed = timed or (lambda name: _null())
     with timed("embedding"):
-        emb = build_embedding(vocab, pi, arch, cfg, seed)
+        emb = build_embedding(vocab, pi, arch, cfg, seed, start)
     with timed("calibrate"):
         emb = calibrate(vocab, emb, cfg, seed)
     with timed("attention"):

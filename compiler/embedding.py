@@ -22,7 +22,7 @@ _CHUNK = 8192  # rows per in-place step: the temporaries stay small
 
 
 def build_embedding(vocab: Vocab, pi: np.ndarray, arch: Arch, cfg: CompileConfig,
-                    seed: int) -> Embedding:
+                    seed: int, start: np.ndarray | None = None) -> Embedding:
     """Factorise M (A, or diag(√π) A diag(√π) with cfg.focus_weighting) at rank arch.d.
 
     Args:
@@ -31,14 +31,17 @@ def build_embedding(vocab: Vocab, pi: np.ndarray, arch: Arch, cfg: CompileConfig
         arch: the architecture (d).
         cfg: randomized SVD accuracy, weighting, BLAS threads and workers.
         seed: from the snapshot id, so two compiles are identical.
+        start: (V, s) a warm start (compiler/warm.py): the SVD starts from it and takes
+            cfg.warm_power_iters power iterations instead of cfg.power_iters.
 
     Returns:
         Embedding with E, H (V, d) float32, σ, the fill mask, row scales and P-EMBED.
     """
     m = focus_weighted(vocab.adjacency, pi) if cfg.focus_weighting else vocab.adjacency
     u, s, vt = linalg.randomized_svd(m, arch.d, oversample=cfg.oversample,   # (V, d), (d,), (d, V)
-                                     power_iters=cfg.power_iters, seed=seed,
-                                     threads=cfg.threads, workers=cfg.workers)
+                                     power_iters=cfg.power_iters if start is None
+                                     else cfg.warm_power_iters, seed=seed,
+                                     threads=cfg.threads, workers=cfg.workers, start=start)
     root = np.sqrt(s).astype(np.float32)
     # In place: at Bostrom scale each (V, d) block is 3 GB, and E, H take over U's and V's.
     e = _scale_columns(u, root)                                 # (V, d) U√Σ

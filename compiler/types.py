@@ -29,6 +29,8 @@ class CompileConfig:
     focus_weighting: bool = False   # factorise diag(√π) A diag(√π) instead of A (see bench)
     power_iters: int = 4            # randomized SVD power iterations (accuracy vs time)
     oversample: int = 10            # randomized SVD oversampling
+    warm_start: str | None = None   # a previous checkpoint whose subspace starts the SVD
+    warm_power_iters: int = 1       # power iterations from a warm start
     attn_gain: float = 0.0          # compiled attention output scale (bench: any gain > 0 cost MRR)
     attn_temperature: float = 4.0   # largest attention logit the compiled QKᵀ can produce
     mlp_gain: float = 0.1           # scale of the compiled MLP output (bench: neutral-to-positive)
@@ -53,7 +55,8 @@ class CompileConfig:
                             "(HF Llama requires hidden_size % num_attention_heads == 0)")
         if self.d is not None and self.heads is not None and (self.d // self.heads) % 2:
             problems.append(f"head size d/heads={self.d // self.heads} is odd (RoPE needs even)")
-        if self.max_layers < 1 or self.power_iters < 0 or self.oversample < 0:
+        if (self.max_layers < 1 or self.power_iters < 0 or self.oversample < 0
+                or self.warm_power_iters < 0):
             problems.append(f"max_layers={self.max_layers}, power_iters={self.power_iters}, "
                             f"oversample={self.oversample} (expected >= 1, >= 0, >= 0)")
         if self.attn_gain < 0 or self.mlp_gain < 0 or self.attn_temperature <= 0:

@@ -108,7 +108,9 @@ def cmd_compile(args) -> None:
                         focus_weighting=args.focus_weighting, attn_gain=args.attn_gain,
                         mlp_gain=args.mlp_gain, threads=args.threads,
                         calibrate=not args.no_calibrate,
-                        check_determinism=not args.no_det_check)
+                        check_determinism=not args.no_det_check,
+                        warm_start=str(Path(args.warm_start).resolve()) if args.warm_start
+                        else None, warm_power_iters=args.warm_power_iters)
     with _open(args) as store:
         snap = (snapshot.get_snapshot(store, args.snapshot) if args.snapshot
                 else snapshot.take_snapshot(store))
@@ -231,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep logit scale 1 instead of fitting it to the links")
     p.add_argument("--no-det-check", action="store_true",
                    help="skip compiling the weights twice for P-DET")
+    p.add_argument("--warm-start", metavar="DIR", help="start the embedding SVD from this "
+                   "earlier checkpoint's subspace (after a few links changed)")
+    p.add_argument("--warm-power-iters", type=int, default=1, metavar="Q",
+                   help="power iterations from a warm start (default 1; cold: 4)")
 
     p = command("verify", cmd_verify, "recompute a checkpoint's certificate")
     p.add_argument("dir", metavar="DIR")

@@ -60,6 +60,7 @@ class CycleConfig:
     fold_pages: float = 0.0         # also hide all out-links of this share of linked pages
     link: LinkRowConfig = field(default_factory=LinkRowConfig)   # used when tune.link_rows > 0
     ranker_kind: str = "linear"     # linear, lgbm, or auto: the better on held-back fold sources
+    warm_start: bool = False        # compile from the previous cycle's subspace (compiler/warm.py)
     hard_negative: float = 1.0      # a curator-rejected candidate counts as this many in the fit
 
     @property
@@ -106,6 +107,9 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
     snap_id = step("snapshot", lambda: _snapshot(store))["snapshot"]
     first = cfg.out / "cycle-1" / "model"          # later cycles keep its d, depth and vocabulary
     compile_cfg = cfg.compile if n == 1 else _pinned(cfg.compile, first)
+    previous = cfg.out / f"cycle-{n - 1}" / "model"
+    if cfg.warm_start and n > 1 and (previous / COMPILE_RECORD).exists():
+        compile_cfg = replace(compile_cfg, warm_start=str(previous.resolve()))
     step("compile", lambda: _compile(store, snap_id, model, compile_cfg, say))
     step("tune", lambda: _tune(store, model, adapter, cfg, first, say))
     ranker = step("fit", lambda: _fit(store, folder, n, cfg, say)).get("ranker")
@@ -233,8 +237,10 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
         return {"ranker": None, "skipped": f"{len(hidden)} hidden links (< {MIN_FOLD})"}
     with Store(fold / "fold.duckdb") as fs:
         say(f"cycle {n}: fit: compiling and tuning the fold ({len(hidden)} links hidden)")
-        compile_snapshot(fs, take_snapshot(fs), fold / "model",   # the cycle's d and depth
-                         _pinned(cfg.compile, folder / "model"))
+        fold_cfg = _pinned(cfg.compile, folder / "model")      # the cycle's d and depth
+        if cfg.warm_start:                                     # the store minus a few links
+            fold_cfg = replace(fold_cfg, warm_start=str((folder / "model").resolve()))
+        compile_snapshot(fs, take_snapshot(fs), fold / "model", fold_cfg)
         tune_model(fs, fold / "model", cfg.corpus, fold / "adapter", cfg.tune, cfg.link, say)
         graph = load_graph(fs)
         known = not_candidates(graph, fs)
