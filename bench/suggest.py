@@ -37,25 +37,31 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pages", type=int, default=40, help="cold pages asked (at most)")
     ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--reuse", action="store_true", help="keep W's split, store and cycle")
     args = ap.parse_args()
     if not CYBERWIKI.is_dir():
         sys.exit(f"{CYBERWIKI} missing: this bench needs ../shared")
-    shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
-    db, log = args.work / "g.duckdb", open(args.work / "log.txt", "w")
+    db = args.work / "g.duckdb"
+    reuse = args.reuse and db.exists()
+    if not reuse:
+        shutil.rmtree(args.work, ignore_errors=True)
+        args.work.mkdir(parents=True)
+    log = open(args.work / "log.txt", "a")
 
     def graft(*a):
         subprocess.run(["graft", "--db", str(db), *a], check=True, cwd=ROOT, stdout=log,
                        stderr=subprocess.STDOUT)
 
-    graft("split-holdout", str(CYBERWIKI / "train_links.jsonl"), "--cold-pages", "0.05",
-          "--seed", str(args.seed), "--token", "link", "--train", str(args.work / "train.jsonl"),
-          "--holdout", str(args.work / "cold.jsonl"))
-    graft("ingest", "particles", str(CYBERWIKI / "particles.jsonl"))
-    graft("ingest", "links", str(args.work / "train.jsonl"))
     start = time.perf_counter()
-    graft("cycle", "--cycles", "1", "--curator", "--out", str(args.work / "out"),
-          "--max-steps", "150", "--top-k", "500", "--corpus", str(CYBERWIKI / "corpus.txt"))
+    if not reuse:
+        graft("split-holdout", str(CYBERWIKI / "train_links.jsonl"), "--cold-pages", "0.05",
+              "--seed", str(args.seed), "--token", "link", "--train",
+              str(args.work / "train.jsonl"), "--holdout", str(args.work / "cold.jsonl"))
+        graft("ingest", "particles", str(CYBERWIKI / "particles.jsonl"))
+        graft("ingest", "links", str(args.work / "train.jsonl"))
+        start = time.perf_counter()
+        graft("cycle", "--cycles", "1", "--curator", "--out", str(args.work / "out"),
+              "--max-steps", "150", "--top-k", "500", "--corpus", str(CYBERWIKI / "corpus.txt"))
     cycle_s = time.perf_counter() - start
     truth: dict[str, set[str]] = {}
     for line in (args.work / "cold.jsonl").read_text().splitlines():
@@ -93,7 +99,9 @@ def main() -> None:
         p = np.mean([r[who] / k for r in rows])
         r_ = np.mean([r[who] / r["links"] for r in rows])
         print(f"{who:>9}: precision@{k} {p:.3f}, recall@{k} {r_:.3f} over {len(rows)} pages")
-    print(f"cycle {cycle_s:.0f} s; graft suggest {np.median(seconds):.1f} s per note (median)")
+    print(f"{len(pages)} cold pages, {len(rows)} asked; "
+          + ("" if reuse else f"cycle {cycle_s:.0f} s; ")
+          + f"graft suggest {np.median(seconds):.1f} s per note (median)")
     (args.work / "suggest.json").write_text(json.dumps({"pages": rows, "k": k,
                                                         "cycle_seconds": cycle_s,
                                                         "suggest_seconds": seconds}, indent=1))

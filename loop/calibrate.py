@@ -27,28 +27,34 @@ import torch
 TOP = 5                        # candidates per fold source labelled (the extractor's per_source)
 PER_BIN = 100                  # fold pairs pooled per isotonic input point
 MIN_REVIEWED = 30              # curator decisions (of both kinds) before they correct the fold
+MIN_COLD = 10                  # true links among a fold's pages without links for their own map
 
 
-def fold_pairs(q, ranker, top: int = TOP) -> tuple[np.ndarray, np.ndarray]:
-    """(probability (n,), label (n,)) of each fold source's `top` best candidates under
-    `ranker`: its softmax probability over the source's candidates, and 1 when the pair is a
-    hidden link of that source."""
+def fold_pairs(q, ranker, top: int = TOP, cold: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probability (n,), label (n,), cold (n,)) of each fold source's `top` best candidates
+    under `ranker`: its softmax probability over the source's candidates, 1 when the pair is
+    a hidden link of that source, and whether the source is cold — `cold` (P,) by index
+    position, e.g. a page with no out-link left in the fold (all False without it)."""
     from loop.fit import source_lists
     cols = [q.names.index(n) for n in ranker.features]
-    probs, labels = [], []
+    probs, labels, colds = [], [], []
     for s, cand, targets in source_lists(q):
         p, best = _top(ranker.score(q.x[s][None, :, cols].numpy())[0], cand, top)
         probs.append(p)
         labels.append(np.isin(best, targets).astype(np.float64))
-    return np.concatenate(probs), np.concatenate(labels)
+        is_cold = cold is not None and q.sources is not None and bool(cold[q.sources[s]])
+        colds.append(np.full(len(p), is_cold))
+    return np.concatenate(probs), np.concatenate(labels), np.concatenate(colds)
 
 
-def other_pairs(features, known, ranker, sources: np.ndarray, top: int = TOP) -> np.ndarray:
+def other_pairs(features, known, ranker, sources: np.ndarray, top: int = TOP,
+                cold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The `top` best candidates' probabilities of fold sources without a hidden link (all
     negatives): most sources of a store have no missing link, and calibrating on the sources
     that do made every confident proposal look right (cyberwiki: estimated precision 0.90,
     measured 0.28)."""
-    out = []
+    out, colds = [], []
     for i in range(0, len(sources), 256):
         chunk = sources[i:i + 256]
         x = features.block(chunk, ranker.features)                            # (B, P, F)
@@ -57,8 +63,12 @@ def other_pairs(features, known, ranker, sources: np.ndarray, top: int = TOP) ->
             cand = np.ones(scores.shape[1], dtype=bool)
             cand[s] = False
             cand[known[[s]].nonzero()[1]] = False
-            out.append(_top(scores[j], cand, top)[0])
-    return np.concatenate(out) if out else np.zeros(0)
+            p = _top(scores[j], cand, top)[0]
+            out.append(p)
+            colds.append(np.full(len(p), cold is not None and bool(cold[s])))
+    if not out:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    return np.concatenate(out), np.concatenate(colds)
 
 
 def _top(score: np.ndarray, cand: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,14 +108,20 @@ def fit_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | No
             "pairs": int(len(prob)), "positives": int(label.sum())}
 
 
-def apply(calibration: dict | None, prob: np.ndarray, curator: bool = True) -> np.ndarray:
+def apply(calibration: dict | None, prob: np.ndarray, curator: bool = True,
+          cold: np.ndarray | bool | None = None) -> np.ndarray:
     """Calibrated confidence of ranker probabilities (the probabilities themselves without a
-    calibration): the fold's isotonic map, then the curators' correction when the calibration
-    has one (and `curator`)."""
+    calibration): the fold's isotonic map — its map for pages without links where `cold`
+    and the calibration has one — then the curators' correction when the calibration has
+    one (and `curator`)."""
     prob = np.asarray(prob, dtype=np.float64)
     if not calibration or not calibration.get("x"):
         return prob
     est = np.interp(prob, calibration["x"], calibration["y"])
+    own = calibration.get("cold")
+    if own and cold is not None and np.any(cold):
+        mask = np.broadcast_to(np.asarray(cold, dtype=bool), prob.shape)
+        est = np.where(mask, np.interp(prob, own["x"], own["y"]), est)
     fix = calibration.get("curator") if curator else None
     return est if not fix else _sigmoid(fix["a"] * _logit(est) + fix["b"])
 
@@ -207,19 +223,35 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
     again, each standing for its share of all of them), through `features` and the fold's
     `known` links; write the reliability plot to folder/reliability.png. With `curator`
     decisions (curator_labels), add their correction. Returns the calibration with its
-    reliability table (in sample, on the fold)."""
+    reliability table (in sample, on the fold).
+
+    Pages with no out-link in the fold — a new note's case, which a fold hiding whole pages
+    (`--fold-pages`) makes — get a map of their own (and the main map is fitted on the other
+    pages) when both hold MIN_COLD true links:
+    their best candidates are far likelier links than a linked page's (a new note lacks all
+    its links), and one map for both puts the two at one rate."""
+    cold_src = (np.asarray(known.sum(axis=1)).ravel() == 0) if known is not None else None
     with torch.no_grad():
-        prob, label = fold_pairs(q, ranker)
+        prob, label, cold = fold_pairs(q, ranker, cold=cold_src)
         weight = np.ones(len(prob))
         if features is not None and sources is not None and len(sources):
             n = min(len(sources), max(1, q.x.shape[0]))
             pick = np.sort(np.random.default_rng(seed).choice(sources, n, replace=False))
-            other = other_pairs(features, known, ranker, pick)
+            other, other_cold = other_pairs(features, known, ranker, pick, cold=cold_src)
             prob = np.concatenate([prob, other])
             label = np.concatenate([label, np.zeros(len(other))])
             weight = np.concatenate([weight, np.full(len(other), len(sources) / n)])
-    cal = fit_calibration(prob, label, weight)
-    cal["reliability"] = reliability(prob, label, cal, weight=weight)
+            cold = np.concatenate([cold, other_cold])
+    split = label[cold].sum() >= MIN_COLD and label[~cold].sum() >= MIN_COLD
+    rest = ~cold if split else np.ones(len(prob), dtype=bool)
+    cal = fit_calibration(prob[rest], label[rest], weight[rest])
+    cal["reliability"] = reliability(prob[rest], label[rest], cal, weight=weight[rest])
+    if split:
+        own = fit_calibration(prob[cold], label[cold], weight[cold])
+        cal["cold"] = {**own, "reliability": reliability(prob[cold], label[cold], own,
+                                                         weight=weight[cold])}
+        say(f"calibration: pages without links get their own map ({own['positives']} true "
+            f"links among {own['pairs']} of their top candidates)")
     fix = curator_correction(*curator) if curator is not None else None
     if fix:
         cal["curator"] = fix

@@ -146,6 +146,9 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     mask_rows: dict[int, list[int]] = {}
     for s, d in linked:
         mask_rows.setdefault(s, []).append(d)
+    # pages that link nothing yet (a new note): calibrated on the fold's own such pages
+    cold = np.ones(size, dtype=bool)
+    cold[[pos[s] for s, _ in store.query(sql_loop.LINKED_PAIRS) if s in pos]] = False
     names = tuple(dict.fromkeys(ranker.features + ("compiled",) + (
         ("tuned",) if adapter is not None else ())))
     used = [names.index(f) for f in ranker.features]
@@ -187,8 +190,9 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     lines = _corpus_lines(graph, corpus, src[order], dst[order], cfg.evidence_lines, cfg.docs)
     tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
     from loop.calibrate import apply
-    confidence = apply(ranker.fit.get("calibration"), np.exp(vals[order]))   # (k,)
-    fold_only = apply(ranker.fit.get("calibration"), np.exp(vals[order]), curator=False)
+    cal = ranker.fit.get("calibration")
+    confidence = apply(cal, np.exp(vals[order]), cold=cold[src[order]])       # (k,)
+    fold_only = apply(cal, np.exp(vals[order]), curator=False, cold=cold[src[order]])
     out = []
     for n, i in enumerate(order):
         qk, delta = heads[n] if heads[n] is not None else (None, None)

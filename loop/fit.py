@@ -31,6 +31,7 @@ class FitQueries:
     mask: torch.Tensor              # (n, P) its candidates (the target included)
     hard: torch.Tensor | None = None    # (S, P) candidates a curator rejected
     hard_weight: float = 1.0        # how many candidates each rejected one counts as
+    sources: np.ndarray | None = None   # (S,) index position of each fitted source
 
 
 def source_lists(q: FitQueries):
@@ -82,7 +83,7 @@ def fit_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed
         rejected &= candidates
         say(f"ranker: {int(rejected.sum())} rejected pairs as hard negatives "
             f"(× {hard_weight:g})")
-    return FitQueries(names, x, row, target, mask, rejected, hard_weight)
+    return FitQueries(names, x, row, target, mask, rejected, hard_weight, sources)
 
 
 def fit_ranker(features: Features, known: sp.csr_array, pairs: np.ndarray,

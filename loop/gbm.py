@@ -108,7 +108,7 @@ def choose(q, linear_fit: Callable, names: tuple[str, ...], seed: int = 0, share
     rows = q.row.numpy()
     fit_rows, val_rows = ~back[rows], back[rows]
     sub = FitQueries(q.names, q.x, q.row[fit_rows], q.target[fit_rows], q.mask[fit_rows],
-                     q.hard, q.hard_weight)
+                     q.hard, q.hard_weight, q.sources)
     ranker = linear_fit(sub, names)
     cols = [q.names.index(n) for n in names]
     w = torch.as_tensor(ranker.weights, dtype=torch.float32)

@@ -95,7 +95,8 @@ def suggest(store: Store, db: Path, name: str, markdown: str, flavor: str = "obs
     prob = np.exp(score - score.max())
     prob /= prob.sum()
     best = np.argsort(-score, kind="stable")[:min(top, int(cand.sum()))]
-    confidence = apply(ranker.fit.get("calibration"), prob[best])
+    cold = not (linked or any(s == particle for s, _ in store.query(sql_loop.LINKED_PAIRS)))
+    confidence = apply(ranker.fit.get("calibration"), prob[best], cold=cold)
     shares = ranker.contributions(x[best].astype(np.float64))
     names = dict(store.query("SELECT particle, name FROM particles"))
     rows = []

@@ -34,7 +34,8 @@ def test_fold_pairs_label_each_sources_top_candidates():
     mask = torch.tensor([[False, True, True, True, True], [True, True, True, True, False]])
     q = FitQueries(("indegree",), x, row=torch.tensor([0, 1]), target=torch.tensor([3, 0]),
                    mask=mask)
-    prob, label = fold_pairs(q, Ranker(("indegree",), (1.0,)), top=2)
+    prob, label, cold = fold_pairs(q, Ranker(("indegree",), (1.0,)), top=2)
+    assert not cold.any()                                      # no cold map asked for
     # source 0: candidates 1..4, best 2 (5) then 3 (4); source 1: 0..3 (4 is not a candidate)
     e = np.exp([5., 4., 2., 1.])
     f = np.exp([3., 2., 1., 0.])
@@ -75,3 +76,18 @@ def test_a_cycle_accepts_at_a_precision_and_shows_its_estimate(tmp_path):
     assert len(taken) == accept_count(conf, 0.05) == row["accepted"]
     assert taken
     assert row["estimated_precision"] == round(float(np.mean(taken)), 4) >= 0.05
+
+
+def test_pages_without_links_get_their_own_map():
+    rng = np.random.default_rng(0)
+    prob = rng.random(4000)
+    cold = np.arange(4000) < 1000
+    # linked pages: P(link) = p²/2; pages without links: P(link) = p (far likelier)
+    label = (rng.random(4000) < np.where(cold, prob, prob ** 2 / 2)).astype(float)
+    cal = fit_calibration(prob[~cold], label[~cold])              # as calibrate() splits
+    cal["cold"] = fit_calibration(prob[cold], label[cold])
+    at = np.array([0.9, 0.9])
+    warm_est, cold_est = apply(cal, at, cold=np.array([False, True]))
+    assert abs(cold_est - 0.9) < 0.1 and warm_est < 0.5
+    assert apply(cal, at, cold=True)[0] == cold_est          # one flag for every pair
+    np.testing.assert_array_equal(apply(cal, at), apply(cal, at, cold=False))
