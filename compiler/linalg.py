@@ -316,12 +316,17 @@ def _sketch_svd(b: sp.csr_array, k: int, l: int, power_iters: int, rng: np.rando
     z -= 0.5                                                    # mean 0; the scale is moot
     if guess is not None and guess.shape[1]:
         w = min(guess.shape[1], l - (l - k + 1) // 2)             # keep random columns too
-        norms = np.linalg.norm(guess[:, :w], axis=0)
-        ok = norms > 0
-        target = float(np.sqrt(n0 / 12.0))                      # a uniform(-½, ½) column's
-        z[:, :w][:, ok] = guess[:, :w][:, ok] * (target / norms[ok]).astype(np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->j", guess[:, :w], guess[:, :w]))
+        scale = (np.sqrt(n0 / 12.0) / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+        for j in np.flatnonzero(norms > 0):                     # the rest stay random; column
+            np.multiply(guess[:, j], scale[j], out=z[:, j])     # by column: no (n0, w) copies
     y = ubuf[: m0 * l].reshape(m0, l)                           # (m0, l)
     _spmm(b, z, y, run)
+    if guess is not None:
+        # b·(leading singular vectors) are graded by σ (κ(y) = σ₁/σ_k): Cholesky-QR on that
+        # Gram fails over to its slow path. Unit columns span the same range, near-orthogonal.
+        norms = np.linalg.norm(y, axis=0)
+        y /= np.where(norms > 0, norms, 1.0).astype(np.float32)
     for i in range(power_iters):
         # b bᵀ applied whole, one orthonormalisation per iteration: the block meets κ(b)²
         # (κ(b)³ the first time). Measured: as accurate as HMT's extra pass after b Ω.
