@@ -275,6 +275,7 @@ def test_import_cycle_accept_apply_reimport(tmp_path, flavor):
         for name in targets.get(r["name"], [])[::2]:
             text = text.replace(f"see {name}.", f"see [[{name}]].")
         files[f"{r['name']}.md"] = ("- " + text + "\n") if flavor == "logseq" else text + "\n"
+    files.update(OBSIDIAN if flavor == "obsidian" else LOGSEQ)   # every syntax the importer reads
     folder = write(tmp_path, flavor, files)
     before = snapshot_of(folder)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -290,8 +291,7 @@ def test_import_cycle_accept_apply_reimport(tmp_path, flavor):
     graft("cycle", "--cycles", "1", "--max-steps", "5", "--top-k", "30", "--d", "16",
           "--layers", "1", "--curator", "--out", str(tmp_path / "out"))
     with Store(db) as store:
-        ids = [i for (i,) in store.query("SELECT id FROM proposals ORDER BY score DESC, id "
-                                         "LIMIT 12")]
+        ids = [i for (i,) in store.query("SELECT id FROM proposals ORDER BY score DESC, id")]
         decide(store, accept=ids)
         accepted = set(store.query("SELECT src, dst FROM proposals WHERE status = 'accepted'"))
     out = json.loads(graft("vault", "apply", str(folder), "--flavor", flavor, "--json"))
