@@ -183,14 +183,18 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
         kept_f.append(np.take_along_axis(x, best[..., None], axis=1).reshape(-1, len(names))[keep])
     src, dst = np.concatenate(kept_s), np.concatenate(kept_q)
     vals, fvals = np.concatenate(kept_v), np.concatenate(kept_f)
-    order = _capped(np.lexsort((dst, src, -vals)), dst, cfg.per_target, cfg.top_k)
+    # Best first by calibrated confidence, then score: a page without links spreads its
+    # probability over many likely targets, so by score alone its proposals (the likeliest
+    # of all: its map says so) would never reach the top K.
+    cal = ranker.fit.get("calibration")
+    from loop.calibrate import apply
+    conf = apply(cal, np.exp(vals), cold=cold[src]) if cal else np.zeros(len(vals))
+    order = _capped(np.lexsort((dst, src, -vals, -conf)), dst, cfg.per_target, cfg.top_k)
     say(f"extract: {size} sources scored, {len(order)} proposals")
     heads = _proposal_heads(feats, src[order], dst[order])
     semcons = json.loads((model_dir / COMPILE_RECORD).read_text()).get("semcons", [])
     lines = _corpus_lines(graph, corpus, src[order], dst[order], cfg.evidence_lines, cfg.docs)
     tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
-    from loop.calibrate import apply
-    cal = ranker.fit.get("calibration")
     confidence = apply(cal, np.exp(vals[order]), cold=cold[src[order]])       # (k,)
     fold_only = apply(cal, np.exp(vals[order]), curator=False, cold=cold[src[order]])
     out = []
