@@ -230,7 +230,7 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
     pages) when both hold MIN_COLD true links:
     their best candidates are far likelier links than a linked page's (a new note lacks all
     its links), and one map for both puts the two at one rate."""
-    cold_src = (np.asarray(known.sum(axis=1)).ravel() == 0) if known is not None else None
+    cold_src = features.graph.cold() if features is not None else None
     with torch.no_grad():
         prob, label, cold = fold_pairs(q, ranker, cold=cold_src)
         weight = np.ones(len(prob))

@@ -52,9 +52,18 @@ class EvalGraph:
     link_indegree: np.ndarray       # (P,) distinct sources of links into q with token `link`
     names: dict[int, list[str]] = field(default_factory=dict)  # position → name, then aliases
     texts: dict[int, str] = field(default_factory=dict)        # position → non-empty text
+    link_outdegree: np.ndarray | None = None  # (P,) distinct targets of p's `link` links
 
     def position(self) -> dict[str, int]:
         return {p: i for i, p in enumerate(self.index)}
+
+    def cold(self) -> np.ndarray:
+        """(P,) True where p links nothing yet with the links being predicted (token
+        `link`, as link_indegree counts them; any ground-truth link without that count): a
+        new note's case, however many tags it has."""
+        if self.link_outdegree is not None:
+            return self.link_outdegree == 0
+        return np.asarray(self.known.sum(axis=1)).ravel() == 0
 
 
 def load_graph(store: Store, tie_token: str = "link") -> EvalGraph:
@@ -100,10 +109,12 @@ def load_graph(store: Store, tie_token: str = "link") -> EvalGraph:
     linked = sp.coo_array((np.ones(int(tied.sum())), (src[tied], dst[tied])), shape=size).tocsr()
     linked.sum_duplicates()
     indegree = np.bincount(linked.indices, minlength=len(index)).astype(np.float64)
+    outdegree = np.diff(linked.indptr).astype(np.float64)
     pos = {p: i for i, p in enumerate(index)}
     names = {pos[p]: [n for n in [name, *(aliases or [])] if n] for p, name, aliases, _ in rows}
     texts = {pos[p]: text for p, _, _, text in rows if text}
     return EvalGraph(index=index, adjacency=adjacency, known=known, link_indegree=indegree,
+                     link_outdegree=outdegree,
                      names={k: v for k, v in names.items() if v}, texts=texts)
 
 

@@ -147,8 +147,7 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     for s, d in linked:
         mask_rows.setdefault(s, []).append(d)
     # pages that link nothing yet (a new note): calibrated on the fold's own such pages
-    cold = np.ones(size, dtype=bool)
-    cold[[pos[s] for s, _ in store.query(sql_loop.LINKED_PAIRS) if s in pos]] = False
+    cold = graph.cold()
     names = tuple(dict.fromkeys(ranker.features + ("compiled",) + (
         ("tuned",) if adapter is not None else ())))
     used = [names.index(f) for f in ranker.features]

@@ -27,8 +27,10 @@ from graph.vault import normalise_name, read_vault
 NOTE_FILE = "graft-note.md"
 
 
-def read_note(name: str, markdown: str, flavor: str = "obsidian") -> tuple[str, list[str]]:
-    """(its text as the importer keeps it, the names it links already) of one note."""
+def read_note(name: str, markdown: str, flavor: str = "obsidian"
+              ) -> tuple[str, list[str], int]:
+    """(its text as the importer keeps it, the names it links or tags already, how many it
+    links — token `link`, tags left out) of one note."""
     with tempfile.TemporaryDirectory() as tmp:     # under a neutral file name: any `name`
         folder = Path(tmp) / ("pages" if flavor == "logseq" else "")
         folder.mkdir(parents=True, exist_ok=True)
@@ -37,8 +39,10 @@ def read_note(name: str, markdown: str, flavor: str = "obsidian") -> tuple[str, 
     names = {p["particle"]: p["name"] for p in vault.particles}
     [page] = [p for p in vault.particles if (p["source"] or "").endswith(NOTE_FILE)]
     own = {normalise_name(name), normalise_name(name.rsplit("/", 1)[-1])}   # itself
-    return page["text"], sorted({names[r["to"]] for r in vault.links
-                                 if r["from"] == page["particle"]} - own)
+    mine = [r for r in vault.links if r["from"] == page["particle"]
+            and names[r["to"]] not in own]
+    return (page["text"], sorted({names[r["to"]] for r in mine}),
+            sum(r["token"] == "link" for r in mine))
 
 
 def with_note(graph, particle: str, name: str, text: str):
@@ -55,6 +59,8 @@ def with_note(graph, particle: str, name: str, text: str):
 
     return replace(graph, index=[*graph.index, particle], adjacency=grown(graph.adjacency),
                    known=grown(graph.known), link_indegree=np.append(graph.link_indegree, 0.0),
+                   link_outdegree=(None if graph.link_outdegree is None
+                                   else np.append(graph.link_outdegree, 0.0)),
                    names={**graph.names, p: [name]}, texts={**graph.texts, p: text}), p
 
 
@@ -72,7 +78,7 @@ def suggest(store: Store, db: Path, name: str, markdown: str, flavor: str = "obs
     from loop.rank import Features, Ranker
     n, folder = cycle_folder(store, db, cycle)
     ranker = Ranker.load(folder / "ranker.json")
-    text, linked = read_note(name, markdown, flavor)
+    text, linked, own_links = read_note(name, markdown, flavor)
     particle = ids.particle_of_text(normalise_name(name), store.hash_name)
     graph = load_graph(store)
     in_store = particle in graph.position()
@@ -95,7 +101,7 @@ def suggest(store: Store, db: Path, name: str, markdown: str, flavor: str = "obs
     prob = np.exp(score - score.max())
     prob /= prob.sum()
     best = np.argsort(-score, kind="stable")[:min(top, int(cand.sum()))]
-    cold = not (linked or any(s == particle for s, _ in store.query(sql_loop.LINKED_PAIRS)))
+    cold = bool(graph.cold()[p]) and not own_links       # no [[link]] in the note either
     confidence = apply(ranker.fit.get("calibration"), prob[best], cold=cold)
     shares = ranker.contributions(x[best].astype(np.float64))
     names = dict(store.query("SELECT particle, name FROM particles"))

@@ -64,7 +64,8 @@ def test_a_stored_note_keeps_its_links_and_rejections_out(wiki):
 
 def test_a_note_is_read_as_the_importer_reads_a_page_whatever_its_name():
     from loop.suggest import read_note
-    text, linked = read_note("inbox/2024: idea?", "---\ntags: [x]\n---\nSee [[a/B]] and "
+    text, linked, links = read_note("inbox/2024: idea?", "---\ntags: [x]\n---\nSee [[a/B]] and "
                              "`code [[c]]`, #t and [[inbox/2024: idea?]].\n")
     assert text == "See a/B and `code [[c]]`, t and inbox/2024: idea?."   # as imported
     assert linked == ["b", "t", "x"]          # Obsidian links by the last part; not itself
+    assert links == 2                         # [[a/B]] and #t; x is a front-matter tag
