@@ -75,7 +75,8 @@ def cmd_cycle(args, say, emit) -> None:
                       fold=args.fold,
                       ranker_kind=args.ranker_kind, fold_token=args.fold_token,
                       fold_inverse=args.fold_inverse, fold_pages=args.fold_pages,
-                      hard_negative=args.hard_negative, warm_start=args.warm_start)
+                      hard_negative=args.hard_negative, warm_start=args.warm_start,
+                      same_fold=args.same_fold)
     with Store(args.db) as store:
         rows = run_cycles(store, cfg, say=say)
     page = write_report(rows, Path(args.out) / "report.html")
@@ -160,6 +161,8 @@ def add_commands(command) -> None:
                    "pending for a curator (`graft review`, the workbench); the next cycle "
                    "compiles what they accepted and fits its ranker on their decisions")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (tuning, extraction, eval)")
+    p.add_argument("--same-fold", action="store_true", help="hide the same links for the "
+                   "fold in every cycle (default: a fold reseeded each cycle)")
     p.add_argument("--warm-start", action="store_true", help="compile each cycle (and its "
                    "fold) from the previous model's subspace: fewer SVD power iterations")
     p.add_argument("--hard-negative", type=float, default=1.0, metavar="X", help="in the "

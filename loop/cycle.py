@@ -55,6 +55,7 @@ class CycleConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     fold: float = 0.1               # share of links hidden to fit the ranker; 0: no fit (lift)
     fold_seed: int = 0              # the fold of cycle n is seeded fold_seed + n
+    same_fold: bool = False         # ... or fold_seed + 1 in every cycle: the same links hidden
     fold_token: str = "link"        # the links the fold hides (all links when none has it)
     fold_inverse: bool = False      # hide each hidden pair's reverse links too
     fold_pages: float = 0.0         # also hide all out-links of this share of linked pages
@@ -225,11 +226,12 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
         return {"ranker": None, "skipped": "no fold asked for (--fold 0)"}
     fold = folder / "fold"
     fold.mkdir(parents=True, exist_ok=True)
+    seed = cfg.fold_seed + (1 if cfg.same_fold else n)      # cycle 1 alike either way
     decided = store.query(sql_loop.CURATOR_DECISIONS)       # labels; the loop's own are not
     curated = [(s, d) for s, d, status in decided if status == "accepted"]
     rejected = [(s, d) for s, d, status in decided if status == "rejected"]
     try:
-        hidden = make_fold(store, fold / "fold.duckdb", cfg.fold, cfg.fold_seed + n,
+        hidden = make_fold(store, fold / "fold.duckdb", cfg.fold, seed,
                            cfg.fold_token, cfg.fold_inverse, cfg.fold_pages, curated=curated)
     except GraftError as exc:
         return {"ranker": None, "skipped": str(exc)}
@@ -248,15 +250,15 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     pairs = hidden_positions(graph, fold)
     features = Features(graph, fold / "model", fold / "adapter", embed_cache=cfg.embed_cache,
                         device=cfg.extract.device)
-    queries = fit_queries(features, known, pairs, seed=cfg.fold_seed + n, say=say,
+    queries = fit_queries(features, known, pairs, seed=seed, say=say,
                           hard=positions(graph, rejected), hard_weight=cfg.hard_negative)
-    ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=cfg.fold_seed + n, say=say)
+    ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=seed, say=say)
     others = np.setdiff1d(np.arange(len(graph.index)), pairs[:, 0])
     cal = calibrate(queries, ranker, folder, features, known, others,           # P(true link)
-                    cfg.fold_seed + n, say, curator=curator_labels(store))
+                    seed, say, curator=curator_labels(store))
     ranker = replace(ranker, fit={**ranker.fit, "calibration": cal})
     path = ranker.save(folder / "ranker.json")
-    subsets = fit_subsets(queries, ranker.kind, cfg.fold_seed + n, say=say)   # groups' worth
+    subsets = fit_subsets(queries, ranker.kind, seed, say=say)   # groups' worth
     save_rankers(subsets, folder)
     return {"ranker": str(path), "ranker_kind": ranker.kind, "fold_hidden": len(hidden),
             "curator_accepted_hidden": len(curated), "curator_rejected": len(rejected),
