@@ -53,7 +53,7 @@ def split_key(rows: list[dict], seed: int, share: float = 0.5) -> tuple[list[dic
 
 def curator_review(store: Store, cycle: int, key: set[tuple[str, str]], k: int) -> dict:
     """Review the top `k` pending proposals of `cycle` in the queue's order: accept those in
-    `key`, reject the rest. Deterministic: the queue is ordered by score, then id."""
+    `key`, reject the rest. Deterministic: the queue is ordered by confidence, score, id."""
     from loop.review import decide, list_proposals
     queue = list_proposals(store, status="pending", cycle=cycle, limit=k)
     accept = [p["id"] for p in queue if (p["src"], p["dst"]) in key]

@@ -57,7 +57,7 @@ PROPOSALS_LIST = """
     LEFT JOIN particles b ON b.particle = p.dst
     WHERE ($status IS NULL OR p.status = $status) AND ($cycle IS NULL OR p.cycle = $cycle)
       AND ($particle IS NULL OR p.src = $particle OR p.dst = $particle)
-    ORDER BY p.score DESC, p.id
+    ORDER BY p.confidence DESC, p.score DESC, p.id
     LIMIT $limit
 """
 PROPOSALS_ABOVE = """
@@ -129,7 +129,8 @@ CURATOR_LABELS = """
 PREDICTED_PAIRS = "SELECT DISTINCT src, dst FROM cyberlinks WHERE origin = 'extract' AND valence >= 0"
 
 CYCLE_TOP = """
-    SELECT id FROM proposals WHERE cycle = $cycle ORDER BY score DESC, id LIMIT $k
+    SELECT id FROM proposals WHERE cycle = $cycle ORDER BY confidence DESC, score DESC, id
+    LIMIT $k
 """
 CYCLE_ACCEPTED = "SELECT src, dst FROM proposals WHERE cycle = $cycle AND status = 'accepted'"
 CYCLE_ACCEPTED_CONFIDENCE = """

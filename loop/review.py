@@ -59,7 +59,8 @@ def add_proposals(store: Store, proposals: Iterable[Proposal], cycle: int, model
 
 def list_proposals(store: Store, status: str | None = "pending", cycle: int | None = None,
                    limit: int = 50, particle: str | None = None) -> list[dict]:
-    """Proposals best score first, optionally of one status, cycle, or particle (either end)."""
+    """Proposals most confident first (then by score), optionally of one status, cycle, or
+    particle (either end)."""
     cols = ("id", "cycle", "src", "src_name", "dst", "dst_name", "score", "confidence",
             "semcon", "status", "reviewer", "evidence")
     rows = store.query(sql_loop.PROPOSALS_LIST, {"status": status, "cycle": cycle,
