@@ -145,11 +145,21 @@ def curator_labels(store) -> tuple[np.ndarray, np.ndarray]:
             np.array([a for _, a in rows], dtype=np.float64))
 
 
+def _shift(logits: np.ndarray, mean: float) -> float:
+    """The b with mean σ(logits + b) = mean (bisection; the mean rises with b)."""
+    lo, hi = -30.0, 30.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _sigmoid(logits + mid).mean() < mean else (lo, mid)
+    return (lo + hi) / 2
+
+
 def curator_correction(est: np.ndarray, label: np.ndarray, minimum: int = MIN_REVIEWED
                        ) -> dict | None:
     """{"a", "b", "reviewed", "accepted", "estimated", "observed"}: observed = σ(a·logit(est)
-    + b), fitted (scikit-learn, a ≥ 0 so the order is kept) on curator decisions; None with
-    fewer than `minimum` decisions or only one kind."""
+    + b), fitted (scikit-learn) on curator decisions; when the fit finds no increasing
+    relation, a = 1 and b moves the mean estimate to the share accepted, so the order is
+    always the fold's. None with fewer than `minimum` decisions or only one kind."""
     from sklearn.linear_model import LogisticRegression
     est, label = np.asarray(est, dtype=np.float64), np.asarray(label, dtype=np.float64)
     if len(est) < minimum or label.min() == label.max():
@@ -157,8 +167,11 @@ def curator_correction(est: np.ndarray, label: np.ndarray, minimum: int = MIN_RE
     x = _logit(est)[:, None]
     fit = LogisticRegression(C=1.0).fit(x, label)
     a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
-    if a < 0:                      # no usable order: the curators' base rate for everything
-        a, b = 0.0, float(_logit(np.array([label.mean()]))[0])
+    if a <= 0:
+        # The decisions do not order the estimates (the reviewed are a narrow, top slice):
+        # keep the fold's order and spread, and move the level to what curators accepted —
+        # a flat map would throw away which proposals the fold finds likelier.
+        a, b = 1.0, _shift(x[:, 0], float(label.mean()))
     return {"a": a, "b": b, "reviewed": int(len(est)), "accepted": int(label.sum()),
             "estimated": round(float(est.mean()), 4), "observed": round(float(label.mean()), 4)}
 

@@ -110,3 +110,14 @@ def test_curator_decisions_correct_the_next_calibration_and_show_in_the_report(c
         cycle2 = [json.loads(e)["fold_confidence"] for (e,) in store.query(
             "SELECT CAST(evidence AS VARCHAR) FROM proposals WHERE cycle = 2")]
     assert cycle2 and all(0 <= c <= 1 for c in cycle2)
+
+
+def test_decisions_that_do_not_order_the_estimates_move_only_their_level():
+    rng = np.random.default_rng(1)
+    est = rng.uniform(0.2, 0.3, 200)
+    label = (rng.random(200) < 0.1).astype(float)                # 10% accepted, whatever est
+    fix = curator_correction(est, label)
+    cal = {"x": [0.0, 1.0], "y": [0.0, 1.0], "curator": fix}
+    out = apply(cal, est)
+    assert abs(out.mean() - label.mean()) < 1e-3                 # the curators' level
+    assert (np.diff(out[np.argsort(est)]) > 0).all()            # the fold's order, strictly
