@@ -19,6 +19,8 @@ def torch_threads(n: int):
 
 
 DEVICES = ("auto", "cpu", "cuda")
+DEVICE_HELP = ("where the models run: auto (CUDA when torch sees a GPU, else the CPU), cpu, "
+               "or cuda[:N]")
 
 
 def resolve_device(name: str) -> str:

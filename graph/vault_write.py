@@ -16,7 +16,8 @@ so applying twice changes nothing.
 Each note's SHA-256 is kept when it is imported (`record_notes`) and when graft writes it; a
 note whose bytes are neither — the curator edited it since — is skipped with a message unless
 `force`. A re-import compares with the imported bytes only, so the links graft wrote come back
-as the vault's own (`reimport_rows`). Each file is replaced atomically (a temporary file beside it, fsynced, renamed), so
+as the vault's own (`reimport_rows`). Each file is replaced atomically (a temporary file
+beside it, fsynced, renamed), so
 a killed process leaves every note either as it was or as written.
 """
 from __future__ import annotations
@@ -102,22 +103,24 @@ def reimport_rows(store: Store, root: Path, vault, neuron: str, at: int | None =
                if recorded.get(source, ("", ""))[1] != sha256((root / source).read_bytes())}
     gone = {p for s, (p, _) in recorded.items() if s not in pages} - \
         {page["particle"] for page in pages.values()}
-    everyone = sorted(changed | gone | {p["particle"] for p in vault.particles})
-    store.register("id_view", pa.table({"particle": pa.array(everyone, pa.string())}))
-    try:
-        held = {(s, d, t): int(a) for s, d, t, a in store.query(
-            sql.LINKS_NOW_FROM, {"max_seq": store.scalar(sql.MAX_SEQ), "neuron": neuron})
-            if s in changed | gone}
-        known = {p for (p,) in store.query(sql.KNOWN_PARTICLES)}
-    finally:
-        store.unregister("id_view")
+    def ask(particles: set[str], query: str, params: dict | None = None) -> list[tuple]:
+        store.register("id_view", pa.table({"particle": pa.array(sorted(particles), pa.string())}))
+        try:
+            return store.query(query, params)
+        finally:
+            store.unregister("id_view")
+
+    held = {(s, d, t): int(a) for s, d, t, a in ask(changed | gone, sql.LINKS_NOW_FROM, {
+        "max_seq": store.scalar(sql.MAX_SEQ), "neuron": neuron})}
+    known = {p for (p,) in ask({p["particle"] for p in vault.particles}, sql.KNOWN_PARTICLES)}
     new = {(r["from"], r["to"], r["token"]): r for r in vault.links if r["from"] in changed}
     when = int(time.time()) if at is None else at
     withdrawn = [key for key in held if key not in new or new[key]["amount"] != held[key]]
     added = [row for key, row in new.items() if held.get(key) != row["amount"]]
     rows = [{"neuron": neuron, "from": s, "to": d, "token": t, "amount": 0, "valence": -1,
              "time": when} for s, d, t in withdrawn] + added
-    particles = [p for p in vault.particles if p["particle"] in changed or p["particle"] not in known]
+    particles = [p for p in vault.particles
+                 if p["particle"] in changed or p["particle"] not in known]
     return rows, particles, {"changed_notes": len(changed), "deleted_notes": len(gone),
                              "withdrawn": len(withdrawn), "added": len(added)}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from graph.errors import GraftError
+from graph.runtime import DEVICE_HELP
 from graph.store import Store
 
 
@@ -154,8 +155,7 @@ def add_commands(command) -> None:
     p.add_argument("--spectral-d", type=int, default=64, help="SVD rank without --model")
     p.add_argument("--kge-model", default="TransE", help="the PyKEEN model of the pykeen method")
     p.add_argument("--kge-epochs", type=int, default=20)
-    p.add_argument("--device", default="auto", help="where the models run: auto (CUDA when "
-                   "torch sees a GPU, else the CPU), cpu, or cuda[:N]")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     p = command("split-holdout", cmd_split, "hold out a seeded share of a links file")
     p.add_argument("links", metavar="LINKS", help="links JSONL")

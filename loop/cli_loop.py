@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from graph.runtime import DEVICE_HELP
 from graph.store import Store
-
-DEVICE_HELP = ("where the models run: auto (CUDA when torch sees a GPU, else the CPU), cpu, "
-               "cuda[:N]")
 
 
 def cmd_extract(args, say, emit) -> None:

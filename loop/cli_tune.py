@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from graph.runtime import DEVICE_HELP
 from graph.store import Store
-
-DEVICE_HELP = "auto (CUDA when torch sees a GPU, else the CPU), cpu, or cuda[:N]"
 
 
 def cmd_tune(args, say, emit) -> None:
