@@ -17,8 +17,8 @@ Each note's SHA-256 is kept when it is imported (`record_notes`) and when graft 
 note whose bytes are neither — the curator edited it since — is skipped with a message unless
 `force`. A re-import compares with the imported bytes only, so the links graft wrote come back
 as the vault's own (`reimport_rows`). Each file is replaced atomically (a temporary file
-beside it, fsynced, renamed), so
-a killed process leaves every note either as it was or as written.
+beside it, fsynced, renamed), so a killed process leaves every note either as it was or as
+written.
 """
 from __future__ import annotations
 
