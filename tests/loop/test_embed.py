@@ -48,6 +48,22 @@ def test_cosine_by_hand():
         embed.cosine(e, [3])
 
 
+def test_neighbour_links_by_hand():
+    # four pages on a circle: 0's nearest are 1 (cos 0.8) and 2 (cos 0.6); 3 points away
+    e = np.array([[1, 0], [0.8, 0.6], [0.6, 0.8], [-1, 0]], dtype=np.float32)
+    known = sp.csr_array(np.array([[0, 0, 0, 1],        # 0 → 3 (0's own link: not counted)
+                                   [0, 0, 1, 1],        # 1 → 2, 3
+                                   [0, 0, 0, 1],        # 2 → 3
+                                   [1, 1, 0, 0]], dtype=np.float32))
+    x = embed.neighbour_links(e, known, [0], k=2, floor=0.01)
+    share = np.array([0, 0, 0.8, 0.8 + 0.6]) / 1.4      # weights 0.8/1.4 and 0.6/1.4
+    np.testing.assert_allclose(x[0], np.log(0.01 + share), rtol=1e-6)
+    # page 3's nearest are 2 (cos −0.6) and 1 (−0.8): negative cosines weigh nothing
+    np.testing.assert_allclose(embed.neighbour_links(e, known, [3], k=2), np.log(0.01), rtol=1e-6)
+    # k beyond P − 1 takes every other page
+    assert embed.neighbour_links(e, known, [0], k=10).shape == (1, 4)
+
+
 def test_missing_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr(embed, "PACKAGE", "gt_no_such_package_for_graft_tests")
     assert not embed.available()
