@@ -46,6 +46,62 @@ def retune(store_path: Path, model: Path, out: Path, cfg: TuneConfig, link: Link
             "heldout": r["after"]["heldout_loss"]}
 
 
+def dpo_pairs(graph: evaluate.EvalGraph, particles: list[str], per_page: int, seed: int
+              ) -> list[dict]:
+    """A page's linked mentions chosen over its unlinked ones (DESIGN §7), as DPO rows of the
+    checkpoint's token strings: prompt p, chosen a target p names and links, rejected one it
+    names and does not; at most `per_page` rows a page (seeded)."""
+    from loop.rank import mention_matrix
+    named = mention_matrix(graph)
+    pos = {p: i for i, p in enumerate(graph.index)}
+    token = {pos[p]: p for p in particles if p in pos}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(len(graph.index)):
+        if p not in token:
+            continue
+        m = {int(q) for q in named[[p]].indices if int(q) in token}
+        linked = m & {int(q) for q in graph.known[[p]].indices}
+        if not linked or not m - linked:
+            continue
+        pairs = [(c, r) for c in sorted(linked) for r in sorted(m - linked)]
+        for i in rng.permutation(len(pairs))[:per_page]:
+            c, r = pairs[i]
+            rows.append({"prompt": token[p], "chosen": " " + token[c],
+                         "rejected": " " + token[r]})
+    return rows
+
+
+def retune_dpo(store_path: Path, model: Path, out: Path, steps: int, lr: float | None,
+               rank: int, per_page: int) -> dict:
+    """TRL's DPO trainer (finetune/trl_jobs.py) on dpo_pairs of the store, a LoRA on the
+    compiled model; rows are token strings already, so no lexicon matching."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from finetune import trl_jobs
+    with Store(store_path, read_only=True, create=False) as store:
+        graph = evaluate.load_graph(store)
+    rows = dpo_pairs(graph, json.loads((model / "particles.json").read_text()), per_page, 0)
+    print(f"dpo: {len(rows)} pairs from {store_path}")
+    tok = AutoTokenizer.from_pretrained(str(model))
+    net = trl_jobs._model("dpo", model, tok)
+    common = dict(output_dir=str(out), use_cpu=True, bf16=False, fp16=False, report_to="none",
+                  save_strategy="no", logging_steps=10, seed=0, data_seed=0,
+                  per_device_train_batch_size=8, max_steps=steps, disable_tqdm=False,
+                  learning_rate=lr or 2e-4)
+    peft = LoraConfig(r=rank, lora_alpha=2 * rank, task_type="CAUSAL_LM",
+                      target_modules="all-linear")
+    start = time.perf_counter()
+    trainer = trl_jobs._trainer("dpo", net, tok, Dataset.from_list(rows), peft, common, 0.1)
+    trainer.train()
+    trainer.save_model(str(out))
+    (out / "training_args.bin").unlink(missing_ok=True)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"seconds": round(time.perf_counter() - start, 1), "pairs": len(rows),
+            "steps": trainer.state.global_step, "loss": [losses[0], losses[-1]] if losses else []}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work", type=Path)
@@ -53,7 +109,9 @@ def main() -> None:
     ap.add_argument("--fold-seed", type=int, default=0)
     ap.add_argument("--corpus", type=Path, default=Path("../shared/data/cyberwiki/corpus.txt"))
     ap.add_argument("--retune", metavar="NAME", help="tune again into adapter-NAME folders")
-    ap.add_argument("--method", default="lora")
+    ap.add_argument("--method", default="lora", help="lora, full, or dpo (LoRA by TRL's DPO "
+                    "on each page's linked vs unlinked mentions)")
+    ap.add_argument("--pairs-per-page", type=int, default=4, help="dpo rows per page")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--link-rows", type=float, default=0.0)
@@ -71,7 +129,15 @@ def main() -> None:
     name = args.retune
     adapter, fold_adapter = folder / "adapter", fold / "adapter"
     record = {}
-    if name:
+    if name and args.method == "dpo":
+        adapter, fold_adapter = folder / f"adapter-{name}", fold / f"adapter-{name}"
+        for key, db, model, out in (("tune_fold", fold / "fold.duckdb", fold / "model",
+                                     fold_adapter), ("tune", work / "g.duckdb",
+                                                     folder / "model", adapter)):
+            record[key] = retune_dpo(db, model, out, args.steps, args.lr, args.rank,
+                                     args.pairs_per_page)
+            print(key, record[key])
+    elif name:
         cfg = TuneConfig(method=args.method, max_steps=args.steps, lr=args.lr,
                          link_rows=args.link_rows, rank=args.rank)
         link = LinkRowConfig(own=not args.no_own, cross_fit=not args.no_cross_fit)

@@ -184,19 +184,29 @@ def neighbour_links(emb: np.ndarray, known: sp.csr_array, sources: Sequence[int]
         floor: added before the log, so a target no neighbour links scores log(floor).
     """
     sources = np.asarray(sources, dtype=np.int64).reshape(-1)
+    nbr, sim = nearest(emb, sources, k)                                       # (S, k) each
+    size = len(emb)
+    if not nbr.shape[1]:
+        return np.full((len(sources), size), np.log(floor), dtype=np.float32)
+    w = np.clip(sim, 0, None)
+    w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+    weights = sp.csr_array((w.ravel(), nbr.ravel(), np.arange(0, w.size + 1, nbr.shape[1])),
+                           shape=(len(sources), size))                        # (S, P)
+    share = (weights @ sp.csr_array(known)).toarray()                         # (S, P)
+    return np.log(floor + share).astype(np.float32)
+
+
+def nearest(emb: np.ndarray, sources: Sequence[int] | np.ndarray, k: int = NEIGHBOURS
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The k particles most similar to each source by cosine, the source left out: positions
+    (S, k) and cosines (S, k), most similar first, ties by position (the same inputs pick the
+    same neighbours)."""
+    sources = np.asarray(sources, dtype=np.int64).reshape(-1)
     sim = cosine(emb, sources)                                                # (S, P)
     sim[np.arange(len(sources)), sources] = -np.inf
     k = max(0, min(k, sim.shape[1] - 1))
-    if k == 0 or not len(sources):
-        return np.full(sim.shape, np.log(floor), dtype=np.float32)
-    # ties broken by position, so the same inputs pick the same neighbours
     nbr = np.argsort(-sim, axis=1, kind="stable")[:, :k]                       # (S, k)
-    w = np.clip(np.take_along_axis(sim, nbr, 1), 0, None)                     # (S, k)
-    w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
-    weights = sp.csr_array((w.ravel(), nbr.ravel(), np.arange(0, w.size + 1, k)),
-                           shape=sim.shape)                                   # (S, P)
-    share = (weights @ sp.csr_array(known)).toarray()                         # (S, P)
-    return np.log(floor + share).astype(np.float32)
+    return nbr, np.take_along_axis(sim, nbr, 1)
 
 
 def cache_key(texts: Sequence[str], max_tokens: int) -> str:

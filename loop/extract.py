@@ -193,6 +193,8 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     heads = _proposal_heads(feats, src[order], dst[order])
     semcons = json.loads((model_dir / COMPILE_RECORD).read_text()).get("semcons", [])
     lines = _corpus_lines(graph, corpus, src[order], dst[order], cfg.evidence_lines, cfg.docs)
+    alike = linking_neighbours(feats, src[order], dst[order]) if "text_neighbours" in names \
+        else [[] for _ in order]
     tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
     confidence = apply(cal, np.exp(vals[order]), cold=cold[src[order]])       # (k,)
     fold_only = apply(cal, np.exp(vals[order]), curator=False, cold=cold[src[order]])
@@ -214,7 +216,23 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
                       "head_deltas": [round(float(x), 6) for x in (delta if delta is not None
                                                                    else [])],
                       "lines": lines[n],
+                      "neighbours": alike[n],
                       "fold_confidence": round(float(fold_only[n]), 6)}))
+    return out
+
+
+def linking_neighbours(feats, src: np.ndarray, dst: np.ndarray) -> list[list[dict]]:
+    """Per proposal, the pages nearest p by text (of the `text_neighbours` feature's k) that
+    link q, with their cosine: "pages that read like this one link it"."""
+    from loop.embed import nearest
+    graph = feats.graph
+    out = []
+    for s, d in zip(src, dst):
+        nbr, sim = nearest(feats.text_vectors(), [int(s)])
+        out.append([{"particle": graph.index[int(n)],
+                     "name": (graph.names.get(int(n)) or [""])[0],
+                     "cosine": round(float(c), 4)}
+                    for n, c in zip(nbr[0], sim[0]) if c > 0 and graph.known[int(n), int(d)]])
     return out
 
 

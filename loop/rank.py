@@ -245,19 +245,22 @@ class Features:
             out[name] = np.asarray(x, dtype=np.float32)
         return out
 
-    def _similarity(self, sources: np.ndarray) -> np.ndarray:
-        """(S, P) cosine of the sources' text embeddings with every particle's."""
+    def text_vectors(self) -> np.ndarray:
+        """(P, 384) the particles' text embeddings (loop/embed.py), computed once."""
         from loop import embed as text_embed
         if self._text_vectors is None:
             self._text_vectors = text_embed.particle_embeddings(self.graph, self._embed_cache)
-        return text_embed.cosine(self._text_vectors, sources)
+        return self._text_vectors
+
+    def _similarity(self, sources: np.ndarray) -> np.ndarray:
+        """(S, P) cosine of the sources' text embeddings with every particle's."""
+        from loop import embed as text_embed
+        return text_embed.cosine(self.text_vectors(), sources)
 
     def _neighbours(self, sources: np.ndarray) -> np.ndarray:
         """(S, P) log(floor + cosine-weighted share of p's nearest pages by text that link q)."""
         from loop import embed as text_embed
-        if self._text_vectors is None:
-            self._text_vectors = text_embed.particle_embeddings(self.graph, self._embed_cache)
-        return text_embed.neighbour_links(self._text_vectors, self.graph.known, sources)
+        return text_embed.neighbour_links(self.text_vectors(), self.graph.known, sources)
 
     def _logits(self, sources, compiled: bool, tuned: bool) -> dict[str, np.ndarray]:
         """The compiled and tuned next-particle log-probabilities after [p], over the index."""

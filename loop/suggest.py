@@ -22,6 +22,7 @@ from graph import ids, sql_loop
 from graph.errors import GraftError
 from graph.store import Store
 from graph.vault import normalise_name, read_vault
+from loop.extract import linking_neighbours
 
 
 NOTE_FILE = "graft-note.md"
@@ -105,6 +106,8 @@ def suggest(store: Store, db: Path, name: str, markdown: str, flavor: str = "obs
     confidence = apply(ranker.fit.get("calibration"), prob[best], cold=cold)
     shares = ranker.contributions(x[best].astype(np.float64))
     names = dict(store.query("SELECT particle, name FROM particles"))
+    alike = (linking_neighbours(feats, np.full(len(best), p), best)
+             if "text_neighbours" in ranker.features else [[] for _ in best])
     rows = []
     for i, q in enumerate(best):
         target = graph.index[q]
@@ -112,7 +115,8 @@ def suggest(store: Store, db: Path, name: str, markdown: str, flavor: str = "obs
                      "score": float(np.log(prob[q])), "confidence": float(confidence[i]),
                      "contributions": {f: round(float(c), 6)
                                        for f, c in zip(ranker.features, shares[i])},
-                     "lines": _lines(text, graph.names.get(int(q), []))})
+                     "lines": _lines(text, graph.names.get(int(q), [])),
+                     "neighbours": alike[i]})
     return {"cycle": n, "particle": particle, "in_store": in_store, "linked": linked,
             "suggestions": rows}
 
@@ -134,6 +138,9 @@ def format_suggestions(result: dict) -> str:
             r["contributions"].items(), key=lambda kv: -abs(kv[1]))[:3])
         lines.append(f"{r['confidence']:>6.2f}  [[{r['name']}]]   ({why})")
         lines += [f"          “{line.strip()[:100]}”" for line in r["lines"][:1]]
+        if r.get("neighbours"):
+            lines.append("          linked from notes like this one: "
+                         + ", ".join(n["name"] or n["particle"][:12] for n in r["neighbours"][:3]))
     if not result["suggestions"]:
         raise GraftError("no particle to propose")
     return "\n".join(lines)

@@ -101,8 +101,13 @@ function evidenceOf(r) {
         label: `${name} = ${fmt(feats[name])}`, value: Number(v) || 0,
         title: `${name}: value ${feats[name]}, contribution ${v}` })), fmt));
   }
+  if (Array.isArray(ev.neighbours) && ev.neighbours.length) {   // text_neighbours' why
+    parts.push(el("h3", {}, "pages that read like the source and link the target (text cosine)"),
+      el("ul", { class: "evidence" }, ev.neighbours.map((n) =>
+        el("li", {}, `${n.name || n.particle} (${fmt(n.cosine)})`))));
+  }
   for (const [key, value] of Object.entries(ev)) {       // anything else, shown as it is
-    if (key === "lines" || (ev.contributions && ["contributions", "features"].includes(key))) continue;
+    if (key === "lines" || key === "neighbours" || (ev.contributions && ["contributions", "features"].includes(key))) continue;
     parts.push(el("h3", {}, key.replaceAll("_", " ")), el("pre", {}, JSON.stringify(value)));
   }
   return parts;
@@ -384,6 +389,8 @@ async function suggestFor(name, text, out) {
       el("button", { class: "accept", on: { click: () => acceptFor(name, s, out) } }, "accept")),
       s.lines.length ? el("ul", { class: "evidence" }, s.lines.map((line) =>
         el("li", {}, highlight(line, [], [s.name])))) : null,
+      (s.neighbours || []).length ? el("p", { class: "muted" }, "linked from notes like this one: "
+        + s.neighbours.slice(0, 3).map((n) => n.name || n.particle).join(", ")) : null,
       barChart("the ranker's score by feature (largest parts)", Object.entries(s.contributions)
         .filter(([, v]) => v !== 0).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1])).slice(0, 5)
         .map(([f, v]) => ({ label: f, value: v })), fmt)))));

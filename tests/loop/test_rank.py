@@ -181,3 +181,26 @@ def test_fold_can_hide_whole_pages_for_cold_start(tmp_path):
     with Store(tmp_path / "b.duckdb", create=False, read_only=True) as fold:
         left = {s for (s,) in fold.query("SELECT DISTINCT src FROM cyberlinks")}
     assert not left & whole
+
+
+def test_text_neighbours_and_their_evidence(wiki):
+    from loop import embed
+    from loop.extract import linking_neighbours
+    if not embed.available():
+        pytest.skip("the embedding package is not installed")
+    with Store(wiki / "g.duckdb", read_only=True, create=False) as store:
+        graph = evaluate.load_graph(store)
+    feats = Features(graph, wiki / "ckpt")
+    assert "text_neighbours" in feats.names
+    src = np.array([graph.position()[pid("page03")], graph.position()[pid("page05")]])
+    x = feats.block(src, ("text_neighbours",))[..., 0]                       # (2, P)
+    np.testing.assert_allclose(
+        x, embed.neighbour_links(feats.text_vectors(), graph.known, src), rtol=1e-6)
+    s, q = np.unravel_index(np.argmax(x), x.shape)          # the best-supported target
+    assert x[s, q] > np.log(embed.NEIGHBOUR_FLOOR)
+    [alike] = linking_neighbours(feats, src[[s]], np.array([q]))
+    assert alike                                            # someone like p links q
+    nbr, sim = embed.nearest(feats.text_vectors(), src[[s]])
+    expect = {graph.index[n]: c for n, c in zip(nbr[0], sim[0]) if c > 0 and graph.known[n, q]}
+    assert {a["particle"]: a["cosine"] for a in alike} == pytest.approx(
+        {p: round(float(c), 4) for p, c in expect.items()})
