@@ -19,6 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from finetune.tune import TuneConfig  # noqa: E402
+from graph.checkpoint import SPECIAL_TOKENS  # noqa: E402
 from graph.store import Store  # noqa: E402
 from loop import ablate, evaluate  # noqa: E402
 from loop.fold import make_fold  # noqa: E402
@@ -46,7 +47,7 @@ def retune(store_path: Path, model: Path, out: Path, cfg: TuneConfig, link: Link
             "heldout": r["after"]["heldout_loss"]}
 
 
-def dpo_pairs(graph: evaluate.EvalGraph, particles: list[str], per_page: int, seed: int
+def dpo_pairs(graph: evaluate.EvalGraph, tokens: dict[str, str], per_page: int, seed: int
               ) -> list[dict]:
     """A page's linked mentions chosen over its unlinked ones (DESIGN §7), as DPO rows of the
     checkpoint's token strings: prompt p, chosen a target p names and links, rejected one it
@@ -54,7 +55,7 @@ def dpo_pairs(graph: evaluate.EvalGraph, particles: list[str], per_page: int, se
     from loop.rank import mention_matrix
     named = mention_matrix(graph)
     pos = {p: i for i, p in enumerate(graph.index)}
-    token = {pos[p]: p for p in particles if p in pos}
+    token = {pos[p]: t for p, t in tokens.items() if p in pos}
     rng = np.random.default_rng(seed)
     rows = []
     for p in range(len(graph.index)):
@@ -82,9 +83,12 @@ def retune_dpo(store_path: Path, model: Path, out: Path, steps: int, lr: float |
     from finetune import trl_jobs
     with Store(store_path, read_only=True, create=False) as store:
         graph = evaluate.load_graph(store)
-    rows = dpo_pairs(graph, json.loads((model / "particles.json").read_text()), per_page, 0)
-    print(f"dpo: {len(rows)} pairs from {store_path}")
     tok = AutoTokenizer.from_pretrained(str(model))
+    particles = json.loads((model / "particles.json").read_text())
+    names = tok.convert_ids_to_tokens(list(range(len(SPECIAL_TOKENS),
+                                                 len(SPECIAL_TOKENS) + len(particles))))
+    rows = dpo_pairs(graph, dict(zip(particles, names)), per_page, 0)
+    print(f"dpo: {len(rows)} pairs from {store_path}, e.g. {rows[0]}")
     net = trl_jobs._model("dpo", model, tok)
     common = dict(output_dir=str(out), use_cpu=True, bf16=False, fp16=False, report_to="none",
                   save_strategy="no", logging_steps=10, seed=0, data_seed=0,
