@@ -30,22 +30,16 @@ MIN_REVIEWED = 30              # curator decisions (of both kinds) before they c
 MIN_COLD = 10                  # true links among a fold's pages without links for their own map
 
 
-def fold_pairs(q, ranker, top: int = TOP, cold: np.ndarray | None = None,
-               decided: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fold_pairs(q, ranker, top: int = TOP, cold: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probability (n,), label (n,), cold (n,)) of each fold source's `top` best candidates
     under `ranker`: its softmax probability over the source's candidates, 1 when the pair is
     a hidden link of that source, and whether the source is cold — `cold` (P,) by index
-    position, e.g. a page with no out-link left in the fold (all False without it).
-    `decided`: (m, 2) index positions of pairs a curator accepted or rejected, which are no
-    candidates here (see calibrate)."""
+    position, e.g. a page with no out-link left in the fold (all False without it)."""
     from loop.fit import source_lists
     cols = [q.names.index(n) for n in ranker.features]
-    gone = _by_source(decided)
     probs, labels, colds = [], [], []
     for s, cand, targets in source_lists(q):
-        if q.sources is not None and int(q.sources[s]) in gone:
-            cand = cand.copy()
-            cand[gone[int(q.sources[s])]] = False
         p, best = _top(ranker.score(q.x[s][None, :, cols].numpy())[0], cand, top)
         probs.append(p)
         labels.append(np.isin(best, targets).astype(np.float64))
@@ -54,23 +48,13 @@ def fold_pairs(q, ranker, top: int = TOP, cold: np.ndarray | None = None,
     return np.concatenate(probs), np.concatenate(labels), np.concatenate(colds)
 
 
-def _by_source(pairs: np.ndarray | None) -> dict[int, np.ndarray]:
-    """{source position: its target positions} of (m, 2) pairs."""
-    if pairs is None or not len(pairs):
-        return {}
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    return {int(s): pairs[pairs[:, 0] == s, 1] for s in np.unique(pairs[:, 0])}
-
-
 def other_pairs(features, known, ranker, sources: np.ndarray, top: int = TOP,
-                cold: np.ndarray | None = None, decided: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                cold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The `top` best candidates' probabilities of fold sources without a hidden link (all
     negatives): most sources of a store have no missing link, and calibrating on the sources
     that do made every confident proposal look right (cyberwiki: estimated precision 0.90,
     measured 0.28)."""
     out, colds = [], []
-    gone = _by_source(decided)
     for i in range(0, len(sources), 256):
         chunk = sources[i:i + 256]
         x = features.block(chunk, ranker.features)                            # (B, P, F)
@@ -79,7 +63,6 @@ def other_pairs(features, known, ranker, sources: np.ndarray, top: int = TOP,
             cand = np.ones(scores.shape[1], dtype=bool)
             cand[s] = False
             cand[known[[s]].nonzero()[1]] = False
-            cand[gone.get(int(s), [])] = False
             p = _top(scores[j], cand, top)[0]
             out.append(p)
             colds.append(np.full(len(p), cold is not None and bool(cold[s])))
@@ -247,8 +230,7 @@ def accept_count(confidences: list[float], precision: float) -> int:
 
 def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, seed: int = 0,
               say: Callable[[str], None] = lambda _: None,
-              curator: tuple[np.ndarray, np.ndarray] | None = None,
-              decided: np.ndarray | None = None) -> dict:
+              curator: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Fit the calibration of `ranker` on the fold: the top candidates of the sources with a
     hidden link (the queries `q`) and of a seeded sample of the fold's other `sources` (as many
     again, each standing for its share of all of them), through `features` and the fold's
@@ -260,23 +242,15 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
     (`--fold-pages`) makes — get a map of their own (and the main map is fitted on the other
     pages) when both hold MIN_COLD true links:
     their best candidates are far likelier links than a linked page's (a new note lacks all
-    its links), and one map for both puts the two at one rate.
-
-    `decided`: (m, 2) fold index positions of the pairs curators decided. They are left out:
-    a confidence is about a proposal not yet reviewed, and a decided pair is never proposed
-    again. Counted, the accepted ones — hidden in the fold as labels, and ranked high because
-    the ranker proposed them — made the top of the fold look truer than the next proposals
-    are (cyberwiki, cycle 2 of a simulated curator: the fold's estimate rose 0.26 → 0.36
-    while the share accepted fell 0.36 → 0.12)."""
+    its links), and one map for both puts the two at one rate."""
     cold_src = features.graph.cold() if features is not None else None
     with torch.no_grad():
-        prob, label, cold = fold_pairs(q, ranker, cold=cold_src, decided=decided)
+        prob, label, cold = fold_pairs(q, ranker, cold=cold_src)
         weight = np.ones(len(prob))
         if features is not None and sources is not None and len(sources):
             n = min(len(sources), max(1, q.x.shape[0]))
             pick = np.sort(np.random.default_rng(seed).choice(sources, n, replace=False))
-            other, other_cold = other_pairs(features, known, ranker, pick, cold=cold_src,
-                                            decided=decided)
+            other, other_cold = other_pairs(features, known, ranker, pick, cold=cold_src)
             prob = np.concatenate([prob, other])
             label = np.concatenate([label, np.zeros(len(other))])
             weight = np.concatenate([weight, np.full(len(other), len(sources) / n)])

@@ -255,8 +255,7 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=seed, say=say)
     others = np.setdiff1d(np.arange(len(graph.index)), pairs[:, 0])
     cal = calibrate(queries, ranker, folder, features, known, others,           # P(true link)
-                    seed, say, curator=curator_labels(store),
-                    decided=positions(graph, curated + rejected))
+                    seed, say, curator=curator_labels(store))
     ranker = replace(ranker, fit={**ranker.fit, "calibration": cal})
     path = ranker.save(folder / "ranker.json")
     subsets = fit_subsets(queries, ranker.kind, seed, say=say)   # groups' worth

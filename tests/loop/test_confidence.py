@@ -42,12 +42,6 @@ def test_fold_pairs_label_each_sources_top_candidates():
     np.testing.assert_allclose(prob, [e[0] / e.sum(), e[1] / e.sum(), f[0] / f.sum(),
                                       f[1] / f.sum()], rtol=1e-6)
     np.testing.assert_array_equal(label, [0, 1, 1, 0])
-    # a pair a curator decided (0 → 2) is no candidate: source 0's best are then 3 and 4
-    q = FitQueries(q.names, x, q.row, q.target, mask, sources=np.array([0, 1]))
-    prob, label, _ = fold_pairs(q, Ranker(("indegree",), (1.0,)), top=2, decided=np.array([[0, 2]]))
-    e = np.exp([4., 2., 1.])
-    np.testing.assert_allclose(prob[:2], e[:2] / e.sum(), rtol=1e-6)
-    np.testing.assert_array_equal(label, [1, 0, 1, 0])
 
 
 def test_accept_while_the_estimated_precision_holds():
