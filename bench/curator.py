@@ -9,7 +9,8 @@ them — accepting those in the key and rejecting the rest (`loop.review.decide`
 label, and calibrates its confidence on what was decided.
 
 Per cycle it prints: reviewed, accepted, the estimated precision of the reviewed (their mean
-calibrated confidence) against the measured (accepted / reviewed); how many pending
+calibrated confidence) against the measured (accepted / reviewed) and the share of the reviewed
+that are hidden links of either half (what a curator who knew them all would accept); how many pending
 proposals `--accept-precision 0.8` would have accepted and their precision against all the
 hidden links; test MRR and Hits@10 beside unlinked mentions; the approximation error at a
 document's first position and KL(tuned ‖ compiled); wall time.
@@ -51,9 +52,13 @@ def split_key(rows: list[dict], seed: int, share: float = 0.5) -> tuple[list[dic
             [r for r in rows if (r["from"], r["to"]) not in key])
 
 
-def curator_review(store: Store, cycle: int, key: set[tuple[str, str]], k: int) -> dict:
+def curator_review(store: Store, cycle: int, key: set[tuple[str, str]], k: int,
+                   hidden: set[tuple[str, str]] = frozenset()) -> dict:
     """Review the top `k` pending proposals of `cycle` in the queue's order: accept those in
-    `key`, reject the rest. Deterministic: the queue is ordered by confidence, score, id."""
+    `key`, reject the rest. Deterministic: the queue is ordered by confidence, score, id.
+    "hidden_share": the share of the reviewed that are hidden links of either half — the
+    precision a curator who knew every hidden link would measure (the key's curator rejects
+    the test half's)."""
     from loop.review import decide, list_proposals
     queue = list_proposals(store, status="pending", cycle=cycle, limit=k)
     accept = [p["id"] for p in queue if (p["src"], p["dst"]) in key]
@@ -64,6 +69,8 @@ def curator_review(store: Store, cycle: int, key: set[tuple[str, str]], k: int) 
     return {"reviewed": len(queue), "accepted": len(accept),
             "estimated": round(sum(conf) / len(conf), 4) if conf else None,
             "measured": round(len(accept) / len(queue), 4) if queue else None,
+            "hidden_share": round(sum((p["src"], p["dst"]) in hidden for p in queue)
+                                  / len(queue), 4) if queue else None,
             "accepted_ids": accept, "rejected_ids": reject}
 
 
@@ -152,11 +159,12 @@ def main() -> None:
               *flags, *args.cycle_args, log=log)
         with Store(db) as store:
             would = at_precision(store, n, hidden, args.precision)
-            review = curator_review(store, n, key, args.k)
+            review = curator_review(store, n, key, args.k, hidden)
         curated.append({"cycle": n, "cycle_seconds": round(time.perf_counter() - start, 1),
                         "review": review, "at_precision": would})
         print(f"cycle {n}: reviewed {review['reviewed']}, accepted {review['accepted']} "
-              f"(estimated {review['estimated']}, measured {review['measured']}); at "
+              f"(estimated {review['estimated']}, measured {review['measured']}, hidden "
+              f"links {review['hidden_share']}); at "
               f"{args.precision}: {would}", flush=True)
     from loop.cycle import cycle_metrics
     with Store(db, create=False, read_only=True) as store:
@@ -169,14 +177,16 @@ def main() -> None:
 def table(rows: list[dict], curated: list[dict], mentions: dict, p: float) -> str:
     def f(x, digits=4):
         return "–" if x is None else f"{x:.{digits}f}"
-    out = [f"| cycle | reviewed | accepted | est. precision | measured | accepted at {p} | "
+    out = [f"| cycle | reviewed | accepted | est. precision | measured | hidden share | "
+           f"accepted at {p} | "
            f"its est. | its measured | test MRR | Hits@10 | mentions MRR | approx. error "
            "(first) | KL(tuned ‖ compiled) | wall s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, c in zip(rows, curated):
         rv, ap = c["review"], c["at_precision"]
         out.append(f"| {r['cycle']} | {rv['reviewed']} | {rv['accepted']} | "
-                   f"{f(rv['estimated'], 2)} | {f(rv['measured'], 2)} | {ap['count']} | "
+                   f"{f(rv['estimated'], 2)} | {f(rv['measured'], 2)} | "
+                   f"{f(rv.get('hidden_share'), 2)} | {ap['count']} | "
                    f"{f(ap['estimated'], 2)} | {f(ap['measured'], 2)} | {f(r.get('eval_mrr'))} | "
                    f"{f(r.get('eval_hits10'))} | {f(mentions['mrr'])} | "
                    f"{f(r.get('approximation_error_first'))} | {f(r.get('kl_tuned_compiled'))} | "

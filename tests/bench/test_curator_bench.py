@@ -31,7 +31,7 @@ def test_the_curator_works_the_queue_the_same_way_every_time(tmp_path):
     out = []
     for name in ("a", "b"):
         with _store(tmp_path / f"{name}.duckdb") as store:
-            out.append(curator_review(store, 1, key, k=5))
+            out.append(curator_review(store, 1, key, k=5, hidden=key | {("s0", "t9")}))
             status = store.query("SELECT src, dst, status, reviewer FROM proposals ORDER BY id")
             out[-1]["status"] = status
     assert out[0] == out[1]
@@ -39,6 +39,7 @@ def test_the_curator_works_the_queue_the_same_way_every_time(tmp_path):
     # the queue: score 4 (t4, t9), 3 (t3, t8), 2 (t2) — by score, then id
     assert review["reviewed"] == 5 and review["accepted"] == 3
     assert review["measured"] == 0.6
+    assert review["hidden_share"] == 0.8             # t9 is hidden too, in the test half
     assert review["estimated"] == round((0.4 + 0.4 + 0.3 + 0.3 + 0.2) / 5, 4)
     decided = {(s, d): st for s, d, st, _ in review["status"] if st != "pending"}
     assert decided == {("s1", "t4"): "accepted", ("s0", "t9"): "rejected",
