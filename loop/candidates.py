@@ -1,0 +1,155 @@
+"""Candidate targets per source, so a large graph's extractor need not score every (p, q).
+
+On cyberwiki the ranker scores all 6,666 particles for each source; at 117k (WordNet) or 3M
+(Bostrom) that is 10¹⁰–10¹³ pairs × 16 features, which no cycle on this machine affords. A
+candidate set keeps what any feature could rank high, from four sources:
+
+  mentioned   q named in p's text, or p in q's (the `mention` and `back_mention` features)
+  neighbours  what the k pages nearest p by text embedding link (`text_neighbours`), and
+              what p's own targets link (two hops: the graph's neighbourhood)
+  model       the top `k_model` of the compiled zero-layer score E_p · H_q — exact by
+              blocked matrix product, or approximate by a faiss HNSW index (inner product)
+              when `approximate` (faiss-cpu, a well-kept library; its recall of the exact
+              top-k is measured by bench/candidates.py)
+  popular     the `k_popular` particles with the most `link` sources (link probability and
+              in-degree favour them)
+
+`recall` says how many of a set of true pairs the candidates keep: what a candidate-based
+extractor can find at most, measured against the full scan on a graph where that is cheap.
+
+Letters in shape comments: P particles in the index, S sources, d the model's width, k kept.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from graph.errors import GraftError
+from loop.evaluate import EvalGraph
+
+SOURCES = ("mentioned", "neighbours", "model", "popular")
+
+
+def top_inner(queries: np.ndarray, keys: np.ndarray, k: int, approximate: bool = False,
+              block: int = 1024, seed: int = 0) -> np.ndarray:
+    """(S, k) positions in `keys` (P, d) of the k largest inner products with each query
+    (S, d), largest first; ties by position. Exact: blocked matrix products (memory
+    block × P). Approximate: a faiss HNSW index (M = 32, efSearch = max(64, 2k)) — faiss
+    builds it deterministically for a given thread count."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    keys = np.ascontiguousarray(keys, dtype=np.float32)
+    k = max(0, min(k, len(keys)))
+    if not k or not len(queries):
+        return np.zeros((len(queries), k), dtype=np.int64)
+    if approximate:
+        try:
+            import faiss
+        except ImportError:
+            raise GraftError("approximate top-k needs faiss: pip install faiss-cpu "
+                             "(or ask for the exact scan)") from None
+        faiss.omp_set_num_threads(1)            # one build order, one index
+        index = faiss.IndexHNSWFlat(keys.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(64, 2 * k)
+        index.add(keys)
+        return index.search(queries, k)[1].astype(np.int64)
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for i in range(0, len(queries), block):
+        s = queries[i:i + block] @ keys.T                                      # (B, P)
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]                       # (B, k)
+        vals = np.take_along_axis(s, part, 1)
+        order = np.lexsort((part, -vals), axis=1)           # by value, then by position
+        out[i:i + block] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def candidates(graph: EvalGraph, sources: np.ndarray, *, mention: sp.csr_array,
+               text_vectors: np.ndarray | None = None, model: tuple | None = None,
+               k_text: int = 20, k_model: int = 100, k_popular: int = 50,
+               approximate: bool = False, use: tuple[str, ...] = SOURCES
+               ) -> dict[str, sp.csr_array]:
+    """{source kind: (S, P) bool} candidate targets of each source, by kind (their union is
+    the candidate set); p itself and p's known targets are never candidates.
+
+    Args:
+        graph: the store's graph (loop/evaluate.py).
+        sources: (S,) index positions.
+        mention: (P, P) q named in p's text (loop/textstats.py).
+        text_vectors: (P, D) unit text embeddings (loop/embed.py), or None (no text
+            neighbours).
+        model: (E (T', d) input vectors by checkpoint row, H (P', d) output vectors of the
+            index positions the checkpoint has, in index order, ckpt (P,) each position's
+            checkpoint row or −1) — loop.rank.Features' embed, head and ckpt — or None.
+        k_text, k_model, k_popular: how many text neighbours, model top-k and popular.
+        approximate: model top-k by faiss HNSW rather than the exact scan.
+        use: which kinds to build.
+    """
+    unknown = [u for u in use if u not in SOURCES]
+    if unknown:
+        raise GraftError(f"candidate kinds {unknown}: expected some of {list(SOURCES)}")
+    sources = np.asarray(sources, dtype=np.int64).reshape(-1)
+    size = len(graph.index)
+    known = sp.csr_array(graph.known)
+    out: dict[str, sp.csr_array] = {}
+    if "mentioned" in use:
+        out["mentioned"] = (mention[sources] + sp.csr_array(mention.T)[sources]) > 0
+    if "neighbours" in use:
+        two_hop = (known[sources] @ known) > 0                                # (S, P)
+        parts = [two_hop]
+        if text_vectors is not None:
+            from loop import embed
+            nbr, _ = embed.nearest(text_vectors, sources, k_text)              # (S, k)
+            pick = sp.csr_array((np.ones(nbr.size), (np.repeat(np.arange(len(sources)),
+                                                               nbr.shape[1]), nbr.ravel())),
+                                shape=(len(sources), size))
+            parts.append((pick @ known) > 0)
+        out["neighbours"] = sum(parts[1:], parts[0]) > 0
+    if "model" in use and model is not None:
+        e, h, ckpt = model
+        have = np.flatnonzero(ckpt >= 0)
+        ok = np.flatnonzero(ckpt[sources] >= 0)
+        top = top_inner(e[ckpt[sources[ok]]], h, k_model, approximate)         # (S', k)
+        rows = np.repeat(ok, top.shape[1])
+        out["model"] = sp.csr_array((np.ones(len(rows), dtype=bool), (rows, have[top.ravel()])),
+                                    shape=(len(sources), size))
+    if "popular" in use:
+        best = np.argsort(-np.asarray(graph.link_indegree), kind="stable")[:k_popular]
+        rows = np.repeat(np.arange(len(sources)), len(best))
+        out["popular"] = sp.csr_array((np.ones(len(rows), dtype=bool),
+                                       (rows, np.tile(best, len(sources)))),
+                                      shape=(len(sources), size))
+    drop = known[sources] > 0                                                  # (S, P)
+    self_ = sp.csr_array((np.ones(len(sources), dtype=bool),
+                          (np.arange(len(sources)), sources)), shape=(len(sources), size))
+    gone = (drop + self_) > 0
+    return {kind: sp.csr_array(m > 0) > gone for kind, m in out.items()}
+
+
+def union(sets: dict[str, sp.csr_array]) -> sp.csr_array:
+    """(S, P) bool: the candidates of any kind."""
+    mats = list(sets.values())
+    if not mats:
+        raise GraftError("no candidate kind was built")
+    return sum(mats[1:], mats[0]) > 0
+
+
+def recall(sets: dict[str, sp.csr_array], sources: np.ndarray, pairs: np.ndarray,
+           say: Callable[[str], None] = lambda _: None) -> dict:
+    """How many of the true (p, q) `pairs` (n, 2 index positions) the candidates of
+    `sources` keep — in all, and by each kind alone — and the mean candidates per source."""
+    pos = {int(s): i for i, s in enumerate(np.asarray(sources).reshape(-1))}
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    pairs = pairs[[int(p) in pos for p in pairs[:, 0]]]
+    rows = np.array([pos[int(p)] for p in pairs[:, 0]], dtype=np.int64)
+    all_ = union(sets)
+    out = {"pairs": int(len(pairs)), "sources": len(pos),
+           "recall": float(np.asarray(all_[rows, pairs[:, 1]]).mean()) if len(pairs) else 0.0,
+           "per_source": float(all_.sum() / max(len(pos), 1)),
+           "by_kind": {k: {"recall": float(np.asarray(m[rows, pairs[:, 1]]).mean())
+                           if len(pairs) else 0.0,
+                           "per_source": float(m.sum() / max(len(pos), 1))}
+                       for k, m in sets.items()}}
+    say(f"candidates: {out['per_source']:.0f} per source keep {out['recall']:.3f} of "
+        f"{out['pairs']} true pairs")
+    return out
