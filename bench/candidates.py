@@ -79,7 +79,8 @@ def main() -> None:
         for j, s in enumerate(chunk):
             score[j, graph.known[[s]].nonzero()[1]] = -np.inf
         best = np.argsort(-score, axis=1, kind="stable")[:, :10]
-        top10.append(np.asarray(keep[np.arange(i, i + len(chunk))[:, None], best]))
+        rows = keep[np.arange(i, i + len(chunk))].toarray()                   # (B, P)
+        top10.append(np.take_along_axis(rows, best, 1))
     record["ranker_top10_kept"] = float(np.concatenate(top10).mean())
 
     # the model's top-k: the exact scan against faiss HNSW
