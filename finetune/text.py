@@ -83,22 +83,30 @@ class Lexicon:
     def match(self, text: str) -> tuple[list[int], int, int]:
         """(token ids, word units, matched word units) of one text."""
         us = units(text)
-        out, words, matched, i = [], 0, 0, 0
+        out, matched = [], 0
+        for token, phrase in self._scan(us):
+            out.append(token)
+            matched += sum(1 for u in phrase if _is_word(u))
+        words = sum(1 for u in us if _is_word(u))
+        return out, words, matched
+
+    def phrases_of(self, text: str) -> list[tuple[int, tuple[str, ...]]]:
+        """(token id, the phrase as matched — its normalised units) of each match, in order:
+        which name or alias the text used."""
+        return list(self._scan(units(text)))
+
+    def _scan(self, us: list[str]):
+        """Longest matches, left to right: (token, phrase units)."""
+        i = 0
         while i < len(us):
-            found = None
             for n in range(min(self.longest.get(us[i], 0), len(us) - i), 0, -1):
                 token = self.phrases.get(tuple(us[i:i + n]))
                 if token is not None:
-                    found = (token, n)
+                    yield token, tuple(us[i:i + n])
+                    i += n
                     break
-            if found:
-                out.append(found[0])
-                matched += sum(1 for u in us[i:i + found[1]] if _is_word(u))
-                i += found[1]
             else:
                 i += 1
-        words = sum(1 for u in us if _is_word(u))
-        return out, words, matched
 
 
 def _is_word(unit: str) -> bool:

@@ -18,6 +18,9 @@ Features of (p, q), each over the whole particle index, in three groups (`graft 
     link_prob          log of q's link probability: (pages naming q that link it + ½) /
                        (pages naming q + 2) — how often curators link q where it is named
     link_prob_mention  link_prob × mention: the same, only where p names q
+    anchor_prob        where p names q, log of the phrase's anchor probability: (pages using
+                       that name or alias whose page links q + ½) / (pages using it + 2) — the
+                       best of the phrases p uses; 0 where p does not name q
     early_mention      1 − (index of q's first match in p's text) / (matches in p's text)
     comention          log(1 + other pages whose text names both p and q)
     reverse_link       1 when q links p
@@ -57,8 +60,8 @@ from graph.runtime import device_of
 from loop.evaluate import EvalGraph, Scorer, checkpoint_positions
 
 TEXT_FEATURES = ("mention", "mention_count", "back_mention", "indegree", "link_prob",
-                 "link_prob_mention", "early_mention", "comention", "reverse_link", "embed_sim",
-                 "text_neighbours")
+                 "link_prob_mention", "anchor_prob", "early_mention", "comention",
+                 "reverse_link", "embed_sim", "text_neighbours")
 COMPILED_FEATURES = ("in_model", "zero_layer", "compiled")
 TUNED_FEATURES = ("tuned", "tuned_context")
 MODEL_FEATURES = COMPILED_FEATURES + TUNED_FEATURES
@@ -225,6 +228,8 @@ class Features:
                 x = np.broadcast_to(st.link_prob[None, :], (len(sources), len(st.link_prob)))
             elif name == "link_prob_mention":
                 x = named * st.link_prob[None, :]
+            elif name == "anchor_prob":
+                x = st.anchor[sources].toarray()
             elif name == "early_mention":
                 x = st.early[sources].toarray()
             elif name == "comention":

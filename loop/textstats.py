@@ -34,17 +34,25 @@ class TextStats:
     comention: sp.csr_array     # (P, P) pages other than p and q whose text names both
     link_prob: np.ndarray       # (P,) log of q's smoothed link probability
     reverse: sp.csr_array       # (P, P) 1 where q → p is a ground-truth link
+    anchor: sp.csr_array        # (P, P) log anchor probability of the phrase p names q by
 
 
 def mentions(graph: EvalGraph) -> tuple[sp.csr_array, sp.csr_array]:
     """(mention, early) of TextStats: where each page's text names each particle (names and
     aliases matched as finetune/text.py matches them: longest phrase, case-insensitive, on
     word boundaries; a page's own name left out)."""
+    return _mentions(graph)[:2]
+
+
+def _mentions(graph: EvalGraph) -> tuple[sp.csr_array, sp.csr_array, sp.csr_array]:
+    """(mention, early, anchor) of TextStats, from one pass over the texts."""
     size = len(graph.index)
     lexicon = Lexicon(graph.names)
     rows, cols, counts, firsts = [], [], [], []
+    used: list[tuple[int, int, tuple[str, ...]]] = []       # (page, particle, phrase), distinct
     for p, text in sorted(graph.texts.items()):
-        found = np.asarray(lexicon.match(text)[0], dtype=np.int64)
+        matches = lexicon.phrases_of(text)
+        found = np.asarray([t for t, _ in matches], dtype=np.int64)
         if not len(found):
             continue
         u, first, c = np.unique(found, return_index=True, return_counts=True)
@@ -53,17 +61,41 @@ def mentions(graph: EvalGraph) -> tuple[sp.csr_array, sp.csr_array]:
         cols.append(u[keep])
         counts.append(c[keep])
         firsts.append(1.0 - first[keep] / len(found))
+        used += sorted({(p, t, phrase) for t, phrase in matches if t != p})
     if not rows:
         empty = sp.csr_array((size, size), dtype=np.float32)
-        return empty, empty
+        return empty, empty, empty
     r, c = np.concatenate(rows), np.concatenate(cols)
     return (sp.csr_array((np.concatenate(counts).astype(np.float32), (r, c)), shape=(size, size)),
-            sp.csr_array((np.concatenate(firsts).astype(np.float32), (r, c)), shape=(size, size)))
+            sp.csr_array((np.concatenate(firsts).astype(np.float32), (r, c)), shape=(size, size)),
+            _anchors(used, graph.known, size))
+
+
+def _anchors(used: list[tuple[int, int, tuple[str, ...]]], known: sp.csr_array, size: int
+             ) -> sp.csr_array:
+    """(P, P) log of the best anchor probability among the phrases p's text names q by: a
+    phrase's (pages using it whose page links its particle + ½) / (pages using it + 2)."""
+    if not used:
+        return sp.csr_array((size, size), dtype=np.float32)
+    page = np.array([p for p, _, _ in used], dtype=np.int64)
+    target = np.array([t for _, t, _ in used], dtype=np.int64)
+    phrase_ids: dict[tuple[str, ...], int] = {}
+    ph = np.array([phrase_ids.setdefault(x, len(phrase_ids)) for _, _, x in used])
+    linked = np.asarray(sp.csr_array(known)[page, target]).ravel() > 0        # (n,)
+    pages = np.bincount(ph, minlength=len(phrase_ids))                        # per phrase
+    hits = np.bincount(ph, weights=linked, minlength=len(phrase_ids))
+    logp = np.log((hits + PRIOR[0]) / (pages + PRIOR[1]))[ph]                 # (n,)
+    best = {}
+    for p, t, v in zip(page.tolist(), target.tolist(), logp.tolist()):
+        best[(p, t)] = max(v, best.get((p, t), -np.inf))
+    r, c = np.array(list(best)).T
+    return sp.csr_array((np.array(list(best.values()), dtype=np.float32), (r, c)),
+                        shape=(size, size))
 
 
 def text_stats(graph: EvalGraph) -> TextStats:
     """Every matrix of TextStats for `graph`."""
-    mention, early = mentions(graph)
+    mention, early, anchor = _mentions(graph)
     named = (mention > 0).astype(np.float32)                                  # (P, P) p names q
     linked = named * graph.known                                              # named and linked
     mentioned_in = np.asarray(named.sum(axis=0)).ravel()                      # (P,)
@@ -75,5 +107,5 @@ def text_stats(graph: EvalGraph) -> TextStats:
     both.setdiag(0)
     both.eliminate_zeros()
     return TextStats(mention=mention, early=early, comention=both.astype(np.float32),
-                     link_prob=link_prob,
+                     link_prob=link_prob, anchor=anchor,
                      reverse=sp.csr_array(graph.known.T, dtype=np.float32))

@@ -28,6 +28,20 @@ def test_link_probability_by_hand():
     np.testing.assert_allclose(st.link_prob, expected, rtol=1e-6)
 
 
+def test_anchor_probability_by_hand():
+    st = text_stats(graph4())
+    # phrases used (page: phrase → particle): a: gamma → c, beta → b, b → b; b: gamma → c;
+    # c: alpha → a, beta → b; d: beta → b.  Pages using each / whose page links the particle:
+    # gamma 2 / 1 (b → c), beta 3 / 1 (a → b), b 1 / 1 (a → b), alpha 1 / 1 (c → a)
+    lp = {k: np.log((h + .5) / (n + 2)) for k, (n, h) in
+          {"gamma": (2, 1), "beta": (3, 1), "b": (1, 1), "alpha": (1, 1)}.items()}
+    a = st.anchor.toarray()
+    assert a[0, 1] == np.float32(max(lp["beta"], lp["b"]))    # a names b by both: the best
+    assert a[0, 2] == np.float32(lp["gamma"]) and a[1, 2] == np.float32(lp["gamma"])
+    assert a[2, 0] == np.float32(lp["alpha"]) and a[3, 1] == np.float32(lp["beta"])
+    assert (a != 0).sum() == (st.mention.toarray() != 0).sum()   # exactly where p names q
+
+
 def test_mentions_first_positions_and_comentions_by_hand():
     st = text_stats(graph4())
     m = st.mention.toarray()
