@@ -74,7 +74,7 @@ def cmd_cycle(args, say, emit) -> None:
                       ranker_kind=args.ranker_kind, fold_token=args.fold_token,
                       fold_inverse=args.fold_inverse, fold_pages=args.fold_pages,
                       hard_negative=args.hard_negative, warm_start=args.warm_start,
-                      same_fold=args.same_fold)
+                      same_fold=args.same_fold, text_embed=not args.no_text_embed)
     with Store(args.db) as store:
         rows = run_cycles(store, cfg, say=say)
     page = write_report(rows, Path(args.out) / "report.html")
@@ -182,6 +182,8 @@ def add_commands(command) -> None:
     p.add_argument("--ranker-kind", default="linear", choices=["linear", "lgbm", "auto"],
                    help="the extractor's ranker: listwise linear, LightGBM lambdarank, or auto "
                    "(whichever ranks a held-back quarter of the fold better)")
+    p.add_argument("--no-text-embed", action="store_true", help="fit the ranker without the "
+                   "MiniLM text-embedding features (embed_sim, text_neighbours)")
     p.add_argument("--fold-token", default="link", metavar="TOKEN", help="hide links of this "
                    "token (a typed graph's relation, e.g. hypernym) for the fold; all links "
                    "when none has it")

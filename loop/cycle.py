@@ -63,6 +63,7 @@ class CycleConfig:
     ranker_kind: str = "linear"     # linear, lgbm, or auto: the better on held-back fold sources
     warm_start: bool = False        # compile from the previous cycle's subspace (compiler/warm.py)
     hard_negative: float = 1.0      # a curator-rejected candidate counts as this many in the fit
+    text_embed: bool = True         # the ranker may use the MiniLM features (when installed)
 
     @property
     def embed_cache(self) -> Path:
@@ -249,7 +250,7 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     save_hidden(fold, hidden)
     pairs = hidden_positions(graph, fold)
     features = Features(graph, fold / "model", fold / "adapter", embed_cache=cfg.embed_cache,
-                        device=cfg.extract.device)
+                        embed=cfg.text_embed, device=cfg.extract.device)
     queries = fit_queries(features, known, pairs, seed=seed, say=say,
                           hard=positions(graph, rejected), hard_weight=cfg.hard_negative)
     ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=seed, say=say)
