@@ -75,10 +75,8 @@ def dpo_pairs(graph: evaluate.EvalGraph, tokens: dict[str, str], per_page: int, 
 
 def retune_dpo(store_path: Path, model: Path, out: Path, steps: int, lr: float | None,
                rank: int, per_page: int) -> dict:
-    """TRL's DPO trainer (finetune/trl_jobs.py) on dpo_pairs of the store, a LoRA on the
-    compiled model; rows are token strings already, so no lexicon matching."""
-    from datasets import Dataset
-    from peft import LoraConfig
+    """`graft dpo` (finetune/trl_jobs.py, TRL's DPO trainer) on dpo_pairs of the store, a
+    LoRA on the compiled model; the rows are token strings already."""
     from transformers import AutoTokenizer
     from finetune import trl_jobs
     with Store(store_path, read_only=True, create=False) as store:
@@ -89,21 +87,15 @@ def retune_dpo(store_path: Path, model: Path, out: Path, steps: int, lr: float |
                                                  len(SPECIAL_TOKENS) + len(particles))))
     rows = dpo_pairs(graph, dict(zip(particles, names)), per_page, 0)
     print(f"dpo: {len(rows)} pairs from {store_path}, e.g. {rows[0]}")
-    net = trl_jobs._model("dpo", model, tok)
-    common = dict(output_dir=str(out), use_cpu=True, bf16=False, fp16=False, report_to="none",
-                  save_strategy="no", logging_steps=10, seed=0, data_seed=0,
-                  per_device_train_batch_size=8, max_steps=steps, disable_tqdm=False,
-                  learning_rate=lr or 2e-4)
-    peft = LoraConfig(r=rank, lora_alpha=2 * rank, task_type="CAUSAL_LM",
-                      target_modules="all-linear")
+    out.mkdir(parents=True, exist_ok=True)
+    data = out.parent / f"{out.name}.pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     start = time.perf_counter()
-    trainer = trl_jobs._trainer("dpo", net, tok, Dataset.from_list(rows), peft, common, 0.1)
-    trainer.train()
-    trainer.save_model(str(out))
-    (out / "training_args.bin").unlink(missing_ok=True)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    r = trl_jobs.train("dpo", model, data, out, method="lora", max_steps=steps, lr=lr,
+                       batch_size=8, rank=rank, alpha=2 * rank, device="cpu", tokens=True,
+                       say=print)
     return {"seconds": round(time.perf_counter() - start, 1), "pairs": len(rows),
-            "steps": trainer.state.global_step, "loss": [losses[0], losses[-1]] if losses else []}
+            "steps": r["steps"], "loss": [r["first_loss"], r["last_loss"]]}
 
 
 def main() -> None:

@@ -58,7 +58,8 @@ class CompileConfig:
         if (self.max_layers < 1 or self.power_iters < 0 or self.oversample < 0
                 or self.warm_power_iters < 0):
             problems.append(f"max_layers={self.max_layers}, power_iters={self.power_iters}, "
-                            f"oversample={self.oversample} (expected >= 1, >= 0, >= 0)")
+                            f"oversample={self.oversample}, warm_power_iters="
+                            f"{self.warm_power_iters} (expected >= 1, >= 0, >= 0, >= 0)")
         if self.attn_gain < 0 or self.mlp_gain < 0 or self.attn_temperature <= 0:
             problems.append(f"attn_gain={self.attn_gain}, mlp_gain={self.mlp_gain}, "
                             f"attn_temperature={self.attn_temperature} (expected >= 0, >= 0, > 0)")

@@ -95,10 +95,11 @@ def preference_pairs(decisions: Iterable[dict]) -> list[dict]:
 def train(kind: str, model_dir: Path, data_path: Path, out: Path, *, method: str = "lora",
           max_steps: int | None = None, epochs: float = 1.0, lr: float | None = None,
           batch_size: int = 4, beta: float = 0.1, rank: int = 8, alpha: int = 16,
-          seed: int = 0, device: str = "auto",
+          seed: int = 0, device: str = "auto", tokens: bool = False,
           say: Callable[[str], None] = lambda _: None) -> dict:
     """Run TRL's SFT, DPO or reward trainer on `device` (auto: CUDA when torch sees it);
-    the adapter or model is saved to `out`."""
+    the adapter or model is saved to `out`. `tokens`: the rows of a compiled checkpoint are
+    its token strings already (space-separated), not text to read into particles."""
     from graph.runtime import resolve_device
     device = resolve_device(device)
     from datasets import Dataset
@@ -108,7 +109,7 @@ def train(kind: str, model_dir: Path, data_path: Path, out: Path, *, method: str
         raise GraftError(f"--method {method}: expected lora or full")
     model_dir, out = Path(model_dir), Path(out)
     rows = read_rows(data_path, kind)
-    convert = particle_text(model_dir)
+    convert = None if tokens else particle_text(model_dir)
     if convert is not None:
         rows = to_particles(rows, convert, data_path)
         say(f"compiled checkpoint: text read as particles, e.g. {rows[0]}")

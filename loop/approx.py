@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from graph.checkpoint import SPECIAL_TOKENS
+from graph.runtime import device_of
 from finetune import data
 from finetune.forgetting import fit_scale
 from finetune.text import Lexicon
@@ -88,7 +89,6 @@ def first_kl(model_dir: Path, adapter: Path, starts: list[int], mapping,
     to_model, _, columns = mapping
     if not starts:
         return None
-    from graph.runtime import device_of
     tuned, switch_off = load_pair(model_dir, adapter, device)
     dev = device_of(tuned)
     total = 0.0
@@ -111,9 +111,9 @@ def _scored(model, rows: list[list[int]], row_first: list[bool] | None, mapping,
     flagged first, tokens dropped) of every scored position of reference-token `rows`."""
     to_model, to_column, columns = mapping
     out, targets, first, dropped = [], [], [], 0
+    dev = device_of(model)
     for i in range(0, len(rows), batch_size):
         b = data.collate(rows[i:i + batch_size])
-        dev = next(model.parameters()).device
         logits = model(input_ids=to_model[b.input_ids].to(dev),
                        attention_mask=b.attention_mask.to(dev)).logits[:, :-1].cpu()
         labels = b.labels[:, 1:]

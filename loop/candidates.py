@@ -100,10 +100,7 @@ def candidates(graph: EvalGraph, sources: np.ndarray, *, mention: sp.csr_array,
         if text_vectors is not None:
             from loop import embed
             nbr, _ = embed.nearest(text_vectors, sources, k_text)              # (S, k)
-            pick = sp.csr_array((np.ones(nbr.size), (np.repeat(np.arange(len(sources)),
-                                                               nbr.shape[1]), nbr.ravel())),
-                                shape=(len(sources), size))
-            parts.append((pick @ known) > 0)
+            parts.append((embed.neighbour_rows(nbr, np.ones(nbr.shape), size) @ known) > 0)
         out["neighbours"] = sum(parts[1:], parts[0]) > 0
     if "model" in use and model is not None:
         e, h, ckpt = model

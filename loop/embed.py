@@ -190,10 +190,15 @@ def neighbour_links(emb: np.ndarray, known: sp.csr_array, sources: Sequence[int]
         return np.full((len(sources), size), np.log(floor), dtype=np.float32)
     w = np.clip(sim, 0, None)
     w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
-    weights = sp.csr_array((w.ravel(), nbr.ravel(), np.arange(0, w.size + 1, nbr.shape[1])),
-                           shape=(len(sources), size))                        # (S, P)
-    share = (weights @ sp.csr_array(known)).toarray()                         # (S, P)
+    share = (neighbour_rows(nbr, w, size) @ sp.csr_array(known)).toarray()  # (S, P)
     return np.log(floor + share).astype(np.float32)
+
+
+def neighbour_rows(nbr: np.ndarray, values: np.ndarray, size: int) -> sp.csr_array:
+    """(S, size) sparse rows with values (S, k) at the columns nbr (S, k): a source's
+    neighbours as a matrix, so `rows @ links` is what they link."""
+    return sp.csr_array((np.asarray(values).ravel(), nbr.ravel(),
+                         np.arange(len(nbr) + 1) * nbr.shape[1]), shape=(len(nbr), size))
 
 
 def nearest(emb: np.ndarray, sources: Sequence[int] | np.ndarray, k: int = NEIGHBOURS

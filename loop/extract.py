@@ -226,13 +226,15 @@ def linking_neighbours(feats, src: np.ndarray, dst: np.ndarray) -> list[list[dic
     link q, with their cosine: "pages that read like this one link it"."""
     from loop.embed import nearest
     graph = feats.graph
+    sources, row = np.unique(np.asarray(src, dtype=np.int64), return_inverse=True)
+    nbr, sim = nearest(feats.text_vectors(), sources)                         # (S, k) each
     out = []
-    for s, d in zip(src, dst):
-        nbr, sim = nearest(feats.text_vectors(), [int(s)])
+    for r, d in zip(row, dst):
+        links = graph.known[nbr[r], int(d)]                                   # (k,)
         out.append([{"particle": graph.index[int(n)],
                      "name": (graph.names.get(int(n)) or [""])[0],
                      "cosine": round(float(c), 4)}
-                    for n, c in zip(nbr[0], sim[0]) if c > 0 and graph.known[int(n), int(d)]])
+                    for n, c, linked in zip(nbr[r], sim[r], links) if c > 0 and linked])
     return out
 
 

@@ -41,11 +41,13 @@ def mentions(graph: EvalGraph) -> tuple[sp.csr_array, sp.csr_array]:
     """(mention, early) of TextStats: where each page's text names each particle (names and
     aliases matched as finetune/text.py matches them: longest phrase, case-insensitive, on
     word boundaries; a page's own name left out)."""
-    return _mentions(graph)[:2]
+    return _mentions(graph, anchors=False)[:2]
 
 
-def _mentions(graph: EvalGraph) -> tuple[sp.csr_array, sp.csr_array, sp.csr_array]:
-    """(mention, early, anchor) of TextStats, from one pass over the texts."""
+def _mentions(graph: EvalGraph, anchors: bool = True
+              ) -> tuple[sp.csr_array, sp.csr_array, sp.csr_array | None]:
+    """(mention, early, anchor — None unless `anchors`) of TextStats, from one pass over the
+    texts."""
     size = len(graph.index)
     lexicon = Lexicon(graph.names)
     rows, cols, counts, firsts = [], [], [], []
@@ -61,14 +63,15 @@ def _mentions(graph: EvalGraph) -> tuple[sp.csr_array, sp.csr_array, sp.csr_arra
         cols.append(u[keep])
         counts.append(c[keep])
         firsts.append(1.0 - first[keep] / len(found))
-        used += sorted({(p, t, phrase) for t, phrase in matches if t != p})
+        if anchors:
+            used += sorted({(p, t, phrase) for t, phrase in matches if t != p})
     if not rows:
         empty = sp.csr_array((size, size), dtype=np.float32)
-        return empty, empty, empty
+        return empty, empty, empty if anchors else None
     r, c = np.concatenate(rows), np.concatenate(cols)
     return (sp.csr_array((np.concatenate(counts).astype(np.float32), (r, c)), shape=(size, size)),
             sp.csr_array((np.concatenate(firsts).astype(np.float32), (r, c)), shape=(size, size)),
-            _anchors(used, graph.known, size))
+            _anchors(used, graph.known, size) if anchors else None)
 
 
 def _anchors(used: list[tuple[int, int, tuple[str, ...]]], known: sp.csr_array, size: int

@@ -44,6 +44,19 @@ def test_trl_trainers_run_on_a_compiled_checkpoint(typed, tmp_path, kind):
     assert not (tmp_path / kind / "training_args.bin").exists()
 
 
+def test_rows_of_token_strings_train_as_they_are(typed, tmp_path):
+    # bench/ablation.py --method dpo writes the checkpoint's own token strings
+    tok = AutoTokenizer.from_pretrained(str(typed / "ckpt"))
+    as_tokens = {w: tok.convert_ids_to_tokens(tok(w)["input_ids"])[0]
+                 for r in PAIRS for w in r.values()}
+    rows = [{k: (" " if k != "prompt" else "") + as_tokens[v] for k, v in r.items()}
+            for r in PAIRS]
+    data = write_jsonl(tmp_path / "tokens.jsonl", rows)
+    record = train("dpo", typed / "ckpt", data, tmp_path / "dpo", max_steps=4,
+                   batch_size=len(rows), lr=1e-2, tokens=True)
+    assert record["steps"] == 4 and record["last_loss"] < record["first_loss"]
+
+
 def test_full_sft_saves_a_loadable_model(typed, tmp_path):
     train("sft", typed / "ckpt", typed / "sft.jsonl", tmp_path / "full", method="full",
           max_steps=2, batch_size=2)
