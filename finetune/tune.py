@@ -23,6 +23,12 @@ from graph.errors import GraftError
 
 METHODS = ("lora", "full", "qlora")
 DEFAULT_LR = {"lora": 1e-3, "qlora": 1e-3, "full": 1e-4}
+# A 117k-particle checkpoint spends nearly all of a training step and of a held-out
+# measurement in the 117k-way output head: beyond AUTO_FULL tokens of vocabulary the loss is
+# a softmax over the batch's own targets plus SAMPLED uniformly drawn tokens, and the held-out
+# loss is measured on a seeded subset of rows within MEASURE_LOGITS logit entries (cyberwiki
+# and the WordNet animals subset, ~1e8 entries, are measured whole and trained in full).
+AUTO_FULL, SAMPLED, MEASURE_LOGITS = 32768, 8192, 200_000_000
 CARRIED = (LEXICON, "particles.json", "tokenizer.json", "tokenizer_config.json")
 
 
@@ -47,6 +53,10 @@ class TuneConfig:
     dropout: float = 0.0
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     graph_links: int = 2000         # links sampled for graph fit
+    sampled: int | None = None      # softmax over the batch's targets + this many sampled
+                                    # tokens; 0: full softmax; None: full up to AUTO_FULL
+                                    # tokens of vocabulary, SAMPLED beyond (see sampled_loss)
+    measure_logits: int = MEASURE_LOGITS  # held-out tokens × vocabulary measured per evaluation
     seed: int = 0
     threads: int = 1                # torch threads (see graph.runtime.torch_threads)
     device: str = "auto"            # auto (CUDA when torch sees it), cpu, cuda[:N]
@@ -58,11 +68,17 @@ class TuneConfig:
         if self.method not in METHODS:
             raise GraftError(f"--method {self.method}: expected one of {', '.join(METHODS)}")
         if (self.replay < 0 or self.link_rows < 0 or not 0 <= self.holdout < 1
-                or self.batch_size < 1 or self.block < 2):
+                or self.batch_size < 1 or self.block < 2 or (self.sampled or 0) < 0):
             raise GraftError(f"replay={self.replay}, link_rows={self.link_rows}, holdout="
-                             f"{self.holdout}, batch_size={self.batch_size}, block={self.block}:"
-                             " expected replay >= 0, link_rows >= 0, 0 <= holdout < 1, "
-                             "batch_size >= 1, block >= 2")
+                             f"{self.holdout}, batch_size={self.batch_size}, block={self.block},"
+                             f" sampled={self.sampled}: expected replay >= 0, link_rows >= 0, "
+                             "0 <= holdout < 1, batch_size >= 1, block >= 2, sampled >= 0")
+
+    def sampled_for(self, vocab: int) -> int:
+        """How many sampled tokens the loss uses at this vocabulary size (0: full softmax)."""
+        if self.sampled is None:
+            return SAMPLED if vocab > AUTO_FULL else 0
+        return self.sampled if self.sampled < vocab else 0
 
     @property
     def learning_rate(self) -> float:
@@ -178,17 +194,22 @@ def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
     pairs = forgetting.sample_links(adj, cfg.graph_links, cfg.seed) if adj is not None else None
 
     model = load_for_tuning(model_dir, cfg)
-    measure = _measurer(model, held_rows, adj, pairs)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    measured = budget_rows(held_rows, vocab, cfg.seed, cfg.measure_logits)
+    if len(measured) < len(held_rows):
+        say(f"held-out loss measured on {len(measured)} of {len(held_rows)} rows "
+            f"(≤ {cfg.measure_logits:.0e} logits of a {vocab}-token vocabulary)")
+    measure = _measurer(model, measured, adj, pairs)
     before = measure()
     before["heldout_loss_tempered"], before["temperature"] = _tempered(model, train_rows,
-                                                                       held_rows, cfg.seed)
+                                                                       measured, cfg.seed)
     say(f"before: held-out loss {before['heldout_loss']:.4f}"
         f" ({before['heldout_loss_tempered']:.4f} at a scale fitted on the training text)"
         + (f", graph MRR {before['graph']['mrr']:.4f}" if adj is not None else ""))
     walks = (data.walk_rows(adj, max(len(train_rows), 1000), cfg.block, cfg.seed)
              if cfg.replay else [])
     result = _train(model, train_rows, walks, link_rows, cfg, lambda: measure()["heldout_loss"],
-                    say)
+                    cfg.sampled_for(vocab), say)
     after = measure()
     say(f"after: held-out loss {after['heldout_loss']:.4f}"
         + (f", graph MRR {after['graph']['mrr']:.4f}" if adj is not None else ""))
@@ -198,7 +219,7 @@ def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
               "method": cfg.method, "config": {**asdict(cfg), "lr": cfg.learning_rate},
               "coverage": seqs.coverage.to_json(),
               "rows": {"train": len(train_rows), "heldout": len(held_rows), "walks": len(walks),
-                       "links": len(link_rows)},
+                       "links": len(link_rows), "heldout_measured": len(measured)},
               "before": before, "after": after,
               **{k: v for k, v in result.items() if k != "curve"}}
     (out / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -214,14 +235,20 @@ def _tempered(model, train_rows, held_rows, seed: int) -> tuple[float, float]:
     return round(loss, 6), round(scale, 6)
 
 
-def scale_rows(train_rows: list[list[int]], vocab: int, seed: int,
-               budget: int = 40_000_000) -> list[list[int]]:
-    """The seeded training rows a text logit scale is fitted on: as many as keep their
-    logits within `budget` entries (at least 8)."""
-    width = max(len(r) for r in train_rows)
-    n = int(np.clip(budget // (width * vocab), 8, len(train_rows)))
-    pick = np.random.default_rng(seed).choice(len(train_rows), n, replace=False)
-    return [train_rows[i] for i in sorted(pick)]
+def scale_rows(rows: list[list[int]], vocab: int, seed: int) -> list[list[int]]:
+    """The seeded training rows a text logit scale is fitted on (4e7 logit entries)."""
+    return budget_rows(rows, vocab, seed, 40_000_000)
+
+
+def budget_rows(rows: list[list[int]], vocab: int, seed: int, budget: int) -> list[list[int]]:
+    """Seeded rows, in their order, as many as keep their logits within `budget` entries
+    (at least 8; all of them when they fit)."""
+    width = max(len(r) for r in rows)
+    n = int(np.clip(budget // (width * vocab), 8, len(rows)))
+    if n == len(rows):
+        return rows
+    pick = np.random.default_rng(seed).choice(len(rows), n, replace=False)
+    return [rows[i] for i in sorted(pick)]
 
 
 def text_docs(lexicon: Lexicon, corpus: Path, cfg: TuneConfig):
@@ -246,9 +273,35 @@ def _measurer(model, held_rows, adj, pairs):
     return measure
 
 
-def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, say) -> dict:
+def sampled_loss(model, batch: data.Batch, sampled: int, rng: np.random.Generator
+                 ) -> torch.Tensor:
+    """Next-token cross-entropy of a softmax over a subset of the vocabulary: every token the
+    batch must predict plus `sampled` tokens drawn uniformly (seeded) — a restricted softmax
+    (Jean et al. 2015). The output head is applied to those rows only, so a step costs the
+    decoder plus (B·T)·d·(targets + sampled) rather than (B·T)·d·V. It equals the full loss
+    when the subset is the whole vocabulary (tests/finetune/test_sampled.py); against the full
+    softmax on a small graph see bench/tune.py --sampled."""
+    head = model.get_output_embeddings()
+    inner = model.get_decoder()                           # the decoder stack, LoRA included
+    dev = head.weight.device
+    hidden = inner(input_ids=batch.input_ids.to(dev),
+                   attention_mask=batch.attention_mask.to(dev)).last_hidden_state
+    labels = batch.labels[:, 1:].to(dev)
+    keep = labels != data.IGNORE
+    h, target = hidden[:, :-1][keep], labels[keep]                           # (N, d), (N,)
+    draw = torch.from_numpy(rng.integers(0, head.weight.shape[0], sampled)).to(dev)
+    vocab = torch.unique(torch.cat([target, draw]))                         # sorted
+    logits = h @ head.weight[vocab].T                                       # (N, C)
+    if head.bias is not None:
+        logits = logits + head.bias[vocab]
+    return torch.nn.functional.cross_entropy(logits, torch.searchsorted(vocab, target))
+
+
+def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, sampled: int,
+           say) -> dict:
     from tqdm import tqdm
     rng = np.random.default_rng(cfg.seed)
+    draws = np.random.default_rng(cfg.seed + 1)     # sampled tokens: the batch order stays
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
@@ -271,7 +324,8 @@ def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, say) ->
             batch = data.collate(chunk)
             model.train()
             start = time.perf_counter()
-            loss = model(**{k: v.to(device) for k, v in batch.as_kwargs().items()}).loss
+            loss = (sampled_loss(model, batch, sampled, draws) if sampled else
+                    model(**{k: v.to(device) for k, v in batch.as_kwargs().items()}).loss)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -308,7 +362,7 @@ def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, say) ->
             "best_heldout_loss": float(best), "train_tokens": tokens,
             "train_seconds": round(train_seconds, 3),
             "tokens_per_second": round(tokens / train_seconds, 1) if train_seconds else 0.0,
-            "device": str(device),
+            "sampled": sampled, "device": str(device),
             "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                             else "cpu")}
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from graph.runtime import DEVICE_HELP
 from graph.store import Store
+from loop.cli_tune import SAMPLED_HELP
 
 
 def cmd_extract(args, say, emit) -> None:
@@ -67,7 +68,8 @@ def cmd_cycle(args, say, emit) -> None:
                                             check_determinism=False),
                       tune=TuneConfig(method=args.method, lr=args.lr, max_steps=args.max_steps,
                                       docs=args.docs, device=args.device,
-                                      replay=args.replay, link_rows=args.link_rows),
+                                      replay=args.replay, link_rows=args.link_rows,
+                                      sampled=args.sampled),
                       extract=ExtractConfig(top_k=args.top_k, beta=args.beta, docs=args.docs,
                                             device=args.device),
                       fold=args.fold,
@@ -171,6 +173,7 @@ def add_commands(command) -> None:
     p.add_argument("--layers", type=int, help="layers (default: derived, capped at 8)")
     p.add_argument("--max-steps", type=int, help="tuning steps per cycle (default: 3 epochs)")
     p.add_argument("--replay", type=float, default=0.0)
+    p.add_argument("--sampled", type=int, metavar="N", help=SAMPLED_HELP)
     p.add_argument("--method", default="lora", choices=["lora", "full"],
                    help="how the cycle tunes its model (and its fold's)")
     p.add_argument("--lr", type=float, help="tuning learning rate (default: the method's)")

@@ -4,6 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from graph.runtime import DEVICE_HELP
+
+SAMPLED_HELP = ("softmax over each batch's targets plus N sampled particles (0: the full "
+                "softmax; default: full up to 32768 particles, 8192 sampled beyond)")
 from graph.store import Store
 
 
@@ -14,7 +17,7 @@ def cmd_tune(args, say, emit) -> None:
                      replay=args.replay, rank=args.rank, alpha=args.alpha,
                      targets=tuple(args.targets.split(",")), patience=args.patience,
                      eval_every=args.eval_every, seed=args.seed, threads=args.threads,
-                     docs=args.docs, device=args.device)
+                     docs=args.docs, device=args.device, sampled=args.sampled)
     store = Store(args.db, create=False, read_only=True) if Path(args.db).exists() else None
     if store is None:
         say(f"no store at {args.db}: graph fit is not measured")
@@ -91,6 +94,7 @@ def add_commands(command) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: see README)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--sampled", type=int, metavar="N", help=SAMPLED_HELP)
 
     p = command("merge", cmd_merge, "merge a LoRA adapter into a plain checkpoint")
     p.add_argument("adapter", metavar="ADAPTER")

@@ -159,3 +159,40 @@ def test_device_is_resolved_and_recorded(compiled, tmp_path):
         with pytest.raises(GraftError, match="torch sees no CUDA device"):
             tune(compiled / "ckpt", compiled / "related.txt", tmp_path / "cuda",
                  TuneConfig(max_steps=2, batch_size=4, holdout=0.25, device="cuda"))
+
+
+def test_sampled_loss_over_the_whole_vocabulary_is_the_full_loss(compiled):
+    import numpy as np
+    from finetune.data import collate
+    from finetune.tune import sampled_loss
+    model = base(compiled / "ckpt")
+    batch = collate([[4, 5, 6, 7, 8], ([10, 11, 4, 6], 2)])
+    full = model(**batch.as_kwargs()).loss
+    vocab = model.config.vocab_size
+    whole = sampled_loss(model, batch, 20 * vocab, np.random.default_rng(0))   # draws all
+    assert torch.allclose(whole, full, atol=1e-5), (whole, full)
+    few = sampled_loss(model, batch, 2, np.random.default_rng(0))    # fewer rivals: lower
+    assert few < full - 1e-3
+
+
+def test_sampled_tuning_trains_and_is_recorded(compiled, tmp_path):
+    cfg = TuneConfig(max_steps=6, eval_every=3, batch_size=4, holdout=0.25, sampled=3)
+    assert cfg.sampled_for(10 ** 6) == 3 and TuneConfig().sampled_for(40_000) == 8192
+    assert TuneConfig().sampled_for(6_000) == 0 and cfg.sampled_for(3) == 0
+    record = tune(compiled / "ckpt", compiled / "related.txt", tmp_path / "s", cfg)
+    assert record["sampled"] == 3 and record["steps"] == 6
+    assert record["best_heldout_loss"] < record["before"]["heldout_loss"]
+    with pytest.raises(GraftError, match="sampled >= 0"):
+        TuneConfig(sampled=-1)
+
+
+def test_held_out_loss_is_measured_on_rows_within_the_logit_budget(compiled, tmp_path):
+    from finetune.tune import budget_rows
+    rows = [[4, 5, 6, 7]] * 100
+    assert budget_rows(rows, 10, 0, 10 ** 6) is rows                    # fits: all of them
+    some = budget_rows([[i, i + 1] for i in range(100)], 10, 0, 400)    # 400 // 20 = 20 rows
+    assert len(some) == 20 and some == sorted(some)
+    record = tune(compiled / "ckpt", compiled / "related.txt", tmp_path / "m",
+                  TuneConfig(max_steps=2, eval_every=2, batch_size=4, holdout=0.25,
+                             measure_logits=1))
+    assert record["rows"]["heldout_measured"] == min(8, record["rows"]["heldout"])
