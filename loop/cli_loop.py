@@ -7,6 +7,10 @@ from graph.runtime import DEVICE_HELP
 from graph.store import Store
 from loop.cli_tune import SAMPLED_HELP
 
+SCAN_HELP = ("score every particle for each source (all), or its candidates: what it names, "
+             "what its neighbours link, the compiled model's top 100, the most linked "
+             "(default auto: candidates beyond 20000 particles)")
+
 
 def cmd_extract(args, say, emit) -> None:
     from finetune.checkpoints import require_adapter
@@ -17,7 +21,8 @@ def cmd_extract(args, say, emit) -> None:
     require_adapter(adapter)
     ranker = Ranker.load(Path(args.ranker)) if args.ranker else None
     cfg = ExtractConfig(top_k=args.top_k, per_source=args.per_source,
-                        per_target=args.per_target, beta=args.beta, device=args.device)
+                        per_target=args.per_target, beta=args.beta, device=args.device,
+                        scan=args.scan)
     with Store(args.db) as store:
         proposals = extract(store, Path(args.model), cfg, adapter=adapter, ranker=ranker,
                             corpus=Path(args.corpus) if args.corpus else None, say=say)
@@ -71,7 +76,7 @@ def cmd_cycle(args, say, emit) -> None:
                                       replay=args.replay, link_rows=args.link_rows,
                                       sampled=args.sampled),
                       extract=ExtractConfig(top_k=args.top_k, beta=args.beta, docs=args.docs,
-                                            device=args.device),
+                                            device=args.device, scan=args.scan),
                       fold=args.fold,
                       ranker_kind=args.ranker_kind, fold_token=args.fold_token,
                       fold_inverse=args.fold_inverse, fold_pages=args.fold_pages,
@@ -121,6 +126,7 @@ def add_commands(command) -> None:
                    help="without --ranker: score = log P_tuned − β·log P_compiled")
     p.add_argument("--cycle", type=int, default=0, help="the cycle these proposals belong to")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--scan", default="auto", choices=["auto", "all", "candidates"], help=SCAN_HELP)
 
     p = command("review", cmd_review, "list proposals, accept or reject them; accepted ones "
                 "are staked as cyberlinks")
@@ -181,6 +187,7 @@ def add_commands(command) -> None:
                    "page's text, then the pages it links: loop/linkrows.py) per text row in "
                    "every tuning batch")
     p.add_argument("--top-k", type=int, default=100, help="proposals per cycle")
+    p.add_argument("--scan", default="auto", choices=["auto", "all", "candidates"], help=SCAN_HELP)
     p.add_argument("--beta", type=float, default=0.5, help="the lift's β when no ranker is fitted")
     p.add_argument("--ranker-kind", default="linear", choices=["linear", "lgbm", "auto"],
                    help="the extractor's ranker: listwise linear, LightGBM lambdarank, or auto "

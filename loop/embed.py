@@ -210,8 +210,26 @@ def nearest(emb: np.ndarray, sources: Sequence[int] | np.ndarray, k: int = NEIGH
     sim = cosine(emb, sources)                                                # (S, P)
     sim[np.arange(len(sources)), sources] = -np.inf
     k = max(0, min(k, sim.shape[1] - 1))
-    nbr = np.argsort(-sim, axis=1, kind="stable")[:, :k]                       # (S, k)
+    nbr = _top_stable(sim, k)                                                  # (S, k)
     return nbr, np.take_along_axis(sim, nbr, 1)
+
+
+def _top_stable(sim: np.ndarray, k: int) -> np.ndarray:
+    """(S, k) what np.argsort(-sim, kind="stable")[:, :k] gives — the k largest, ties by
+    position — by a partition, not a sort of every row (117k particles: 20× fewer steps).
+    Rows whose k-th value is tied beyond the cut are sorted whole."""
+    if not k or k >= sim.shape[1]:
+        return np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    part = np.argpartition(-sim, k - 1, axis=1)[:, :k]                         # (S, k)
+    vals = np.take_along_axis(sim, part, 1)
+    order = np.lexsort((part, -vals), axis=1)
+    part = np.take_along_axis(part, order, 1)
+    kth = np.take_along_axis(sim, part[:, -1:], 1)                            # (S, 1)
+    tied = np.flatnonzero((sim == kth).sum(1) > (np.take_along_axis(sim, part, 1) == kth)
+                          .sum(1))
+    if len(tied):
+        part[tied] = np.argsort(-sim[tied], axis=1, kind="stable")[:, :k]
+    return part
 
 
 def cache_key(texts: Sequence[str], max_tokens: int) -> str:

@@ -36,10 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+from tqdm import tqdm
 
 from graph.checkpoint import COMPILE_RECORD, SPECIAL_TOKENS
+from graph.errors import GraftError
 from graph.runtime import device_of
+
+CANDIDATES_ABOVE = 20_000      # particles beyond which a source's candidates are scored, not all
+K_MODEL = 100                  # the compiled model's top-k among a source's candidates
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class ExtractConfig:
     evidence_lines: int = 3        # corpus lines kept per proposal
     docs: str = "auto"             # the corpus's layout (finetune.text.corpus_documents)
     device: str = "auto"           # where the models run: auto (CUDA when seen), cpu, cuda[:N]
+    scan: str = "auto"             # all particles per source, or its candidates; auto:
+                                   # candidates beyond CANDIDATES_ABOVE particles
 
 
 @dataclass(frozen=True)
@@ -143,43 +151,30 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     # linked pairs, and pairs a curator rejected: a rejected pair is never proposed again
     linked = [(pos[s], pos[d]) for q in (sql_loop.LINKED_PAIRS, sql_loop.REJECTED_PAIRS)
               for s, d in store.query(q) if s in pos and d in pos]
-    mask_rows: dict[int, list[int]] = {}
-    for s, d in linked:
-        mask_rows.setdefault(s, []).append(d)
+    pairs = np.asarray(linked, dtype=np.int64).reshape(-1, 2)
+    masked = sp.csr_array((np.ones(len(pairs), dtype=bool), (pairs[:, 0], pairs[:, 1])),
+                             shape=(size, size))                              # (P, P)
     # pages that link nothing yet (a new note): calibrated on the fold's own such pages
     cold = graph.cold()
     names = tuple(dict.fromkeys(ranker.features + ("compiled",) + (
         ("tuned",) if adapter is not None else ())))
     used = [names.index(f) for f in ranker.features]
-    batch = max(1, min(cfg.batch, 50_000_000 // (size * len(names))))
+    scan = _scan(cfg.scan, size)
+    batch = max(1, min(cfg.batch, 50_000_000 // (size * len(names)))) if scan == "all" \
+        else cfg.batch
     k = min(cfg.per_source, size)
     kept_s, kept_q, kept_v, kept_f = [], [], [], []
-    for start in range(0, size, batch):
+    blocks = range(0, size, batch)
+    if scan == "candidates":
+        say(f"extract: {size} particles: each source's candidates are scored "
+            f"(loop/candidates.py), not all {size}")
+        blocks = tqdm(blocks, desc="extract", unit="block", leave=False)
+    for start in blocks:
         rows = np.arange(start, min(start + batch, size))                      # (B,)
-        x = feats.block(rows, names)                                           # (B, P, F)
-        score = ranker.score(x[..., used])                                     # (B, P)
-        score[np.arange(len(rows)), rows] = -np.inf                            # no self-links
-        for j, r in enumerate(rows):
-            if r in mask_rows:
-                score[j, mask_rows[r]] = -np.inf
-        finite = np.isfinite(score)
-        flat = (np.where(finite, score, -np.inf).max(axis=1)
-                == np.where(finite, score, np.inf).min(axis=1))
-        score[flat] = -np.inf                # every candidate alike: nothing to propose
-        finite[flat] = False
-        top = np.max(np.where(finite, score, -np.inf), axis=1, keepdims=True)
-        top = np.where(np.isfinite(top), top, 0.0)
-        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            lse = top + np.log(np.sum(np.where(finite, np.exp(score - top), 0.0), axis=1,
-                                      keepdims=True))
-            logp = np.where(finite, score - lse, -np.inf)                      # (B, P)
-        best = np.argpartition(-logp, k - 1, axis=1)[:, :k]                    # (B, k)
-        vals = np.take_along_axis(logp, best, axis=1)
-        keep = np.isfinite(vals).ravel()
-        kept_s.append(np.repeat(rows, k)[keep])
-        kept_q.append(best.ravel()[keep])
-        kept_v.append(vals.ravel()[keep])
-        kept_f.append(np.take_along_axis(x, best[..., None], axis=1).reshape(-1, len(names))[keep])
+        block = _dense_block if scan == "all" else _candidate_block
+        for kept, part in zip((kept_s, kept_q, kept_v, kept_f),
+                              block(feats, ranker, names, used, rows, masked, k)):
+            kept.append(part)
     src, dst = np.concatenate(kept_s), np.concatenate(kept_q)
     vals, fvals = np.concatenate(kept_v), np.concatenate(kept_f)
     # Best first by calibrated confidence, then score: a page without links spreads its
@@ -219,6 +214,71 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
                       "neighbours": alike[n],
                       "fold_confidence": round(float(fold_only[n]), 6)}))
     return out
+
+
+def _scan(scan: str, size: int) -> str:
+    """"all" (every particle is a candidate of every source) or "candidates"."""
+    if scan not in ("auto", "all", "candidates"):
+        raise GraftError(f"scan {scan!r}: expected auto, all or candidates")
+    if scan == "auto":
+        return "candidates" if size > CANDIDATES_ABOVE else "all"
+    return scan
+
+
+def _dense_block(feats, ranker, names, used, rows, masked, k):
+    """(sources, targets, log-probabilities, features) of the best k of each source in
+    `rows`, every particle scored."""
+    x = feats.block(rows, names)                                               # (B, P, F)
+    score = ranker.score(x[..., used])                                         # (B, P)
+    score[np.arange(len(rows)), rows] = -np.inf                                # no self-links
+    score[masked[rows].toarray()] = -np.inf                                 # linked, rejected
+    finite = np.isfinite(score)
+    flat = (np.where(finite, score, -np.inf).max(axis=1)
+            == np.where(finite, score, np.inf).min(axis=1))
+    score[flat] = -np.inf                # every candidate alike: nothing to propose
+    finite[flat] = False
+    top = np.max(np.where(finite, score, -np.inf), axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        lse = top + np.log(np.sum(np.where(finite, np.exp(score - top), 0.0), axis=1,
+                                  keepdims=True))
+        logp = np.where(finite, score - lse, -np.inf)                          # (B, P)
+    best = np.argpartition(-logp, k - 1, axis=1)[:, :k]                        # (B, k)
+    vals = np.take_along_axis(logp, best, axis=1)
+    keep = np.isfinite(vals).ravel()
+    return (np.repeat(rows, k)[keep], best.ravel()[keep], vals.ravel()[keep],
+            np.take_along_axis(x, best[..., None], axis=1).reshape(-1, len(names))[keep])
+
+
+def _candidate_block(feats, ranker, names, used, rows, masked, k):
+    """_dense_block over each source's candidates only (loop/candidates.py: what it names or
+    is named by, what its graph and text neighbours link, the compiled model's top
+    K_MODEL, the most linked): the features of those pairs (Features.pairs), the softmax
+    over them."""
+    from loop import candidates as cand
+    vectors = feats.text_vectors() if "text_neighbours" in feats.names else None
+    sets = cand.candidates(feats.graph, rows, mention=feats.mention, text_vectors=vectors,
+                           model=(feats.embed, feats.head, feats.ckpt), k_model=K_MODEL)
+    coo = cand.union(sets).tocoo()
+    r, q = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    ok = ~np.asarray(masked[rows[r], q], dtype=bool).reshape(-1)            # linked, rejected
+    r, q = r[ok], q[ok]
+    order = np.lexsort((q, r))
+    r, q = r[order], q[order]
+    if not len(r):
+        return (np.zeros(0, np.int64),) * 2 + (np.zeros(0), np.zeros((0, len(names)), np.float32))
+    x = feats.pairs(rows[r], q, names)                                         # (n, F)
+    score = ranker.score(x[None, :, used])[0].astype(np.float64)               # (n,)
+    starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])                      # per source
+    top, low = np.maximum.reduceat(score, starts), np.minimum.reduceat(score, starts)
+    seg = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(r)]))    # (n,)
+    lse = top + np.log(np.add.reduceat(np.exp(score - top[seg]), starts))
+    logp = score - lse[seg]
+    by = np.lexsort((q, -logp, seg))                     # each source's best first
+    rank = np.arange(len(by)) - starts[seg[by]]
+    keep = by[(rank < k) & (top > low)[seg[by]]]         # every candidate alike: none
+    keep = np.sort(keep)
+    return rows[r[keep]], q[keep], logp[keep], x[keep]
 
 
 def linking_neighbours(feats, src: np.ndarray, dst: np.ndarray) -> list[list[dict]]:

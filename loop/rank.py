@@ -187,12 +187,7 @@ class Features:
 
         The last sources' features are kept, so scoring them with several rankers (an
         ablation) runs the models once."""
-        names = names or self.names
-        missing = [n for n in names if n not in self.names]
-        if missing:
-            raise GraftError(f"features {missing} are not available here (a tuned adapter, or "
-                             f"the embedding package, is missing); this extractor has "
-                             f"{list(self.names)}")
+        names = self._checked(names)
         sources = np.asarray(sources, dtype=np.int64)
         key = sources.tobytes()
         if self._memo is None or self._memo[0] != key:
@@ -204,6 +199,57 @@ class Features:
         out = np.empty((len(sources), len(self.graph.index), len(names)), dtype=np.float32)
         for i, name in enumerate(names):
             out[..., i] = have[name]
+        return out
+
+    def _checked(self, names: tuple[str, ...] | None) -> tuple[str, ...]:
+        """`names` (default: all this checkpoint has), each one available here."""
+        names = names or self.names
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise GraftError(f"features {missing} are not available here (a tuned adapter, or "
+                             f"the embedding package, is missing); this extractor has "
+                             f"{list(self.names)}")
+        return names
+
+    def pairs(self, src: np.ndarray, dst: np.ndarray, names: tuple[str, ...] | None = None,
+              batch: int | None = None) -> np.ndarray:
+        """(n, F) float32: the features `names` of the n pairs (src[i], dst[i]) — what block()
+        gives at those pairs, without an (S, P) array per feature: the text features are
+        looked up in their sparse matrices and vectors, and only the features that need a
+        source's whole row (the models' softmax, a page's nearest pages by text) compute it,
+        `batch` sources at a time (memory flat in the number of sources). This is how a
+        large graph's candidates are scored (loop/extract.py)."""
+        names = self._checked(names)
+        src = np.asarray(src, dtype=np.int64).reshape(-1)
+        dst = np.asarray(dst, dtype=np.int64).reshape(-1)
+        st = self.stats
+        out = np.empty((len(src), len(names)), dtype=np.float32)
+        look = {"mention": lambda: self.mention[src, dst] > 0,
+                "mention_count": lambda: np.log1p(self.mention[src, dst]),
+                "back_mention": lambda: self.back[src, dst] > 0,
+                "indegree": lambda: self.indegree[dst],
+                "link_prob": lambda: st.link_prob[dst],
+                "link_prob_mention": lambda: (self.mention[src, dst] > 0) * st.link_prob[dst],
+                "anchor_prob": lambda: st.anchor[src, dst],
+                "early_mention": lambda: st.early[src, dst],
+                "comention": lambda: np.log1p(st.comention[src, dst]),
+                "reverse_link": lambda: st.reverse[src, dst],
+                "in_model": lambda: self.ckpt[dst] >= 0,
+                "embed_sim": lambda: np.einsum("nd,nd->n", self.text_vectors()[src],
+                                               self.text_vectors()[dst])}
+        rows = [n for n in names if n not in look]
+        for i, name in enumerate(names):
+            if name in look:
+                out[:, i] = np.asarray(look[name](), dtype=np.float32).reshape(-1)
+        if rows:
+            sources, at = np.unique(src, return_inverse=True)
+            batch = batch or max(1, 4_000_000 // max(len(self.graph.index), 1))
+            cols = [names.index(n) for n in rows]
+            for lo in range(0, len(sources), batch):
+                mine = np.flatnonzero((at >= lo) & (at < lo + batch))
+                x = self._compute(sources[lo:lo + batch], tuple(rows))           # (B, P) each
+                for c, name in zip(cols, rows):
+                    out[mine, c] = x[name][at[mine] - lo, dst[mine]]
         return out
 
     def _compute(self, sources: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -139,3 +139,44 @@ def test_evidence_lines_name_both_or_the_target_in_the_sources_document(tmp_path
     assert lines == [[[3, "a tail and a dog"], [2, "it wags for the dog"]],   # both first
                      [[6, "the dog again"]],             # cat's document names the dog
                      []]                                 # no document names tail and cat
+
+
+def test_scoring_candidates_only_is_the_full_scan_when_they_cover_everything(tuned):
+    """On a graph smaller than K_MODEL the compiled model's top-k alone makes every particle
+    a candidate: the candidate scan must then propose what the full scan does."""
+    got = {}
+    with Store(tuned / "g.duckdb") as store:
+        for scan in ("all", "candidates"):
+            got[scan] = extract(store, tuned / "ckpt", ExtractConfig(top_k=50, scan=scan),
+                                adapter=tuned / "adapter")
+    assert [(p.src, p.dst) for p in got["candidates"]] == [(p.src, p.dst) for p in got["all"]]
+    np.testing.assert_allclose([p.score for p in got["candidates"]],
+                               [p.score for p in got["all"]], atol=1e-4)
+    with pytest.raises(GraftError, match="scan 'some'"):
+        with Store(tuned / "g.duckdb") as store:
+            extract(store, tuned / "ckpt", ExtractConfig(scan="some"))
+
+
+def test_a_candidate_scan_proposes_only_candidates(tuned, monkeypatch):
+    from loop import candidates as cand
+    from loop import extract as ex
+    from loop.evaluate import load_graph
+    from loop.rank import Features
+    monkeypatch.setattr(ex, "K_MODEL", 1)                 # few candidates: the scan must cut
+    with Store(tuned / "g.duckdb") as store:
+        few = extract(store, tuned / "ckpt", ExtractConfig(top_k=50, scan="candidates"),
+                      adapter=tuned / "adapter")
+        every = extract(store, tuned / "ckpt", ExtractConfig(top_k=50, scan="all"),
+                        adapter=tuned / "adapter")
+        graph = load_graph(store)
+    feats = Features(graph, tuned / "ckpt", tuned / "adapter")
+    rows = np.arange(len(graph.index))
+    union = cand.union(cand.candidates(graph, rows, mention=feats.mention, text_vectors=(
+        feats.text_vectors() if "text_neighbours" in feats.names else None),
+        model=(feats.embed, feats.head, feats.ckpt), k_model=1))
+    pos = graph.position()
+    assert few and all(union[pos[p.src], pos[p.dst]] for p in few)
+    full = {(p.src, p.dst): p.score for p in every}
+    for p in few:        # fewer rivals in the softmax: never a lower probability
+        if (p.src, p.dst) in full:
+            assert p.score >= full[(p.src, p.dst)] - 1e-6

@@ -204,3 +204,23 @@ def test_text_neighbours_and_their_evidence(wiki):
     expect = {graph.index[n]: c for n, c in zip(nbr[0], sim[0]) if c > 0 and graph.known[n, q]}
     assert {a["particle"]: a["cosine"] for a in alike} == pytest.approx(
         {p: round(float(c), 4) for p, c in expect.items()})
+
+
+def test_pair_features_are_the_block_at_those_pairs(wiki):
+    with Store(wiki / "g.duckdb", read_only=True, create=False) as store:
+        graph = evaluate.load_graph(store)
+    feats = Features(graph, wiki / "ckpt")
+    size = len(graph.index)
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, size, 60)
+    dst = rng.integers(0, size, 60)
+    src[:5], dst[:5] = src[0], np.arange(5)            # several pairs of one source
+    dense = np.stack([feats.block(np.array([s]))[0, d] for s, d in zip(src, dst)])  # (n, F)
+    for batch in (2, None):                            # rows computed a few sources at a time
+        np.testing.assert_allclose(feats.pairs(src, dst, batch=batch), dense,
+                                   rtol=1e-5, atol=1e-5)
+    some = ("compiled", "mention", "indegree")
+    np.testing.assert_allclose(feats.pairs(src, dst, some),
+                               dense[:, [feats.names.index(n) for n in some]], atol=1e-5)
+    with pytest.raises(GraftError, match="a tuned adapter"):
+        feats.pairs(src, dst, ("tuned",))
