@@ -19,8 +19,11 @@ particle rows (the position the feature is read at), trained with LoRA on attent
 plus the rows. The fold's hidden links and the held-out links are never trained on.
 
 Usage (after bench/loop_cyberwiki.sh WORK 1 …):
-    python bench/pretrained_probe.py WORK [--cycle 1] [--minutes 20] [--text-tokens 128]
-        [--store-model] [--out /tmp/probe]
+    python bench/pretrained_probe.py WORK [--cycle 1] [--minutes 24] [--text-tokens 200]
+        [--store-model] [--centre] [--out /tmp/probe]
+
+A model tunes in about 23 minutes on one CPU core (cyberwiki: 2925 pages, 2 epochs); its
+scores are saved in --out, so a rerun with the same config (or with --centre) only refits.
 
 Letters in shape comments: P particles in an index, S sources, B a batch, L prompt tokens,
 d the model width.
@@ -46,6 +49,7 @@ from loop.fold import make_fold  # noqa: E402
 from loop.rank import Features  # noqa: E402
 
 LM = "pretrained"               # the new feature's name
+MINILM = ("embed_sim", "text_neighbours")     # the text group's other reader of words
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -53,13 +57,17 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class ProbeConfig:
     """How the word-reading model is tuned."""
 
-    text_tokens: int = 128      # page text tokens kept in a prompt (after "{name}: ")
+    text_tokens: int = 200      # page text tokens kept in a prompt (after "{name}: ")
     rank: int = 8               # LoRA rank on attention and MLP
     lr: float = 1e-3            # AdamW, LoRA and particle rows alike
     batch: int = 8              # pages a step
-    epochs: int = 1             # passes over the pages with known links …
-    minutes: float = 20.0       # … or until this much training time, whichever comes first
+    epochs: int = 2             # passes over the pages with known links …
+    minutes: float = 24.0       # … or until this much training time, whichever comes first
     seed: int = 0
+
+    def tag(self) -> str:
+        """The scratch files' name part for this config."""
+        return f"t{self.text_tokens}-r{self.rank}-m{self.minutes:g}-e{self.epochs}"
 
     def __post_init__(self):
         if self.text_tokens < 1 or self.batch < 1 or self.epochs < 1 or self.minutes <= 0:
@@ -222,14 +230,22 @@ class WithLM:
 
 
 def subsets(names: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """The compared feature sets: text, text+compiled and all, each without and with LM."""
-    groups = {"text": ("text",), "text+compiled": ("text", "compiled"),
+    """The compared feature sets, each without and with LM: text, text without the MiniLM
+    features (does LM carry what they carry?), text+compiled, and all."""
+    groups = {"text": ("text",), "text-minilm": ("text",), "text+compiled": ("text", "compiled"),
               "all": ("text", "compiled", "tuned")}
     out = {}
     for name, gs in groups.items():
-        base = tuple(f for f in names if any(f in rank.GROUPS[g] for g in gs))
+        base = tuple(f for f in names if any(f in rank.GROUPS[g] for g in gs)
+                     and not (name == "text-minilm" and f in MINILM))
         out[name], out[f"{name}+{LM}"] = base, base + (LM,)
     return out
+
+
+def centred(x: np.ndarray) -> np.ndarray:
+    """(S, P) scores less each particle's mean over the S sources (a PMI-like score: the
+    tuned LM's rows correlate with in-degree, which the text group already has)."""
+    return x - x.mean(0, keepdims=True)
 
 
 def cached_scores(path: Path, make) -> np.ndarray:
@@ -252,8 +268,46 @@ def hidden_pairs(work: Path, fold: Path, scratch: Path, seed: int) -> list[tuple
 
 
 def load(db: Path) -> evaluate.EvalGraph:
+    """The EvalGraph of a store file, read only."""
     with Store(db, read_only=True, create=False) as store:
         return evaluate.load_graph(store)
+
+
+def lm_scores(base: Path, cfg: ProbeConfig, graphs: tuple, sources: tuple,
+              store_model: bool, out: Path, record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(S_fit, P_fold) and (S_test, P_store) LM scores: the fit sources' by the model tuned on
+    the fold, the held-out sources' by one tuned on the store (`store_model`) or the same;
+    each loaded from `out` when saved there before, the models tuned only when needed."""
+    fold_graph, graph = graphs
+    fit_sources, test_sources = sources
+    trained: dict[str, ProbeLM] = {}
+
+    def model_of(key: str, g: evaluate.EvalGraph) -> ProbeLM:
+        if key not in trained:
+            trained[key] = train_lm(base, g, cfg, say=print)
+            record[f"train_{key}"] = trained[key].record
+        return trained[key]
+
+    lm_fit = cached_scores(out / f"fit-{cfg.tag()}.npy", lambda: score_lm(
+        model_of("fold", fold_graph), fold_graph, fit_sources, cfg.text_tokens))
+    key = "store" if store_model else "fold"
+    lm_test = cached_scores(out / f"test-{cfg.tag()}-{key}.npy", lambda: score_lm(
+        model_of(key, graph if store_model else fold_graph), graph, test_sources,
+        cfg.text_tokens))
+    record["sources"] = {"fit": len(fit_sources), "test": len(test_sources)}
+    return lm_fit, lm_test
+
+
+def print_results(table: dict, with_lm: rank.Ranker, alone: evaluate.Result) -> None:
+    """The ablation table, LM's weight in each ranker, and LM alone (fold and held out)."""
+    print(ablate.format_ablation(table))
+    for name, m in table.items():
+        print(f"{name:<28} MRR {m['mrr']:.4f} Hits@10 {m['hits10']:.4f} "
+              f"{LM} weight {m['weights'].get(LM, '–')}")
+    print(f"{LM} alone on the fold's hidden links: MRR {with_lm.fit['mrr_alone'][LM]:.4f}")
+    for f in alone.ranks:
+        print(f"{f} alone: MRR {alone.metrics(f)['mrr']:.4f} "
+              f"Hits@10 {alone.metrics(f)['hits10']:.4f}")
 
 
 def main() -> None:
@@ -264,6 +318,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/probe"), help="scratch folder")
     ap.add_argument("--store-model", action="store_true", help="tune a second model on the "
                     "store's known links to score held-out sources (default: the fold's)")
+    ap.add_argument("--centre", action="store_true", help="the feature less its mean over "
+                    "the scored sources: log P(q | p) - mean_p' log P(q | p'), the model's "
+                    "word-read evidence without its popularity prior")
     for f, v in asdict(ProbeConfig()).items():
         ap.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
     args = ap.parse_args()
@@ -275,9 +332,8 @@ def main() -> None:
     work, folder = args.work, args.work / "out" / f"cycle-{args.cycle}"
     fold, out = folder / "fold", args.out
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"t{cfg.text_tokens}-r{cfg.rank}-m{cfg.minutes:g}-e{cfg.epochs}"
     base = converted(out / "smollm2")
-    record = {"config": asdict(cfg), "store_model": args.store_model}
+    record = {"config": asdict(cfg), "store_model": args.store_model, "centre": args.centre}
 
     fold_graph = load(fold / "fold.duckdb")
     pos = fold_graph.position()
@@ -291,21 +347,10 @@ def main() -> None:
     test_sources = np.unique(queries.pairs[:, 0])
 
     t0 = time.perf_counter()
-    trained: dict[str, ProbeLM] = {}        # tuned on demand: cached scores skip the tuning
-
-    def model_of(key: str, g: evaluate.EvalGraph) -> ProbeLM:
-        if key not in trained:
-            trained[key] = train_lm(base, g, cfg, say=print)
-            record[f"train_{key}"] = trained[key].record
-        return trained[key]
-
-    lm_fit = cached_scores(out / f"fit-{tag}.npy", lambda: score_lm(
-        model_of("fold", fold_graph), fold_graph, fq.sources, cfg.text_tokens))
-    test_key = "store" if args.store_model else "fold"
-    lm_test = cached_scores(out / f"test-{tag}-{test_key}.npy", lambda: score_lm(
-        model_of(test_key, graph if args.store_model else fold_graph), graph, test_sources,
-        cfg.text_tokens))
-    record["sources"] = {"fit": len(fq.sources), "test": len(test_sources)}
+    lm_fit, lm_test = lm_scores(base, cfg, (fold_graph, graph), (fq.sources, test_sources),
+                                args.store_model, out, record)
+    if args.centre:
+        lm_fit, lm_test = centred(lm_fit), centred(lm_test)
     record["lm_seconds"] = round(time.perf_counter() - t0, 1)
 
     fq = replace(fq, names=fq.names + (LM,),
@@ -317,15 +362,12 @@ def main() -> None:
     alone = evaluate.evaluate(graph, queries, {
         f: (lambda s, f=f: feats.block(s, (f,))[..., 0]) for f in (LM, "text_neighbours")})
     record.update(n=len(queries.pairs), ablation=table,
+                  fold_alone=rankers[f"text+{LM}"].fit["mrr_alone"],
                   alone={f: alone.metrics(f) for f in alone.ranks})
-    print(ablate.format_ablation(table))
-    for name, m in table.items():
-        print(f"{name:<28} MRR {m['mrr']:.4f} Hits@10 {m['hits10']:.4f} "
-              f"{LM} weight {m['weights'].get(LM, '–')}")
-    for f in alone.ranks:
-        print(f"{f} alone: MRR {alone.metrics(f)['mrr']:.4f} "
-              f"Hits@10 {alone.metrics(f)['hits10']:.4f}")
-    (out / f"probe-{tag}.json").write_text(json.dumps(record, indent=2))
+    print_results(table, rankers[f"text+{LM}"], alone)
+    name = f"probe-{cfg.tag()}-{'store' if args.store_model else 'fold'}"
+    name += "-centred.json" if args.centre else ".json"
+    (out / name).write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

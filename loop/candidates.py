@@ -67,8 +67,8 @@ def top_inner(queries: np.ndarray, keys: np.ndarray, k: int, approximate: bool =
 def candidates(graph: EvalGraph, sources: np.ndarray, *, mention: sp.csr_array,
                text_vectors: np.ndarray | None = None, model: tuple | None = None,
                k_text: int = 20, k_model: int = 100, k_popular: int = 50,
-               approximate: bool = False, use: tuple[str, ...] = SOURCES
-               ) -> dict[str, sp.csr_array]:
+               approximate: bool = False, use: tuple[str, ...] = SOURCES,
+               near: np.ndarray | None = None) -> dict[str, sp.csr_array]:
     """{source kind: (S, P) bool} candidate targets of each source, by kind (their union is
     the candidate set); p itself and p's known targets are never candidates.
 
@@ -84,6 +84,8 @@ def candidates(graph: EvalGraph, sources: np.ndarray, *, mention: sp.csr_array,
         k_text, k_model, k_popular: how many text neighbours, model top-k and popular.
         approximate: model top-k by faiss HNSW rather than the exact scan.
         use: which kinds to build.
+        near: (S, ≥ k_text) the sources' nearest pages by text, when known already
+            (loop.embed.nearest's positions).
     """
     unknown = [u for u in use if u not in SOURCES]
     if unknown:
@@ -99,7 +101,8 @@ def candidates(graph: EvalGraph, sources: np.ndarray, *, mention: sp.csr_array,
         parts = [two_hop]
         if text_vectors is not None:
             from loop import embed
-            nbr, _ = embed.nearest(text_vectors, sources, k_text)              # (S, k)
+            nbr = (near[:, :k_text] if near is not None
+                   else embed.nearest(text_vectors, sources, k_text)[0])       # (S, k)
             parts.append((embed.neighbour_rows(nbr, np.ones(nbr.shape), size) @ known) > 0)
         out["neighbours"] = sum(parts[1:], parts[0]) > 0
     if "model" in use and model is not None:

@@ -126,7 +126,8 @@ def add_commands(command) -> None:
                    help="without --ranker: score = log P_tuned − β·log P_compiled")
     p.add_argument("--cycle", type=int, default=0, help="the cycle these proposals belong to")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--scan", default="auto", choices=["auto", "all", "candidates"], help=SCAN_HELP)
+    p.add_argument("--scan", default="auto", choices=["auto", "all", "candidates"],
+                   help=SCAN_HELP)
 
     p = command("review", cmd_review, "list proposals, accept or reject them; accepted ones "
                 "are staked as cyberlinks")
@@ -187,7 +188,8 @@ def add_commands(command) -> None:
                    "page's text, then the pages it links: loop/linkrows.py) per text row in "
                    "every tuning batch")
     p.add_argument("--top-k", type=int, default=100, help="proposals per cycle")
-    p.add_argument("--scan", default="auto", choices=["auto", "all", "candidates"], help=SCAN_HELP)
+    p.add_argument("--scan", default="auto", choices=["auto", "all", "candidates"],
+                   help=SCAN_HELP)
     p.add_argument("--beta", type=float, default=0.5, help="the lift's β when no ranker is fitted")
     p.add_argument("--ranker-kind", default="linear", choices=["linear", "lgbm", "auto"],
                    help="the extractor's ranker: listwise linear, LightGBM lambdarank, or auto "

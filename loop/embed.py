@@ -170,7 +170,8 @@ def cosine(emb: np.ndarray, sources: Sequence[int] | np.ndarray) -> np.ndarray:
 
 
 def neighbour_links(emb: np.ndarray, known: sp.csr_array, sources: Sequence[int] | np.ndarray,
-                    k: int = NEIGHBOURS, floor: float = NEIGHBOUR_FLOOR) -> np.ndarray:
+                    k: int = NEIGHBOURS, floor: float = NEIGHBOUR_FLOOR,
+                    near: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """(S, P) float32 log(floor + what p's nearest pages by text link): the share of the k
     particles most similar to p (cosine of `emb`, p itself left out) that link q, each
     weighted by its cosine (negative cosines count 0) — text-based collaborative filtering,
@@ -182,9 +183,10 @@ def neighbour_links(emb: np.ndarray, known: sp.csr_array, sources: Sequence[int]
         sources: (S,) positions in the index.
         k: neighbours per source (at most P − 1).
         floor: added before the log, so a target no neighbour links scores log(floor).
+        near: nearest(emb, sources, k) when it is known already.
     """
     sources = np.asarray(sources, dtype=np.int64).reshape(-1)
-    nbr, sim = nearest(emb, sources, k)                                       # (S, k) each
+    nbr, sim = near if near is not None else nearest(emb, sources, k)         # (S, k) each
     size = len(emb)
     if not nbr.shape[1]:
         return np.full((len(sources), size), np.log(floor), dtype=np.float32)

@@ -184,6 +184,8 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     from loop.calibrate import apply
     conf = apply(cal, np.exp(vals), cold=cold[src]) if cal else np.zeros(len(vals))
     order = _capped(np.lexsort((dst, src, -vals, -conf)), dst, cfg.per_target, cfg.top_k)
+    if scan == "candidates" and len(order):                # log-probabilities, as shown
+        fvals[order] = feats.pairs(src[order], dst[order], names)
     say(f"extract: {size} sources scored, {len(order)} proposals")
     heads = _proposal_heads(feats, src[order], dst[order])
     semcons = json.loads((model_dir / COMPILE_RECORD).read_text()).get("semcons", [])
@@ -256,8 +258,10 @@ def _candidate_block(feats, ranker, names, used, rows, masked, k):
     K_MODEL, the most linked): the features of those pairs (Features.pairs), the softmax
     over them."""
     from loop import candidates as cand
-    vectors = feats.text_vectors() if "text_neighbours" in feats.names else None
-    sets = cand.candidates(feats.graph, rows, mention=feats.mention, text_vectors=vectors,
+    text = "text_neighbours" in feats.names
+    sets = cand.candidates(feats.graph, rows, mention=feats.mention,
+                           text_vectors=feats.text_vectors() if text else None,
+                           near=feats.nearest(rows)[0] if text else None,
                            model=(feats.embed, feats.head, feats.ckpt), k_model=K_MODEL)
     coo = cand.union(sets).tocoo()
     r, q = coo.row.astype(np.int64), coo.col.astype(np.int64)
@@ -267,7 +271,10 @@ def _candidate_block(feats, ranker, names, used, rows, masked, k):
     r, q = r[order], q[order]
     if not len(r):
         return (np.zeros(0, np.int64),) * 2 + (np.zeros(0), np.zeros((0, len(names)), np.float32))
-    x = feats.pairs(rows[r], q, names)                                         # (n, F)
+    # a linear ranker's softmax over one source's candidates cancels the models' log-
+    # partitions, so they are not computed (a V-wide head per source); _extract recomputes
+    # the kept proposals' features exactly
+    x = feats.pairs(rows[r], q, names, normalised=ranker.kind != "linear")      # (n, F)
     score = ranker.score(x[None, :, used])[0].astype(np.float64)               # (n,)
     starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])                      # per source
     top, low = np.maximum.reduceat(score, starts), np.minimum.reduceat(score, starts)
@@ -284,10 +291,9 @@ def _candidate_block(feats, ranker, names, used, rows, masked, k):
 def linking_neighbours(feats, src: np.ndarray, dst: np.ndarray) -> list[list[dict]]:
     """Per proposal, the pages nearest p by text (of the `text_neighbours` feature's k) that
     link q, with their cosine: "pages that read like this one link it"."""
-    from loop.embed import nearest
     graph = feats.graph
     sources, row = np.unique(np.asarray(src, dtype=np.int64), return_inverse=True)
-    nbr, sim = nearest(feats.text_vectors(), sources)                         # (S, k) each
+    nbr, sim = feats.nearest(sources)                                          # (S, k) each
     out = []
     for r, d in zip(row, dst):
         links = graph.known[nbr[r], int(d)]                                   # (k,)

@@ -177,6 +177,7 @@ class Features:
         self.head = head[offset + torch.as_tensor(self.ckpt[self.have])].numpy()
         self._embed_cache = embed_cache
         self._text_vectors: np.ndarray | None = None                          # (P, 384)
+        self._near: tuple[np.ndarray, np.ndarray] | None = None               # (P, k) each
         text = tuple(f for f in TEXT_FEATURES if f not in ("embed_sim", "text_neighbours")
                      or (embed and text_embed.available()))
         self.names = text + COMPILED_FEATURES + (TUNED_FEATURES if adapter is not None else ())
@@ -212,13 +213,18 @@ class Features:
         return names
 
     def pairs(self, src: np.ndarray, dst: np.ndarray, names: tuple[str, ...] | None = None,
-              batch: int | None = None) -> np.ndarray:
+              batch: int | None = None, normalised: bool = True) -> np.ndarray:
         """(n, F) float32: the features `names` of the n pairs (src[i], dst[i]) — what block()
         gives at those pairs, without an (S, P) array per feature: the text features are
         looked up in their sparse matrices and vectors, and only the features that need a
         source's whole row (the models' softmax, a page's nearest pages by text) compute it,
         `batch` sources at a time (memory flat in the number of sources). This is how a
-        large graph's candidates are scored (loop/extract.py)."""
+        large graph's candidates are scored (loop/extract.py).
+
+        normalised=False: the model features are logits z(q | p) rather than log P(q | p) —
+        log P less each source's log-partition, a constant of the source that a linear
+        ranker's softmax over that source's candidates cancels — so no V-wide output head
+        runs per source (pair_logits)."""
         names = self._checked(names)
         src = np.asarray(src, dtype=np.int64).reshape(-1)
         dst = np.asarray(dst, dtype=np.int64).reshape(-1)
@@ -237,6 +243,9 @@ class Features:
                 "in_model": lambda: self.ckpt[dst] >= 0,
                 "embed_sim": lambda: np.einsum("nd,nd->n", self.text_vectors()[src],
                                                self.text_vectors()[dst])}
+        if not normalised:
+            look.update({n: (lambda n=n: self.pair_logits(src, dst, n))
+                         for n in ("compiled", "tuned", "tuned_context")})
         rows = [n for n in names if n not in look]
         for i, name in enumerate(names):
             if name in look:
@@ -251,6 +260,50 @@ class Features:
                 for c, name in zip(cols, rows):
                     out[mine, c] = x[name][at[mine] - lo, dst[mine]]
         return out
+
+    def pair_logits(self, src: np.ndarray, dst: np.ndarray, name: str) -> np.ndarray:
+        """(n,) the logit z(q | p) of model feature `name` (compiled, tuned, tuned_context) at
+        each pair: the final hidden state after p's prompt times q's output row. Particles the
+        checkpoint lacks get their source's least logit among these pairs (block() gives them
+        the least of the whole row); sources it lacks get 0."""
+        sources, at = np.unique(src, return_inverse=True)
+        rows = self.ckpt[sources]                                              # (S,)
+        ok = rows >= 0
+        h = np.zeros((len(sources), self.embed.shape[1]), dtype=np.float32)    # (S, d)
+        switch = self.switch_off if name == "compiled" and self.switch_off else nullcontext
+        with torch.no_grad(), switch():
+            head = self.model.get_output_embeddings().weight.detach().float().cpu().numpy()
+            if ok.any():
+                h[ok] = (self._by_half(rows[ok], self._context_hidden, h.shape[1])
+                         if name == "tuned_context" else self._prompt_hidden(rows[ok]))
+        have = self.ckpt[dst] >= 0
+        out = np.zeros(len(src), dtype=np.float32)
+        mine = np.flatnonzero(have & ok[at])
+        out[mine] = np.einsum("nd,nd->n", h[at[mine]],
+                              head[len(SPECIAL_TOKENS) + self.ckpt[dst[mine]]])
+        least = np.full(len(sources), np.inf, dtype=np.float32)
+        np.minimum.at(least, at[mine], out[mine])
+        fill = np.flatnonzero(~have & ok[at])
+        out[fill] = np.where(np.isfinite(least[at[fill]]), least[at[fill]], 0.0)
+        return out
+
+    def _prompt_hidden(self, rows: np.ndarray) -> np.ndarray:
+        """(S', d) the active model's final hidden state after the one-token prompt [p]."""
+        ids = torch.as_tensor(rows + len(SPECIAL_TOKENS))[:, None].to(self.device)
+        return self.model.get_decoder()(input_ids=ids).last_hidden_state[:, -1].float().cpu() \
+            .numpy()
+
+    def _context_hidden(self, pages: np.ndarray, batch: int = 64) -> np.ndarray:
+        """(S', d) the active model's final hidden state after each page's link-row context
+        (left-padded as _next_after_contexts pads it)."""
+        out = [np.zeros((0, self.embed.shape[1]), np.float32)]
+        for i in range(0, len(pages), batch):
+            ids, mask = self._left_padded([self.pages.context(int(p))
+                                           for p in pages[i:i + batch]])
+            out.append(self.model.get_decoder()(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+            ).last_hidden_state[:, -1].float().cpu().numpy())
+        return np.concatenate(out)
 
     def _compute(self, sources: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         """{name: (S, P)} for each of `names`."""
@@ -311,7 +364,26 @@ class Features:
     def _neighbours(self, sources: np.ndarray) -> np.ndarray:
         """(S, P) log(floor + cosine-weighted share of p's nearest pages by text that link q)."""
         from loop import embed as text_embed
-        return text_embed.neighbour_links(self.text_vectors(), self.graph.known, sources)
+        return text_embed.neighbour_links(self.text_vectors(), self.graph.known, sources,
+                                          near=self.nearest(sources))
+
+    def nearest(self, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """loop.embed.nearest of the sources' text vectors ((S, k) positions, cosines), each
+        source's found once and kept (P × k: small), as both the `text_neighbours` feature
+        and a candidate scan ask for them."""
+        from loop import embed as text_embed
+        sources = np.asarray(sources, dtype=np.int64).reshape(-1)
+        if self._near is None:
+            k = min(text_embed.NEIGHBOURS, max(len(self.graph.index) - 1, 0))
+            self._near = (np.full((len(self.graph.index), k), -1, dtype=np.int64),
+                          np.zeros((len(self.graph.index), k), dtype=np.float32))
+        nbr, sim = self._near
+        todo = np.unique(sources[(nbr[sources] < 0).any(axis=1)]) if nbr.shape[1] else []
+        for i in range(0, len(todo), 1024):
+            rows = todo[i:i + 1024]
+            nbr[rows], sim[rows] = text_embed.nearest(self.text_vectors(), rows,
+                                                      nbr.shape[1])
+        return nbr[sources], sim[sources]
 
     def _logits(self, sources, compiled: bool, tuned: bool) -> dict[str, np.ndarray]:
         """The compiled and tuned next-particle log-probabilities after [p], over the index."""
@@ -334,17 +406,22 @@ class Features:
         return out
 
     def _context_logits(self, rows: np.ndarray) -> np.ndarray:
-        """(S', P') log P_tuned(q | link-row context of p) for checkpoint rows of sources;
-        cross-fitted, page p by the adapter that never saw p's link rows (loop/linkrows.py)."""
+        """(S', P') log P_tuned(q | link-row context of p) for checkpoint rows of sources."""
+        return self._by_half(rows, self._next_after_contexts, len(self.have))
+
+    def _by_half(self, rows: np.ndarray, per_page: Callable, width: int) -> np.ndarray:
+        """(S', width) `per_page(index positions)` for checkpoint rows of sources, cross-fitted
+        when there are two adapters: page p by the one that never saw p's link rows
+        (loop/linkrows.py)."""
         pages = self._index_of(rows)                                           # (S',)
         if not self.halves:
-            return self._next_after_contexts(pages)
+            return per_page(pages)
         half = np.array([self.pages.half(int(p)) for p in pages])
-        out = np.empty((len(rows), len(self.have)), dtype=np.float32)
+        out = np.empty((len(rows), width), dtype=np.float32)
         try:
             for h, name in ((0, "other"), (1, "default")):
                 self.model.set_adapter(name)
-                out[half == h] = self._next_after_contexts(pages[half == h])
+                out[half == h] = per_page(pages[half == h])
         finally:
             self.model.set_adapter("default")
         return out
@@ -361,21 +438,26 @@ class Features:
         cols = len(SPECIAL_TOKENS) + torch.as_tensor(self.ckpt[self.have])
         out = [np.zeros((0, len(self.have)), np.float32)]
         for i in range(0, len(pages), batch):
-            ctx = [self.pages.context(int(p)) for p in pages[i:i + batch]]
-            # left-padded: the last position is every row's own, and RoPE sees only relative
-            # positions, so a row scores as it would alone
-            width = max(map(len, ctx))
-            ids = torch.zeros(len(ctx), width, dtype=torch.long)                 # (B, L)
-            mask = torch.zeros_like(ids)
-            for j, c in enumerate(ctx):
-                ids[j, width - len(c):] = torch.tensor(c)
-                mask[j, width - len(c):] = 1
+            ids, mask = self._left_padded([self.pages.context(int(p))
+                                           for p in pages[i:i + batch]])
             with torch.no_grad():
                 logits = self.model(input_ids=ids.to(self.device),
                                     attention_mask=mask.to(self.device),
                                     logits_to_keep=1).logits[:, -1]                 # (B, T)
             out.append(torch.log_softmax(logits.float(), -1).cpu()[:, cols].numpy())
         return np.concatenate(out)
+
+    @staticmethod
+    def _left_padded(contexts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, attention mask) (B, L), left-padded: the last position is every row's own,
+        and RoPE sees only relative positions, so a row scores as it would alone."""
+        width = max(map(len, contexts))
+        ids = torch.zeros(len(contexts), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, c in enumerate(contexts):
+            ids[j, width - len(c):] = torch.tensor(c)
+            mask[j, width - len(c):] = 1
+        return ids, mask
 
     def _spread(self, sources: np.ndarray, score: Callable[[np.ndarray], np.ndarray]
                 ) -> np.ndarray:

@@ -180,3 +180,22 @@ def test_a_candidate_scan_proposes_only_candidates(tuned, monkeypatch):
     for p in few:        # fewer rivals in the softmax: never a lower probability
         if (p.src, p.dst) in full:
             assert p.score >= full[(p.src, p.dst)] - 1e-6
+
+
+def test_pair_logits_are_log_probabilities_less_a_constant_per_source(tuned):
+    from loop.evaluate import load_graph
+    from loop.rank import Features
+    with Store(tuned / "g.duckdb") as store:
+        graph = load_graph(store)
+    feats = Features(graph, tuned / "ckpt", tuned / "adapter")
+    rng = np.random.default_rng(0)
+    src = np.sort(rng.integers(0, len(graph.index), 80))
+    dst = rng.integers(0, len(graph.index), 80)
+    names = ("compiled", "tuned", "tuned_context")
+    exact = feats.pairs(src, dst, names)
+    fast = feats.pairs(src, dst, names, normalised=False)
+    assert not np.allclose(exact, fast)                    # the partitions were left out
+    have = (feats.ckpt[src] >= 0) & (feats.ckpt[dst] >= 0)
+    for s in np.unique(src[have]):
+        gap = (exact - fast)[have & (src == s)]            # (pairs of s, 3)
+        np.testing.assert_allclose(gap, gap[:1].repeat(len(gap), 0), atol=1e-4)
