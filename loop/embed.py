@@ -186,14 +186,21 @@ def neighbour_links(emb: np.ndarray, known: sp.csr_array, sources: Sequence[int]
         near: nearest(emb, sources, k) when it is known already.
     """
     sources = np.asarray(sources, dtype=np.int64).reshape(-1)
-    nbr, sim = near if near is not None else nearest(emb, sources, k)         # (S, k) each
-    size = len(emb)
+    near = near if near is not None else nearest(emb, sources, k)             # (S, k) each
+    share = neighbour_share(known, near, len(emb)).toarray()                  # (S, P)
+    return np.log(floor + share).astype(np.float32)
+
+
+def neighbour_share(known: sp.csr_array, near: tuple[np.ndarray, np.ndarray], size: int
+                    ) -> sp.csr_array:
+    """(S, size) sparse: the cosine-weighted share of each source's nearest pages (`near`,
+    as nearest gives them) that link q — neighbour_links before its log."""
+    nbr, sim = near
     if not nbr.shape[1]:
-        return np.full((len(sources), size), np.log(floor), dtype=np.float32)
+        return sp.csr_array((len(nbr), size), dtype=np.float64)
     w = np.clip(sim, 0, None)
     w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
-    share = (neighbour_rows(nbr, w, size) @ sp.csr_array(known)).toarray()  # (S, P)
-    return np.log(floor + share).astype(np.float32)
+    return sp.csr_array(neighbour_rows(nbr, w, size) @ sp.csr_array(known))
 
 
 def neighbour_rows(nbr: np.ndarray, values: np.ndarray, size: int) -> sp.csr_array:

@@ -242,10 +242,11 @@ class Features:
                 "reverse_link": lambda: st.reverse[src, dst],
                 "in_model": lambda: self.ckpt[dst] >= 0,
                 "embed_sim": lambda: np.einsum("nd,nd->n", self.text_vectors()[src],
-                                               self.text_vectors()[dst])}
+                                               self.text_vectors()[dst]),
+                "text_neighbours": lambda: self._pair_neighbours(src, dst)}
         if not normalised:
             look.update({n: (lambda n=n: self.pair_logits(src, dst, n))
-                         for n in ("compiled", "tuned", "tuned_context")})
+                         for n in ("zero_layer", "compiled", "tuned", "tuned_context")})
         rows = [n for n in names if n not in look]
         for i, name in enumerate(names):
             if name in look:
@@ -262,25 +263,32 @@ class Features:
         return out
 
     def pair_logits(self, src: np.ndarray, dst: np.ndarray, name: str) -> np.ndarray:
-        """(n,) the logit z(q | p) of model feature `name` (compiled, tuned, tuned_context) at
-        each pair: the final hidden state after p's prompt times q's output row. Particles the
-        checkpoint lacks get their source's least logit among these pairs (block() gives them
-        the least of the whole row); sources it lacks get 0."""
+        """(n,) the logit z(q | p) of model feature `name` at each pair: for compiled, tuned
+        and tuned_context the final hidden state after p's prompt (or link row) times q's
+        output row; for zero_layer E_p · H_q. Particles the checkpoint lacks get their
+        source's least logit among these pairs (block() gives them the least of the whole
+        row); sources it lacks get 0."""
         sources, at = np.unique(src, return_inverse=True)
         rows = self.ckpt[sources]                                              # (S,)
         ok = rows >= 0
-        h = np.zeros((len(sources), self.embed.shape[1]), dtype=np.float32)    # (S, d)
-        switch = self.switch_off if name == "compiled" and self.switch_off else nullcontext
-        with torch.no_grad(), switch():
-            head = self.model.get_output_embeddings().weight.detach().float().cpu().numpy()
-            if ok.any():
-                h[ok] = (self._by_half(rows[ok], self._context_hidden, h.shape[1])
-                         if name == "tuned_context" else self._prompt_hidden(rows[ok]))
         have = self.ckpt[dst] >= 0
-        out = np.zeros(len(src), dtype=np.float32)
         mine = np.flatnonzero(have & ok[at])
-        out[mine] = np.einsum("nd,nd->n", h[at[mine]],
-                              head[len(SPECIAL_TOKENS) + self.ckpt[dst[mine]]])
+        out = np.zeros(len(src), dtype=np.float32)
+        if name == "zero_layer":
+            head_row = np.full(len(self.ckpt), -1, dtype=np.int64)
+            head_row[self.have] = np.arange(len(self.have))
+            out[mine] = np.einsum("nd,nd->n", self.embed[self.ckpt[src[mine]]],
+                                  self.head[head_row[dst[mine]]])
+        else:
+            h = np.zeros((len(sources), self.embed.shape[1]), dtype=np.float32)  # (S, d)
+            switch = self.switch_off if name == "compiled" and self.switch_off else nullcontext
+            with torch.no_grad(), switch():
+                head = self.model.get_output_embeddings().weight.detach().float().cpu().numpy()
+                if ok.any():
+                    h[ok] = (self._by_half(rows[ok], self._context_hidden, h.shape[1])
+                             if name == "tuned_context" else self._prompt_hidden(rows[ok]))
+                out[mine] = np.einsum("nd,nd->n", h[at[mine]],
+                                      head[len(SPECIAL_TOKENS) + self.ckpt[dst[mine]]])
         least = np.full(len(sources), np.inf, dtype=np.float32)
         np.minimum.at(least, at[mine], out[mine])
         fill = np.flatnonzero(~have & ok[at])
@@ -366,6 +374,14 @@ class Features:
         from loop import embed as text_embed
         return text_embed.neighbour_links(self.text_vectors(), self.graph.known, sources,
                                           near=self.nearest(sources))
+
+    def _pair_neighbours(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """(n,) the `text_neighbours` feature at pairs (a look-up in the sparse share)."""
+        from loop import embed as text_embed
+        sources, at = np.unique(src, return_inverse=True)
+        share = text_embed.neighbour_share(self.graph.known, self.nearest(sources),
+                                           len(self.graph.index))             # (S, P)
+        return np.log(text_embed.NEIGHBOUR_FLOOR + np.asarray(share[at, dst]).reshape(-1))
 
     def nearest(self, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """loop.embed.nearest of the sources' text vectors ((S, k) positions, cosines), each

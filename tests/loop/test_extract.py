@@ -199,3 +199,6 @@ def test_pair_logits_are_log_probabilities_less_a_constant_per_source(tuned):
     for s in np.unique(src[have]):
         gap = (exact - fast)[have & (src == s)]            # (pairs of s, 3)
         np.testing.assert_allclose(gap, gap[:1].repeat(len(gap), 0), atol=1e-4)
+    zero = feats.pairs(src, dst, ("zero_layer",), normalised=False)[have, 0]   # E_p · H_q
+    np.testing.assert_allclose(zero, feats.pairs(src, dst, ("zero_layer",))[have, 0],
+                               rtol=1e-5, atol=1e-5)
