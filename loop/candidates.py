@@ -30,6 +30,37 @@ from graph.errors import GraftError
 from loop.evaluate import EvalGraph
 
 SOURCES = ("mentioned", "neighbours", "model", "popular")
+CANDIDATES_ABOVE = 20_000      # particles beyond which a source's candidates are scored, not all
+K_MODEL = 100                  # the compiled model's top-k among a source's candidates
+
+
+def scan_kind(scan: str, size: int) -> str:
+    """"all" (every particle is a candidate of every source) or "candidates", for a graph of
+    `size` particles; `scan` is auto (candidates beyond CANDIDATES_ABOVE), all or
+    candidates."""
+    if scan not in ("auto", "all", "candidates"):
+        raise GraftError(f"scan {scan!r}: expected auto, all or candidates")
+    if scan == "auto":
+        return "candidates" if size > CANDIDATES_ABOVE else "all"
+    return scan
+
+
+def of_sources(feats, rows: np.ndarray, masked: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
+    """(r, q) the candidate pairs of the sources `rows` as (position in `rows`, index
+    position), by source then target: every kind of `candidates` for a loop.rank.Features
+    (its mentions, its pages' nearest by text, its model's top K_MODEL), less the pairs of
+    `masked` (P, P) — links, rejected pairs."""
+    text = "text_neighbours" in feats.names
+    sets = candidates(feats.graph, rows, mention=feats.mention,
+                      text_vectors=feats.text_vectors() if text else None,
+                      near=feats.nearest(rows)[0] if text else None,
+                      model=(feats.embed, feats.head, feats.ckpt), k_model=K_MODEL)
+    coo = union(sets).tocoo()
+    r, q = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    keep = ~np.asarray(masked[rows[r], q], dtype=bool).reshape(-1)
+    r, q = r[keep], q[keep]
+    order = np.lexsort((q, r))
+    return r[order], q[order]
 
 
 def top_inner(queries: np.ndarray, keys: np.ndarray, k: int, approximate: bool = False,

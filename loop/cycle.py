@@ -252,7 +252,8 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     features = Features(graph, fold / "model", fold / "adapter", embed_cache=cfg.embed_cache,
                         embed=cfg.text_embed, device=cfg.extract.device)
     queries = fit_queries(features, known, pairs, seed=seed, say=say,
-                          hard=positions(graph, rejected), hard_weight=cfg.hard_negative)
+                          hard=positions(graph, rejected), hard_weight=cfg.hard_negative,
+                          scan=cfg.extract.scan)
     ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=seed, say=say)
     others = np.setdiff1d(np.arange(len(graph.index)), pairs[:, 0])
     cal = calibrate(queries, ranker, folder, features, known, others,           # P(true link)

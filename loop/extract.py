@@ -41,11 +41,8 @@ import torch
 from tqdm import tqdm
 
 from graph.checkpoint import COMPILE_RECORD, SPECIAL_TOKENS
-from graph.errors import GraftError
 from graph.runtime import device_of
-
-CANDIDATES_ABOVE = 20_000      # particles beyond which a source's candidates are scored, not all
-K_MODEL = 100                  # the compiled model's top-k among a source's candidates
+from loop import candidates as cand
 
 
 @dataclass(frozen=True)
@@ -159,7 +156,7 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     names = tuple(dict.fromkeys(ranker.features + ("compiled",) + (
         ("tuned",) if adapter is not None else ())))
     used = [names.index(f) for f in ranker.features]
-    scan = _scan(cfg.scan, size)
+    scan = cand.scan_kind(cfg.scan, size)
     batch = max(1, min(cfg.batch, 50_000_000 // (size * len(names)))) if scan == "all" \
         else cfg.batch
     k = min(cfg.per_source, size)
@@ -218,15 +215,6 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     return out
 
 
-def _scan(scan: str, size: int) -> str:
-    """"all" (every particle is a candidate of every source) or "candidates"."""
-    if scan not in ("auto", "all", "candidates"):
-        raise GraftError(f"scan {scan!r}: expected auto, all or candidates")
-    if scan == "auto":
-        return "candidates" if size > CANDIDATES_ABOVE else "all"
-    return scan
-
-
 def _dense_block(feats, ranker, names, used, rows, masked, k):
     """(sources, targets, log-probabilities, features) of the best k of each source in
     `rows`, every particle scored."""
@@ -252,23 +240,18 @@ def _dense_block(feats, ranker, names, used, rows, masked, k):
             np.take_along_axis(x, best[..., None], axis=1).reshape(-1, len(names))[keep])
 
 
+def candidate_top(feats, ranker, rows: np.ndarray, masked: sp.csr_array, k: int):
+    """(sources, targets, log-probabilities, features) of the best k candidates of each
+    source in `rows` under `ranker` (its own features), `masked` (P, P) pairs left out — as
+    a candidate scan extracts them (the fold's calibration asks the same of other sources)."""
+    return _candidate_block(feats, ranker, ranker.features, list(range(len(ranker.features))),
+                            rows, masked, k)
+
+
 def _candidate_block(feats, ranker, names, used, rows, masked, k):
-    """_dense_block over each source's candidates only (loop/candidates.py: what it names or
-    is named by, what its graph and text neighbours link, the compiled model's top
-    K_MODEL, the most linked): the features of those pairs (Features.pairs), the softmax
-    over them."""
-    from loop import candidates as cand
-    text = "text_neighbours" in feats.names
-    sets = cand.candidates(feats.graph, rows, mention=feats.mention,
-                           text_vectors=feats.text_vectors() if text else None,
-                           near=feats.nearest(rows)[0] if text else None,
-                           model=(feats.embed, feats.head, feats.ckpt), k_model=K_MODEL)
-    coo = cand.union(sets).tocoo()
-    r, q = coo.row.astype(np.int64), coo.col.astype(np.int64)
-    ok = ~np.asarray(masked[rows[r], q], dtype=bool).reshape(-1)            # linked, rejected
-    r, q = r[ok], q[ok]
-    order = np.lexsort((q, r))
-    r, q = r[order], q[order]
+    """_dense_block over each source's candidates only (loop/candidates.py of_sources): the
+    features of those pairs (Features.pairs), the softmax over them."""
+    r, q = cand.of_sources(feats, rows, masked)                                # (n,) each
     if not len(r):
         return (np.zeros(0, np.int64),) * 2 + (np.zeros(0), np.zeros((0, len(names)), np.float32))
     # a linear ranker's softmax over one source's candidates cancels the models' log-

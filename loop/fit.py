@@ -3,7 +3,13 @@ is a query whose target q must win a softmax over p's candidates — a listwise 
 the links curators made over the mentions they left unlinked — and the choice between that
 linear fit and a boosted one (loop/gbm.py).
 
-Letters in shape comments: P particles in the index, S fitted sources, F features, n queries.
+On a graph beyond loop/candidates.py's CANDIDATES_ABOVE particles the softmax of each query
+runs over its source's candidates (what extraction scores there) plus its hidden targets and
+rejected pairs, and the second axis of the features is then each source's candidate slots
+(FitQueries.columns says which particle each slot is).
+
+Letters in shape comments: P particles in the index (or C candidate slots of a source),
+S fitted sources, F features, n queries.
 """
 from __future__ import annotations
 
@@ -15,9 +21,11 @@ import scipy.sparse as sp
 import torch
 
 from graph.errors import GraftError
+from loop import candidates as cand
 from loop.rank import Features, Ranker
 
 FIT_ENTRIES = 60_000_000          # score entries (sources × P × F) held while fitting
+FIT_SOURCES = 2000                # sources fitted on their candidates (a large graph)
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,8 @@ class FitQueries:
     hard: torch.Tensor | None = None    # (S, P) candidates a curator rejected
     hard_weight: float = 1.0        # how many candidates each rejected one counts as
     sources: np.ndarray | None = None   # (S,) index position of each fitted source
+    columns: np.ndarray | None = None   # (S, C) the particle of each candidate slot (−1:
+                                        # none); None: the slots are the whole index
 
 
 def source_lists(q: FitQueries):
@@ -45,18 +55,21 @@ def source_lists(q: FitQueries):
 
 def fit_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed: int = 0,
                 say: Callable[[str], None] = lambda _: None, hard: np.ndarray | None = None,
-                hard_weight: float = 1.0) -> FitQueries:
+                hard_weight: float = 1.0, scan: str = "auto") -> FitQueries:
     """The queries of `pairs` (hidden (p, q) index positions) with all of `features`.
 
     Candidates of p are every particle but p and p's `known` targets; sources beyond
     FIT_ENTRIES score entries are dropped at random (seeded). `hard`: (m, 2) pairs a curator
     rejected — hard negatives, each counting as `hard_weight` candidates in its source's
-    softmax (only sources with a hidden link have queries)."""
+    softmax (only sources with a hidden link have queries). `scan`: every particle a
+    candidate, or each source's candidates (loop/candidates.py scan_kind)."""
     names = tuple(features.names)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     if not len(pairs):
         raise GraftError("no hidden link to fit the ranker on")
     size = len(features.graph.index)
+    if cand.scan_kind(scan, size) == "candidates":
+        return _candidate_queries(features, known, pairs, seed, say, hard, hard_weight)
     sources = np.unique(pairs[:, 0])
     cap = max(1, FIT_ENTRIES // (size * len(names)))
     if len(sources) > cap:
@@ -84,6 +97,54 @@ def fit_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed
         say(f"ranker: {int(rejected.sum())} rejected pairs as hard negatives "
             f"(× {hard_weight:g})")
     return FitQueries(names, x, row, target, mask, rejected, hard_weight, sources)
+
+
+def _candidate_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed: int,
+                       say: Callable[[str], None], hard: np.ndarray | None,
+                       hard_weight: float) -> FitQueries:
+    """fit_queries over candidate slots: each fitted source's candidates (of_sources, less
+    its `known` targets), its hidden targets and its rejected pairs; up to FIT_SOURCES
+    sources (seeded)."""
+    names = tuple(features.names)
+    sources = np.unique(pairs[:, 0])
+    if len(sources) > FIT_SOURCES:
+        sources = np.sort(np.random.default_rng(seed).choice(sources, FIT_SOURCES,
+                                                             replace=False))
+    pairs = pairs[np.isin(pairs[:, 0], sources)]
+    hard = (np.zeros((0, 2), np.int64) if hard is None or hard_weight == 1.0
+            else np.asarray(hard, dtype=np.int64).reshape(-1, 2))
+    hard = hard[np.isin(hard[:, 0], sources)]
+    masked = sp.csr_array(known, dtype=bool)
+    lists = []
+    for lo in range(0, len(sources), 256):
+        rows = sources[lo:lo + 256]
+        r, q = cand.of_sources(features, rows, masked)
+        for i, s in enumerate(rows):
+            own = np.concatenate([q[r == i], pairs[pairs[:, 0] == s, 1], hard[hard[:, 0] == s, 1]])
+            lists.append(np.unique(own[own != s]))
+    width = max(map(len, lists))
+    columns = np.full((len(sources), width), -1, dtype=np.int64)               # (S, C)
+    for i, c in enumerate(lists):
+        columns[i, :len(c)] = c
+    slot_s, slot_c = np.nonzero(columns >= 0)
+    x = np.zeros((len(sources), width, len(names)), dtype=np.float32)          # (S, C, F)
+    x[slot_s, slot_c] = features.pairs(sources[slot_s], columns[slot_s, slot_c], names)
+    say(f"ranker: {len(names)} features of {len(pairs)} hidden links ({len(sources)} sources, "
+        f"{len(slot_s) / len(sources):.0f} candidates each)")
+    row = np.searchsorted(sources, pairs[:, 0])                                # (n,)
+    target = np.array([np.searchsorted(lists[i], t) for i, t in zip(row, pairs[:, 1])])
+    valid = torch.as_tensor(columns >= 0)
+    rejected = None
+    if len(hard):
+        rejected = torch.zeros(len(sources), width, dtype=torch.bool)          # (S, C)
+        at = np.searchsorted(sources, hard[:, 0])
+        rejected[torch.as_tensor(at), torch.as_tensor(
+            [np.searchsorted(lists[i], t) for i, t in zip(at, hard[:, 1])])] = True
+        say(f"ranker: {int(rejected.sum())} rejected pairs as hard negatives "
+            f"(× {hard_weight:g})")
+    return FitQueries(names, torch.from_numpy(x), torch.as_tensor(row),
+                      torch.as_tensor(target), valid[torch.as_tensor(row)], rejected,
+                      hard_weight, sources, columns)
 
 
 def fit_ranker(features: Features, known: sp.csr_array, pairs: np.ndarray,
@@ -117,7 +178,7 @@ def fit_on(q: FitQueries, names: tuple[str, ...] | None = None, l2: float = 1e-3
         raise GraftError(f"features {unknown} were not computed; have {list(q.names)}")
     x = q.x[..., [q.names.index(n) for n in names]]                            # (S, P, F')
     row, target, mask = q.row, q.target, q.mask
-    flat = x.reshape(-1, len(names))
+    flat = x.reshape(-1, len(names)) if q.columns is None else x[torch.as_tensor(q.columns >= 0)]
     mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)                      # (F',)
     z = (x - mean) / std                                                       # (S, P, F')
     w = torch.zeros(len(names), requires_grad=True)

@@ -98,7 +98,9 @@ def choose(q, linear_fit: Callable, names: tuple[str, ...], seed: int = 0, share
            say: Callable[[str], None] = lambda _: None) -> dict:
     """Fit the linear ranker and the booster on (1 − share) of the fold's sources, score both
     on the rest, and say which ranks better: {"kind", "mrr": {"linear", "lgbm"}}."""
-    from loop.fit import FitQueries, _mrr
+    from dataclasses import replace
+
+    from loop.fit import _mrr
     if not available():
         raise GraftError("--ranker-kind lgbm needs lightgbm: pip install lightgbm")
     rng = np.random.default_rng(seed)
@@ -107,8 +109,7 @@ def choose(q, linear_fit: Callable, names: tuple[str, ...], seed: int = 0, share
     back[rng.choice(n_src, max(1, int(share * n_src)), replace=False)] = True
     rows = q.row.numpy()
     fit_rows, val_rows = ~back[rows], back[rows]
-    sub = FitQueries(q.names, q.x, q.row[fit_rows], q.target[fit_rows], q.mask[fit_rows],
-                     q.hard, q.hard_weight, q.sources)
+    sub = replace(q, row=q.row[fit_rows], target=q.target[fit_rows], mask=q.mask[fit_rows])
     ranker = linear_fit(sub, names)
     cols = [q.names.index(n) for n in names]
     w = torch.as_tensor(ranker.weights, dtype=torch.float32)

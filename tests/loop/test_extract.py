@@ -159,10 +159,9 @@ def test_scoring_candidates_only_is_the_full_scan_when_they_cover_everything(tun
 
 def test_a_candidate_scan_proposes_only_candidates(tuned, monkeypatch):
     from loop import candidates as cand
-    from loop import extract as ex
     from loop.evaluate import load_graph
     from loop.rank import Features
-    monkeypatch.setattr(ex, "K_MODEL", 1)                 # few candidates: the scan must cut
+    monkeypatch.setattr(cand, "K_MODEL", 1)                 # few candidates: the scan must cut
     with Store(tuned / "g.duckdb") as store:
         few = extract(store, tuned / "ckpt", ExtractConfig(top_k=50, scan="candidates"),
                       adapter=tuned / "adapter")

@@ -224,3 +224,37 @@ def test_pair_features_are_the_block_at_those_pairs(wiki):
                                dense[:, [feats.names.index(n) for n in some]], atol=1e-5)
     with pytest.raises(GraftError, match="a tuned adapter"):
         feats.pairs(src, dst, ("tuned",))
+
+
+def test_a_fit_over_candidate_slots_is_the_full_fit_when_they_cover_everything(tmp_path):
+    from loop.fit import fit_on, fit_queries
+    store, _ = wiki_store(tmp_path)
+    with store:
+        hidden = make_fold(store, tmp_path / "fold.duckdb", 0.2, seed=1)
+    with Store(tmp_path / "fold.duckdb") as fold:
+        compile_snapshot(fold, take_snapshot(fold), tmp_path / "ckpt",
+                         CompileConfig(d=16, layers=1, check_determinism=False))
+        graph = evaluate.load_graph(fold)
+    pos = graph.position()
+    pairs = np.array([(pos[s], pos[d]) for s, d in hidden])
+    feats = Features(graph, tmp_path / "ckpt")
+    dense = fit_queries(feats, graph.known, pairs, scan="all")
+    slots = fit_queries(feats, graph.known, pairs, scan="candidates")
+    assert slots.columns is not None and dense.columns is None
+    for s, c in enumerate(slots.columns):          # the same candidates, as slots
+        src = slots.sources[s]
+        mine = np.flatnonzero(dense.row.numpy() == s)
+        want = np.flatnonzero(dense.mask[mine].any(0).numpy())
+        np.testing.assert_array_equal(c[c >= 0], want)
+        np.testing.assert_allclose(slots.x[s, :len(want)].numpy(),
+                                   dense.x[s, want].numpy(), rtol=1e-5, atol=1e-5)
+        assert src == dense.sources[s]
+    np.testing.assert_array_equal(slots.columns[slots.row, slots.target], dense.target)
+    a, b = fit_on(dense), fit_on(slots)   # weights differ: standardised over other entries
+    assert a.fit["mrr"] == pytest.approx(b.fit["mrr"], abs=1e-3)
+    assert a.fit["loss"] == pytest.approx(b.fit["loss"], rel=0.02)
+    from loop.calibrate import other_pairs
+    others = np.setdiff1d(np.arange(len(graph.index)), pairs[:, 0])[:12]
+    p_all, _ = other_pairs(feats, graph.known, b, others)
+    p_slots, _ = other_pairs(feats, graph.known, b, others, candidates=True)
+    np.testing.assert_allclose(np.sort(p_slots), np.sort(p_all), rtol=1e-4, atol=1e-6)
