@@ -277,12 +277,18 @@ def evaluate(graph: EvalGraph, queries: Queries, scorers: dict[str, Scorer],
     """
     if not len(queries.pairs):
         raise GraftError(f"no held-out link left to rank (skipped: {queries.skipped})")
+    from tqdm import tqdm
     size = len(graph.index)
     batch = batch or max(1, min(1024, (1 << 22) // size))
     ranks = {name: [] for name in scorers}
     aucs = {name: [] for name in scorers}
-    for start in range(0, len(queries.pairs), batch):
-        p, q = queries.pairs[start:start + batch].T                       # (B,), (B,)
+    # by source, so a source's features are computed once (not once per batch it is in)
+    order = np.argsort(queries.pairs[:, 0], kind="stable")
+    pairs = queries.pairs[order]
+    starts = range(0, len(pairs), batch)
+    for start in tqdm(starts, desc="eval", unit="batch", leave=False,
+                      disable=len(starts) < 20):
+        p, q = pairs[start:start + batch].T                                # (B,), (B,)
         sources, row = np.unique(p, return_inverse=True)                   # (S,), (B,)
         candidates = candidate_mask(graph, p)                              # (B, P)
         for name, scorer in scorers.items():
@@ -295,8 +301,11 @@ def evaluate(graph: EvalGraph, queries: Queries, scorers: dict[str, Scorer],
             r, a = rank_targets(scores[row], q, candidates)
             ranks[name].append(r)
             aucs[name].append(a)
-    return Result(n=len(queries.pairs), ranks={k: np.concatenate(v) for k, v in ranks.items()},
-                  aucs={k: np.concatenate(v) for k, v in aucs.items()}, skipped=queries.skipped)
+    back = np.argsort(order)                                               # input order
+    return Result(n=len(queries.pairs),
+                  ranks={k: np.concatenate(v)[back] for k, v in ranks.items()},
+                  aucs={k: np.concatenate(v)[back] for k, v in aucs.items()},
+                  skipped=queries.skipped)
 
 
 def candidate_mask(graph: EvalGraph, sources: np.ndarray) -> np.ndarray:
