@@ -248,6 +248,20 @@ def centred(x: np.ndarray) -> np.ndarray:
     return x - x.mean(0, keepdims=True)
 
 
+def gains(result: evaluate.Result, draws: int = 2000) -> dict[str, dict]:
+    """Each +LM ranker's held-out MRR gain over the same ranker without LM, with a paired
+    bootstrap 95% interval over the queries (both rank the same links)."""
+    rr = {k[len(ablate.PREFIX):]: 1.0 / v for k, v in result.ranks.items()}    # (n,) each
+    idx = np.random.default_rng(0).integers(0, result.n, (draws, result.n))
+    out = {}
+    for name in rr:
+        if name.endswith("+" + LM):
+            d = rr[name] - rr[name[:-len(LM) - 1]]                               # (n,)
+            lo, hi = np.percentile(d[idx].mean(1), [2.5, 97.5])
+            out[name] = {"mrr": round(float(d.mean()), 5), "ci": [round(lo, 5), round(hi, 5)]}
+    return out
+
+
 def cached_scores(path: Path, make) -> np.ndarray:
     """The (S, P) LM scores saved at `path`, or made and saved (a refit skips the model)."""
     if path.exists():
@@ -358,13 +372,16 @@ def main() -> None:
     rankers = {name: fit_on(fq, names, say=print) for name, names in subsets(fq.names).items()}
     feats = WithLM(Features(graph, folder / "model", folder / "adapter", embed_cache=cache),
                    dict(zip(test_sources.tolist(), lm_test)))
-    table = ablate.rank_holdout(graph, queries, feats, rankers)
+    result = evaluate.evaluate(graph, queries, ablate.scorers(feats, rankers))
+    table = ablate.table(result, rankers)
     alone = evaluate.evaluate(graph, queries, {
         f: (lambda s, f=f: feats.block(s, (f,))[..., 0]) for f in (LM, "text_neighbours")})
     record.update(n=len(queries.pairs), ablation=table,
                   fold_alone=rankers[f"text+{LM}"].fit["mrr_alone"],
-                  alone={f: alone.metrics(f) for f in alone.ranks})
+                  alone={f: alone.metrics(f) for f in alone.ranks}, gain=gains(result))
     print_results(table, rankers[f"text+{LM}"], alone)
+    for name, g in record["gain"].items():
+        print(f"{name}: MRR gain {g['mrr']:+.4f}, 95% CI [{g['ci'][0]:+.4f}, {g['ci'][1]:+.4f}]")
     name = f"probe-{cfg.tag()}-{'store' if args.store_model else 'fold'}"
     name += "-centred.json" if args.centre else ".json"
     (out / name).write_text(json.dumps(record, indent=2))
