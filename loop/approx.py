@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from graph.checkpoint import SPECIAL_TOKENS
@@ -35,6 +36,7 @@ from finetune.text import Lexicon
 from finetune.tune import TuneConfig, scale_rows, text_docs
 
 UNK = SPECIAL_TOKENS.index("<unk>")
+APPROX_LOGITS = 1_000_000_000   # held-out tokens × vocabulary scored (whole documents, seeded)
 
 
 def approximation_error(model_dir: Path, reference_dir: Path, corpus: Path,
@@ -51,6 +53,7 @@ def approximation_error(model_dir: Path, reference_dir: Path, corpus: Path,
     from transformers import AutoModelForCausalLM
     to_model, to_column, columns = _token_map(Path(model_dir), Path(reference_dir))
     _, train_docs, held_docs = text_docs(Lexicon.of_checkpoint(reference_dir), corpus, cfg)
+    held_docs = budget_docs(held_docs, len(columns), cfg.seed, APPROX_LOGITS)
     train_rows = data.blocks(train_docs, cfg.block)
     held, held_first = [], []
     for doc in held_docs:
@@ -76,7 +79,22 @@ def approximation_error(model_dir: Path, reference_dir: Path, corpus: Path,
           if adapter is not None else None)
     return {"error": mean(ce), "first": mean(ce[first]), "rest": mean(ce[~first]),
             "scale": round(scale, 6), "tokens": len(ce), "first_tokens": int(first.sum()),
-            "dropped": dropped, "kl": kl}
+            "dropped": dropped, "kl": kl, "documents": len(held_docs)}
+
+
+def budget_docs(docs: list[list[int]], vocab: int, seed: int, budget: int) -> list[list[int]]:
+    """Seeded whole documents, in their order, as many as keep their tokens × `vocab` within
+    `budget` logits (all of them when they fit; at least one): a 117k-particle vocabulary
+    over all of WordNet's held-out glosses is 10¹¹ logits, where cyberwiki's is 10⁸."""
+    if sum(map(len, docs)) * vocab <= budget:
+        return docs
+    keep, used = [], 0
+    for i in np.random.default_rng(seed).permutation(len(docs)):
+        if keep and used + len(docs[i]) * vocab > budget:
+            break
+        keep.append(int(i))
+        used += len(docs[i]) * vocab
+    return [docs[i] for i in sorted(keep)]
 
 
 @torch.no_grad()

@@ -143,3 +143,13 @@ def test_kl_of_tuned_against_compiled_at_first_positions_by_hand(two, tmp_path):
             c = torch.log_softmax(compiled(input_ids=ids).logits[0, -1, cols], -1)
             kls.append(float((t.exp() * (t - c)).sum()))
     assert got["kl"] == pytest.approx(np.mean(kls), abs=1e-5) and got["kl"] > 0.01
+
+
+def test_a_large_vocabulary_scores_seeded_whole_documents_within_the_budget():
+    from loop.approx import budget_docs
+    docs = [[4] * n for n in (3, 5, 2, 7, 4)]
+    assert budget_docs(docs, 10, 0, 10 ** 6) is docs                    # fits: all of them
+    some = budget_docs(docs, 10, 0, 100)                                # ≤ 10 tokens
+    assert 0 < sum(map(len, some)) <= 10 and all(d in docs for d in some)
+    assert some == budget_docs(docs, 10, 0, 100)                        # seeded
+    assert len(budget_docs(docs, 10, 0, 1)) == 1                        # at least one
