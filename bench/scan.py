@@ -1,10 +1,11 @@
 """Benchmark: extraction's candidate scan beside the full scan, on a finished cycle — the same
 store, models, adapter and ranker, the same seeded sources, one process. Per scan: seconds per
 1,000 sources (and for all of the store's sources at that rate), and how many of the full
-scan's best `per_source` targets of a source the candidate scan also proposes.
+scan's best `per_source` targets of a source the candidate scan also proposes; with
+--holdout, how many of each scan's proposals are held-out links.
 
 Usage (after a `graft cycle` into WORK/out with its store at WORK/g.duckdb):
-    python bench/scan.py WORK [--cycle 1] [--sources 512] [--seed 0]
+    python bench/scan.py WORK [--cycle 1] [--sources 512] [--seed 0] [--holdout FILE]
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graph import sql_loop  # noqa: E402
 from graph.store import Store  # noqa: E402
 from loop import extract as ex  # noqa: E402
-from loop.evaluate import load_graph  # noqa: E402
+from loop.evaluate import load_graph, read_holdout  # noqa: E402
 from loop.rank import Features, Ranker  # noqa: E402
 
 
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--sources", type=int, default=512)
     ap.add_argument("--per-source", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--holdout", type=Path, help="held-out links (JSONL of from/to)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     folder = args.work / "out" / f"cycle-{args.cycle}"
@@ -69,11 +71,17 @@ def main() -> None:
                      "proposals": len(found[scan])}
         print(f"{scan}: {seconds:.1f} s for {len(rows)} sources", flush=True)
     kept = len(found["all"] & found["candidates"]) / max(len(found["all"]), 1)
+    if args.holdout:
+        held = read_holdout(args.holdout)
+        held = {(pos[h.src], pos[h.dst]) for h in held if h.src in pos and h.dst in pos}
+        for scan in out:
+            out[scan]["held_out_links"] = len(found[scan] & held)
     print(f"| scan | s per 1,000 sources | all {size} sources at that rate (s) | "
-          f"proposals (≤ {args.per_source} a source) |\n|---|---|---|---|")
+          f"proposals (≤ {args.per_source} a source) | of them held-out links |\n"
+          "|---|---|---|---|---|")
     for scan, r in out.items():
         print(f"| {scan} | {r['per_1000_sources']} | {r['all_sources_estimate']} | "
-              f"{r['proposals']} |")
+              f"{r['proposals']} | {r.get('held_out_links', '—')} |")
     print(f"candidate scan keeps {kept:.3f} of the full scan's proposals "
           f"({len(rows)} seeded sources)")
     if args.json:
