@@ -88,7 +88,8 @@ def test_features_match_the_checkpoint(wiki):
     np.testing.assert_array_equal(x[:, 0] > 0, mentioned)
 
 
-def fit_on_fold(root, **kw):
+def fold_features(root, **kw):
+    """(fold graph, its Features, hidden (p, q) positions) of the wiki with 20% hidden."""
     store, _ = wiki_store(root, **kw)
     with store:
         hidden = make_fold(store, root / "fold.duckdb", 0.2, seed=1)
@@ -98,7 +99,12 @@ def fit_on_fold(root, **kw):
         graph = evaluate.load_graph(fold)
     pos = graph.position()
     pairs = np.array([(pos[s], pos[d]) for s, d in hidden])
-    return fit_ranker(Features(graph, root / "fold-ckpt"), graph.known, pairs)
+    return graph, Features(graph, root / "fold-ckpt"), pairs
+
+
+def fit_on_fold(root, **kw):
+    graph, feats, pairs = fold_features(root, **kw)
+    return fit_ranker(feats, graph.known, pairs)
 
 
 def test_the_fit_follows_what_hidden_links_have_in_common(tmp_path):
@@ -228,16 +234,7 @@ def test_pair_features_are_the_block_at_those_pairs(wiki):
 
 def test_a_fit_over_candidate_slots_is_the_full_fit_when_they_cover_everything(tmp_path):
     from loop.fit import fit_on, fit_queries
-    store, _ = wiki_store(tmp_path)
-    with store:
-        hidden = make_fold(store, tmp_path / "fold.duckdb", 0.2, seed=1)
-    with Store(tmp_path / "fold.duckdb") as fold:
-        compile_snapshot(fold, take_snapshot(fold), tmp_path / "ckpt",
-                         CompileConfig(d=16, layers=1, check_determinism=False))
-        graph = evaluate.load_graph(fold)
-    pos = graph.position()
-    pairs = np.array([(pos[s], pos[d]) for s, d in hidden])
-    feats = Features(graph, tmp_path / "ckpt")
+    graph, feats, pairs = fold_features(tmp_path)
     dense = fit_queries(feats, graph.known, pairs, scan="all")
     slots = fit_queries(feats, graph.known, pairs, scan="candidates")
     assert slots.columns is not None and dense.columns is None
