@@ -279,8 +279,8 @@ def sampled_loss(model, batch: data.Batch, sampled: int, rng: np.random.Generato
     batch must predict plus `sampled` tokens drawn uniformly (seeded) — a restricted softmax
     (Jean et al. 2015). The output head is applied to those rows only, so a step costs the
     decoder plus (B·T)·d·(targets + sampled) rather than (B·T)·d·V. It equals the full loss
-    when the subset is the whole vocabulary (tests/finetune/test_sampled.py); against the full
-    softmax on a small graph see bench/tune.py --sampled."""
+    when the subset is the whole vocabulary (tests/finetune/test_tune.py); against the full
+    softmax see bench/sampled_softmax.py."""
     head = model.get_output_embeddings()
     inner = model.get_decoder()                           # the decoder stack, LoRA included
     dev = head.weight.device

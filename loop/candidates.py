@@ -51,7 +51,7 @@ def of_sources(feats, rows: np.ndarray, masked: sp.csr_array) -> tuple[np.ndarra
     (its mentions, its pages' nearest by text, its model's top K_MODEL), less the pairs of
     `masked` (P, P) — links, rejected pairs."""
     text = "text_neighbours" in feats.names
-    sets = candidates(feats.graph, rows, mention=feats.mention,
+    sets = candidates(feats.graph, rows, mention=feats.mention, back=feats.back,
                       text_vectors=feats.text_vectors() if text else None,
                       near=feats.nearest(rows)[0] if text else None,
                       model=(feats.embed, feats.head, feats.ckpt), k_model=K_MODEL)
@@ -99,7 +99,8 @@ def candidates(graph: EvalGraph, sources: np.ndarray, *, mention: sp.csr_array,
                text_vectors: np.ndarray | None = None, model: tuple | None = None,
                k_text: int = 20, k_model: int = 100, k_popular: int = 50,
                approximate: bool = False, use: tuple[str, ...] = SOURCES,
-               near: np.ndarray | None = None) -> dict[str, sp.csr_array]:
+               near: np.ndarray | None = None, back: sp.csr_array | None = None
+               ) -> dict[str, sp.csr_array]:
     """{source kind: (S, P) bool} candidate targets of each source, by kind (their union is
     the candidate set); p itself and p's known targets are never candidates.
 
@@ -117,6 +118,8 @@ def candidates(graph: EvalGraph, sources: np.ndarray, *, mention: sp.csr_array,
         use: which kinds to build.
         near: (S, ≥ k_text) the sources' nearest pages by text, when known already
             (loop.embed.nearest's positions).
+        back: mentionᵀ as CSR, when known already (a block of sources at a time would
+            otherwise transpose all of `mention` for each block).
     """
     unknown = [u for u in use if u not in SOURCES]
     if unknown:
@@ -126,7 +129,8 @@ def candidates(graph: EvalGraph, sources: np.ndarray, *, mention: sp.csr_array,
     known = sp.csr_array(graph.known)
     out: dict[str, sp.csr_array] = {}
     if "mentioned" in use:
-        out["mentioned"] = (mention[sources] + sp.csr_array(mention.T)[sources]) > 0
+        back = back if back is not None else sp.csr_array(mention.T)
+        out["mentioned"] = (mention[sources] + back[sources]) > 0
     if "neighbours" in use:
         two_hop = (known[sources] @ known) > 0                                # (S, P)
         parts = [two_hop]
