@@ -45,3 +45,16 @@ def test_the_curator_works_the_queue_the_same_way_every_time(tmp_path):
     assert decided == {("s1", "t4"): "accepted", ("s0", "t9"): "rejected",
                        ("s0", "t3"): "accepted", ("s2", "t8"): "accepted",
                        ("s2", "t2"): "rejected"}
+
+
+def test_a_curator_who_abstains_on_test_pairs_leaves_them_pending(tmp_path):
+    key = {("s0", "t3"), ("s1", "t4"), ("s2", "t8"), ("s0", "t0")}
+    test = {("s0", "t9")}
+    with _store(tmp_path / "g.duckdb") as store:
+        review = curator_review(store, 1, key, k=5, hidden=key | test, abstain=test)
+        status = dict(((s, d), st) for s, d, st in store.query(
+            "SELECT src, dst, status FROM proposals"))
+    assert review["reviewed"] == 5 and review["decided"] == 4 and review["accepted"] == 3
+    assert review["measured"] == 0.75                  # 3 of the 4 decided, not 3 of 5
+    assert review["estimated"] == round((0.4 + 0.3 + 0.3 + 0.2) / 4, 4)
+    assert status[("s0", "t9")] == "pending" and status[("s2", "t2")] == "rejected"
