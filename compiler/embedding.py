@@ -12,6 +12,8 @@ rank-d reconstruction of M[p, q]. Two adjustments, both recorded per row:
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -22,7 +24,8 @@ _CHUNK = 8192  # rows per in-place step: the temporaries stay small
 
 
 def build_embedding(vocab: Vocab, pi: np.ndarray, arch: Arch, cfg: CompileConfig,
-                    seed: int, start: np.ndarray | None = None) -> Embedding:
+                    seed: int, start: np.ndarray | None = None, client=None,
+                    scratch: Path | None = None) -> Embedding:
     """Factorise M (A, or diag(√π) A diag(√π) with cfg.focus_weighting) at rank arch.d.
 
     Args:
@@ -33,15 +36,23 @@ def build_embedding(vocab: Vocab, pi: np.ndarray, arch: Arch, cfg: CompileConfig
         seed: from the snapshot id, so two compiles are identical.
         start: (V, s) a warm start (compiler/warm.py): the SVD starts from it and takes
             cfg.warm_power_iters power iterations instead of cfg.power_iters.
+        client: a dask.distributed Client (cfg.dask): the SVD runs on its cluster
+            (compiler/distributed.py), its row blocks written as Parquet under `scratch`.
 
     Returns:
         Embedding with E, H (V, d) float32, σ, the fill mask, row scales and P-EMBED.
     """
     m = focus_weighted(vocab.adjacency, pi) if cfg.focus_weighting else vocab.adjacency
-    u, s, vt = linalg.randomized_svd(m, arch.d, oversample=cfg.oversample,   # (V, d), (d,), (d, V)
-                                     power_iters=cfg.power_iters if start is None
-                                     else cfg.warm_power_iters, seed=seed,
-                                     threads=cfg.threads, workers=cfg.workers, start=start)
+    if client is not None:
+        from compiler import distributed
+        u, s, vt = distributed.randomized_svd(m, arch.d, client, oversample=cfg.oversample,
+                                              power_iters=cfg.power_iters, seed=seed,
+                                              parts=cfg.dask_parts, folder=scratch)
+    else:
+        u, s, vt = linalg.randomized_svd(m, arch.d, oversample=cfg.oversample,  # (V, d), (d,), (d, V)
+                                         power_iters=cfg.power_iters if start is None
+                                         else cfg.warm_power_iters, seed=seed,
+                                         threads=cfg.threads, workers=cfg.workers, start=start)
     root = np.sqrt(s).astype(np.float32)
     # In place: at Bostrom scale each (V, d) block is 3 GB, and E, H take over U's and V's.
     e = _scale_columns(u, root)                                 # (V, d) U√Σ

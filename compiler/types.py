@@ -43,6 +43,8 @@ class CompileConfig:
     workers: int = 2                # threads for row-block kernels (SVD, attention): bits don't
     check_determinism: bool = True  # compile the weights twice and compare (P-DET)
     calibrate: bool = True          # fit the logit scale τ to the links (calibrate.py)
+    dask: str | None = None         # the embedding SVD on a Dask cluster: local:N or an address
+    dask_parts: int | None = None   # its row blocks (float bits depend on it; None: 2 a worker)
 
     def __post_init__(self):
         problems = []
@@ -65,6 +67,10 @@ class CompileConfig:
                             f"attn_temperature={self.attn_temperature} (expected >= 0, >= 0, > 0)")
         if self.threads < 1 or self.workers < 1:
             problems.append(f"threads={self.threads}, workers={self.workers} (expected >= 1)")
+        if self.dask is not None and self.warm_start is not None:
+            problems.append("dask and warm_start together (the Dask SVD starts cold)")
+        if self.dask_parts is not None and self.dask_parts < 1:
+            problems.append(f"dask_parts={self.dask_parts} (expected >= 1)")
         if problems:
             raise GraftError("bad compile config: " + "; ".join(problems))
 

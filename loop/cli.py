@@ -110,7 +110,8 @@ def cmd_compile(args) -> None:
                         calibrate=not args.no_calibrate,
                         check_determinism=not args.no_det_check,
                         warm_start=str(Path(args.warm_start).resolve()) if args.warm_start
-                        else None, warm_power_iters=args.warm_power_iters)
+                        else None, warm_power_iters=args.warm_power_iters,
+                        dask=args.dask, dask_parts=args.dask_parts)
     with _open(args) as store:
         snap = (snapshot.get_snapshot(store, args.snapshot) if args.snapshot
                 else snapshot.take_snapshot(store))
@@ -237,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "earlier checkpoint's subspace (after a few links changed)")
     p.add_argument("--warm-power-iters", type=int, default=1, metavar="Q",
                    help="power iterations from a warm start (default 1; cold: 4)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run the embedding SVD on a Dask cluster: "
+                   "local:N (a LocalCluster of N workers) or a scheduler address "
+                   "(tcp://host:8786); needs graft[dist]")
+    p.add_argument("--dask-parts", type=int, metavar="N",
+                   help="row blocks of the Dask SVD (default 2 per worker; float bits depend "
+                   "on it, not on the workers)")
 
     p = command("verify", cmd_verify, "recompute a checkpoint's certificate")
     p.add_argument("dir", metavar="DIR")
