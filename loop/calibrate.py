@@ -68,8 +68,7 @@ def other_pairs(features, known, ranker, sources: np.ndarray, top: int = TOP,
     out, colds = [], []
     for i in range(0, len(sources), 256):
         chunk = sources[i:i + 256]
-        x = features.block(chunk, ranker.features)                            # (B, P, F)
-        scores = ranker.score(x)
+        scores = features.scores(chunk, ranker)                               # (B, P)
         for j, s in enumerate(chunk):
             cand = np.ones(scores.shape[1], dtype=bool)
             cand[s] = False

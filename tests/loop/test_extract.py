@@ -201,3 +201,19 @@ def test_pair_logits_are_log_probabilities_less_a_constant_per_source(tuned):
     zero = feats.pairs(src, dst, ("zero_layer",), normalised=False)[have, 0]   # E_p · H_q
     np.testing.assert_allclose(zero, feats.pairs(src, dst, ("zero_layer",))[have, 0],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_scores_summed_feature_by_feature_equal_the_block_product(tuned):
+    from loop.evaluate import load_graph
+    from loop.rank import Features, Ranker
+    with Store(tuned / "g.duckdb") as store:
+        graph = load_graph(store)
+    feats = Features(graph, tuned / "ckpt", tuned / "adapter")
+    names = feats.names
+    ranker = Ranker(names, tuple(np.linspace(-1.5, 2.0, len(names)).tolist()))
+    sources = np.array([0, 2, 5])
+    by_block = ranker.score(feats.block(sources, names))
+    np.testing.assert_allclose(feats.scores(sources, ranker), by_block, rtol=1e-5, atol=1e-5)
+    other = np.array([1, 4])                                  # a new memo: computed afresh
+    np.testing.assert_allclose(feats.scores(other, ranker),
+                               ranker.score(feats.block(other, names)), rtol=1e-5, atol=1e-5)
