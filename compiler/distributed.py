@@ -4,12 +4,12 @@ What outgrows a machine first is not the links but the dense blocks of the rando
 at 3M particles and d = 300 each (V, k + oversample) block is 3.7 GB in float32, and the
 range finder holds three of them. Here those blocks live on Dask workers, split by rows:
 
-- the matrix's rows, and its columns, are written by DuckDB to Parquet, one partition per
-  block (`write_partitions`); each worker reads its partitions into sparse blocks — row
-  blocks B_i and column blocks (Bᵀ)_j — which stay on the workers (persisted) for the whole
-  SVD;
-- Y = B Z and Z = Bᵀ Y are dask arrays chunked like those blocks: each block times the
-  other side's whole (m or n, l) block, sent once to each worker — no (n, l) partial sums;
+- the matrix is cut into a grid of blocks B_ij, written by DuckDB to Parquet, one partition
+  per block (`write_partitions`); the workers read them into sparse matrices and keep them
+  (persisted) for the whole SVD;
+- Y = B Z and Z = Bᵀ Y are dask arrays chunked like the grid's rows and columns: output
+  chunk i is Σ_j B_ij Z_j (j in order), so a task holds one block and two chunks, never a
+  whole (V, l) block, and memory per worker falls as workers are added;
 - every block is orthonormalised by Cholesky-QR twice on its Gram (a small
   reduction), dask.array's tall-skinny QR where the block is rank-deficient.
 
@@ -17,7 +17,7 @@ The maths is the in-process range finder's (compiler/linalg.py): the same Halko�
 Tropp sketch with `power_iters` subspace iterations, QR after every product, then the SVD of
 the small l × l factor. The arithmetic is float64 and one BLAS thread per task, so the result
 depends on the snapshot, the number of row blocks and the seed — not on how many workers
-run them (each block's work is fixed by the blocks). Singular values
+run them (each block's work and each sum's order are fixed by the grid). Singular values
 agree with the in-process float32 path to its rounding (tests/compiler/test_distributed.py).
 
 The rest of the compile stays in process: it holds the sparse matrix (tens of MB at 3M
@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from graph.errors import GraftError
 
-PARTS_PER_WORKER = 2          # row blocks per worker when `parts` is not given
+PARTS_PER_WORKER = 2          # grid rows (and columns) per worker when `parts` is not given
 
 
 def client_for(address: str):
@@ -80,42 +80,43 @@ def session(address: str | None):
         close_client(client)
 
 
-def write_partitions(a: sp.csr_array, folder: Path, parts: int) -> list[tuple[Path, int, int]]:
-    """Write a's entries with DuckDB to Parquet, one partition per row block; returns
-    (partition folder, first row, rows) per block, in row order. Blocks are contiguous and
-    as even as `parts` allows."""
+def edges_of(size: int, parts: int) -> np.ndarray:
+    """(parts + 1,) boundaries of `parts` contiguous, near-even blocks of range(size)."""
+    return np.linspace(0, size, max(1, min(parts, size)) + 1).round().astype(np.int64)
+
+
+def write_partitions(a: sp.csr_array, folder: Path, rows: np.ndarray, cols: np.ndarray
+                     ) -> None:
+    """Write a's entries with DuckDB to Parquet, one partition per (row block, column block)
+    of the boundaries `rows` and `cols` (folder/bi=I/bj=J/); empty blocks write nothing."""
     import duckdb
     import pyarrow as pa
-    a = sp.csr_array(a)
-    m = a.shape[0]
-    parts = max(1, min(parts, m))
-    edges = np.linspace(0, m, parts + 1).round().astype(np.int64)
-    coo = a.tocoo()
-    block = np.searchsorted(edges, coo.row, side="right") - 1
-    table = pa.table({"block": block.astype(np.int32), "row": coo.row.astype(np.int64),
-                      "col": coo.col.astype(np.int64), "value": coo.data.astype(np.float64)})
+    coo = sp.csr_array(a).tocoo()
+    table = pa.table({
+        "bi": (np.searchsorted(rows, coo.row, side="right") - 1).astype(np.int32),
+        "bj": (np.searchsorted(cols, coo.col, side="right") - 1).astype(np.int32),
+        "row": coo.row.astype(np.int64), "col": coo.col.astype(np.int64),
+        "value": coo.data.astype(np.float64)})
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
     try:
         con.register("entries", table)
-        con.execute(f"COPY (SELECT * FROM entries ORDER BY block, row, col) TO '{folder}' "
-                    "(FORMAT PARQUET, PARTITION_BY (block), OVERWRITE_OR_IGNORE)")
+        con.execute(f"COPY (SELECT * FROM entries ORDER BY bi, bj, row, col) TO '{folder}' "
+                    "(FORMAT PARQUET, PARTITION_BY (bi, bj), OVERWRITE_OR_IGNORE)")
     finally:
         con.close()
-    return [(folder / f"block={i}", int(edges[i]), int(edges[i + 1] - edges[i]))
-            for i in range(parts)]
 
 
-def _read_block(folder: str, first: int, rows: int, n: int) -> sp.csr_array:
-    """One row block from its Parquet partition (no partition: an empty block)."""
+def _read_block(folder: str, row0: int, rows: int, col0: int, cols: int) -> sp.csr_array:
+    """One (rows, cols) block from its Parquet partition (none: an empty block)."""
     import pyarrow.parquet as pq
     if not Path(folder).is_dir():
-        return sp.csr_array((rows, n), dtype=np.float64)
+        return sp.csr_array((rows, cols), dtype=np.float64)
     t = pq.read_table(folder, columns=["row", "col", "value"])
-    r = t.column("row").to_numpy() - first
-    return sp.csr_array((t.column("value").to_numpy(), (r, t.column("col").to_numpy())),
-                        shape=(rows, n))
+    return sp.csr_array((t.column("value").to_numpy(), (t.column("row").to_numpy() - row0,
+                                                        t.column("col").to_numpy() - col0)),
+                        shape=(rows, cols))
 
 
 def _one_thread(fn):
@@ -129,6 +130,11 @@ def _one_thread(fn):
 @_one_thread
 def _times(b: sp.csr_array, x: np.ndarray) -> np.ndarray:
     return np.asarray(b @ x)
+
+
+@_one_thread
+def _times_t(b: sp.csr_array, y: np.ndarray) -> np.ndarray:
+    return np.asarray(b.T @ y)
 
 
 def _cholesky_qr2(x, client) -> tuple:
@@ -174,7 +180,8 @@ def randomized_svd(a: sp.csr_array, k: int, client, *, oversample: int = 10,
     descending, Vt (k, n) float32.
 
     `folder` holds the Parquet partitions (on a shared file system for a real cluster);
-    `parts` row blocks (default PARTS_PER_WORKER per worker; the float bits depend on it)."""
+    `parts`: the grid's rows and columns of blocks (default PARTS_PER_WORKER per worker;
+    the float bits depend on it, not on the workers)."""
     from compiler import linalg
     a = sp.csr_array(a, dtype=np.float64, copy=True)
     a.sum_duplicates()
@@ -213,32 +220,37 @@ def _sketch(b: sp.csr_array, k: int, client, oversample: int, power_iters: int, 
     import dask.array as da
     m, n = b.shape
     l = min(k + oversample, m, n)
+    # B in a grid of blocks B_ij (tsqr wants ≥ l rows a chunk); Y (m, ·) is chunked by the
+    # grid's rows, Z (n, ·) by its columns.
+    re, ce = edges_of(m, min(parts, m // l)), edges_of(n, min(parts, n // l))
+    write_partitions(b, folder, re, ce)
+    read = dask.delayed(_read_block, pure=True)
+    cols = len(ce) - 1
+    flat = client.persist([read(str(folder / f"bi={i}" / f"bj={j}"), int(re[i]),
+                                int(re[i + 1] - re[i]), int(ce[j]), int(ce[j + 1] - ce[j]))
+                           for i in range(len(re) - 1) for j in range(cols)])
+    grid = [flat[i:i + cols] for i in range(0, len(flat), cols)]
     # Tasks name their inputs by key: a handle dropped before they ran lets Dask free the
-    # data. The blocks are held throughout; a product's input until its result is computed.
-    pinned, live = [], []
+    # data. The grid is held throughout; a product's input until its result is computed.
+    live = []
 
-    def held(side: sp.csr_array, name: str) -> tuple[list, list[int]]:
-        """`side`'s row blocks, read by the workers from their Parquet partitions and kept
-        there: (blocks, rows of each). tsqr wants every chunk ≥ l rows."""
-        at = write_partitions(side, folder / name, max(1, min(parts, side.shape[0] // l)))
-        read = dask.delayed(_read_block, pure=True)
-        blocks = client.persist([read(str(f), first, r, side.shape[1]) for f, first, r in at])
-        pinned.append(blocks)
-        return blocks, [r for _, _, r in at]
-
-    rows_of_b, rows_of_bt = held(b, "rows"), held(b.T.tocsr(), "columns")
-
-    def times(side, x) -> da.Array:            # side · x, chunked like side's row blocks
-        if isinstance(x, np.ndarray):          # sent to every worker once
-            whole = arg = client.scatter(x, broadcast=True)
-        else:                                  # one whole block, worker to worker
-            whole = client.persist(x.rechunk({0: -1}))
-            arg = whole.to_delayed().ravel()[0]
-        live.append(whole)
-        blocks, rows = side
-        return da.concatenate([
-            da.from_delayed(dask.delayed(_times, pure=True)(blk, arg), (r, x.shape[1]),
-                            dtype=np.float64) for blk, r in zip(blocks, rows)])
+    def product(x: da.Array, transpose: bool) -> da.Array:
+        """B x (x chunked by the grid's columns) or Bᵀ x (by its rows): each output chunk
+        the sum, in block order, of one block's product with one chunk of x."""
+        live.append(x)
+        xs, w = x.to_delayed().ravel(), x.shape[1]
+        outer = (range(len(ce) - 1) if transpose else range(len(re) - 1))
+        inner = (range(len(re) - 1) if transpose else range(len(ce) - 1))
+        sizes = np.diff(ce if transpose else re)
+        chunks = []
+        for o in outer:
+            acc = None
+            for i in inner:
+                blk = grid[i][o] if transpose else grid[o][i]
+                part = dask.delayed(_times_t if transpose else _times, pure=True)(blk, xs[i])
+                acc = part if acc is None else dask.delayed(np.add, pure=True)(acc, part)
+            chunks.append(da.from_delayed(acc, (int(sizes[o]), w), dtype=np.float64))
+        return da.concatenate(chunks)
 
     def orth(x: da.Array) -> tuple[da.Array, np.ndarray]:
         q, r = _cholesky_qr2(x, client)       # computed: what made it can go
@@ -247,11 +259,13 @@ def _sketch(b: sp.csr_array, k: int, client, oversample: int, power_iters: int, 
 
     # The in-process path's test matrix: float32 uniform − 0.5 from the same seed.
     omega = np.random.default_rng(seed).random((n, l), dtype=np.float32) - np.float32(0.5)
-    q, _ = orth(times(rows_of_b, omega.astype(np.float64)))   # (m, l)
+    omega = client.persist(da.from_array(omega.astype(np.float64),
+                                         chunks=(tuple(np.diff(ce).tolist()), l)))
+    q, _ = orth(product(omega, False))                        # (m, l)
     for _ in range(power_iters):
-        z, _ = orth(times(rows_of_bt, q))                     # (n, l)
-        q, _ = orth(times(rows_of_b, z))
-    qz, r = orth(times(rows_of_bt, q))                        # Bᵀ Q = Qz R: B ≈ Q Rᵀ Qzᵀ
+        z, _ = orth(product(q, True))                         # (n, l)
+        q, _ = orth(product(z, False))
+    qz, r = orth(product(q, True))                            # Bᵀ Q = Qz R: B ≈ Q Rᵀ Qzᵀ
     uf, s, vft = np.linalg.svd(r.T)                           # (l, l)
     top = min(k, len(s))
     u = (q @ uf[:, :top]).compute().astype(np.float32)        # (m, top)

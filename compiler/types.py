@@ -44,7 +44,7 @@ class CompileConfig:
     check_determinism: bool = True  # compile the weights twice and compare (P-DET)
     calibrate: bool = True          # fit the logit scale τ to the links (calibrate.py)
     dask: str | None = None         # the embedding SVD on a Dask cluster: local:N or an address
-    dask_parts: int | None = None   # its row blocks (float bits depend on it; None: 2 a worker)
+    dask_parts: int | None = None   # its grid's blocks a side (bits depend on it; None: 2/worker)
 
     def __post_init__(self):
         problems = []

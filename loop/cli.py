@@ -242,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "local:N (a LocalCluster of N workers) or a scheduler address "
                    "(tcp://host:8786); needs graft[dist]")
     p.add_argument("--dask-parts", type=int, metavar="N",
-                   help="row blocks of the Dask SVD (default 2 per worker; float bits depend "
-                   "on it, not on the workers)")
+                   help="blocks per side of the Dask SVD's grid (default 2 per worker; "
+                   "float bits depend on it, not on the workers)")
 
     p = command("verify", cmd_verify, "recompute a checkpoint's certificate")
     p.add_argument("dir", metavar="DIR")
