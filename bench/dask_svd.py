@@ -5,16 +5,15 @@ On bench/compile.py's seeded synthetic power-law graph (its adjacency, as the em
 gets it), the rank-d randomized SVD with 4 power iterations:
 - in process (compiler/linalg.py; 1 BLAS thread, 1 and 2 block workers),
 - on a LocalCluster of 1 and of 2 single-threaded worker processes (compiler/distributed.py;
-  row blocks written as Parquet by DuckDB, 4 blocks, so both give the same bits).
+  a grid of 4 × 4 blocks written as Parquet by DuckDB, so both give the same bits).
 Prints wall seconds, the largest relative difference of the singular values from the
-in-process ones, and peak memory: the driver's RSS and each worker's.
+in-process ones, and peak memory: the driver's RSS and each worker's (sampled every 20 ms).
 
 Usage: python bench/dask_svd.py [--size 100k|1M] [--d 128] [--work DIR]
 """
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import sys
 import time
@@ -28,8 +27,24 @@ sys.path.insert(0, str(ROOT))
 from bench.compile import PeakWatcher, prepare  # noqa: E402
 
 
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _watch(dask_worker) -> None:
+    """Sample this worker's RSS every 20 ms into dask_worker.graft_peak (MiB). ru_maxrss
+    will not do: a worker process reports the peak of the process it was forked from."""
+    import threading
+
+    import psutil
+    me = psutil.Process()
+    dask_worker.graft_peak = me.memory_info().rss / 2**20
+
+    def run():
+        while True:
+            dask_worker.graft_peak = max(dask_worker.graft_peak, me.memory_info().rss / 2**20)
+            time.sleep(0.02)
+    threading.Thread(target=run, daemon=True).start()
+
+
+def _peak(dask_worker) -> float:
+    return dask_worker.graft_peak
 
 
 def main() -> None:
@@ -37,7 +52,7 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="100k", choices=["100k", "1M"])
     ap.add_argument("--d", type=int, default=128)
-    ap.add_argument("--parts", type=int, default=4)
+    ap.add_argument("--parts", type=int, default=4, help="the grid's blocks a side")
     ap.add_argument("--work", type=Path, default=Path("/tmp/graft-dask"))
     args = ap.parse_args()
     from compiler import distributed, linalg
@@ -60,13 +75,14 @@ def main() -> None:
         print(rows[-1], flush=True)
     for workers in (1, 2):
         with distributed.session(f"local:{workers}") as client:
+            client.run(_watch)
             watcher.top = 0.0
             start = time.perf_counter()
             _, s, _ = distributed.randomized_svd(m, args.d, client, seed=1, power_iters=4,
                                                  parts=args.parts, folder=args.work / "parts")
             seconds = time.perf_counter() - start
-            peaks = sorted(client.run(_peak_mib).values())
-        rows.append((f"Dask LocalCluster, {workers} worker(s), {args.parts} row blocks",
+            peaks = sorted(client.run(_peak).values())
+        rows.append((f"Dask LocalCluster, {workers} worker(s), {args.parts} × {args.parts} blocks",
                      seconds, float(np.max(np.abs(s - ref)) / ref[0]), watcher.top, peaks))
         print(rows[-1], flush=True)
     shutil.rmtree(args.work / "parts", ignore_errors=True)

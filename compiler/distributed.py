@@ -147,6 +147,8 @@ def _cholesky_qr2(x, client) -> tuple:
     import scipy.linalg as sla
     from dask.distributed import wait
     r_total = np.eye(x.shape[1])
+    x = client.persist(x)                     # computed once, for the Gram and the solve
+    wait(x)
     for _ in range(2):
         g = (x.T @ x).compute()
         try:
