@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from graph.errors import GraftError
+from loop.embed import top_stable
 from loop.evaluate import EvalGraph
 
 SOURCES = ("mentioned", "neighbours", "model", "popular")
@@ -87,11 +88,7 @@ def top_inner(queries: np.ndarray, keys: np.ndarray, k: int, approximate: bool =
         return index.search(queries, k)[1].astype(np.int64)
     out = np.empty((len(queries), k), dtype=np.int64)
     for i in range(0, len(queries), block):
-        s = queries[i:i + block] @ keys.T                                      # (B, P)
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]                       # (B, k)
-        vals = np.take_along_axis(s, part, 1)
-        order = np.lexsort((part, -vals), axis=1)           # by value, then by position
-        out[i:i + block] = np.take_along_axis(part, order, 1)
+        out[i:i + block] = top_stable(queries[i:i + block] @ keys.T, k)       # of (B, P)
     return out
 
 

@@ -138,7 +138,7 @@ def test_unreadable_cache_is_recomputed(emb, tmp_path):
 
 
 def test_nearest_top_k_is_the_stable_sort_ties_included():
-    from loop.embed import _top_stable
+    from loop.embed import top_stable
     rng = np.random.default_rng(0)
     for trial in range(200):
         s, p = rng.integers(1, 6), rng.integers(2, 30)
@@ -146,5 +146,5 @@ def test_nearest_top_k_is_the_stable_sort_ties_included():
         sim = sim.astype(np.float32)
         sim[0, 0] = -np.inf                                   # a source's own column
         for k in range(p + 1):
-            np.testing.assert_array_equal(_top_stable(sim, k),
+            np.testing.assert_array_equal(top_stable(sim, k),
                                           np.argsort(-sim, axis=1, kind="stable")[:, :k])
