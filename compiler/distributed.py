@@ -25,6 +25,7 @@ particles) and, at the end, U and V (what the checkpoint is made of).
 """
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,47 +38,32 @@ from graph.errors import GraftError
 PARTS_PER_WORKER = 2          # grid rows (and columns) per worker when `parts` is not given
 
 
-def client_for(address: str):
-    """A dask.distributed Client: 'local:N' starts a LocalCluster of N single-threaded worker
-    processes (closed with the client); anything else is a scheduler address
-    (tcp://host:8786)."""
+@contextmanager
+def session(address: str | None):
+    """A dask.distributed Client for `address`, closed afterwards (None: yields None).
+    'local:N' starts a LocalCluster of N single-threaded worker processes, closed with it;
+    anything else is a running scheduler's address (tcp://host:8786)."""
+    if address is None:
+        yield None
+        return
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as e:
         raise GraftError("--dask needs dask.distributed: pip install 'graft[dist]'") from e
+    cluster = None
     if address.startswith("local:"):
-        try:
-            n = int(address.split(":", 1)[1])
-        except ValueError:
-            n = 0
-        if n < 1:
+        n = address.split(":", 1)[1]
+        if not n.isdigit() or int(n) < 1:
             raise GraftError(f"--dask {address}: expected local:N with N >= 1 workers")
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
                                dashboard_address=":0", silence_logs=logging.ERROR)
-        client = Client(cluster)
-        client._graft_cluster = cluster           # closed by close_client
-        return client
-    return Client(address)
-
-
-def close_client(client) -> None:
-    cluster = getattr(client, "_graft_cluster", None)
-    client.close()
-    if cluster is not None:
-        cluster.close()
-
-
-@contextmanager
-def session(address: str | None):
-    """A client for `address` (None: no cluster, yields None), closed afterwards."""
-    if address is None:
-        yield None
-        return
-    client = client_for(address)
+    client = Client(cluster if cluster is not None else address)
     try:
         yield client
     finally:
-        close_client(client)
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def edges_of(size: int, parts: int) -> np.ndarray:
@@ -120,6 +106,8 @@ def _read_block(folder: str, row0: int, rows: int, col0: int, cols: int) -> sp.c
 
 
 def _one_thread(fn):
+    """fn with one BLAS thread in the worker: its float bits do not depend on the host."""
+    @functools.wraps(fn)
     def run(*args):
         from threadpoolctl import threadpool_limits
         with threadpool_limits(1):
@@ -135,6 +123,13 @@ def _times(b: sp.csr_array, x: np.ndarray) -> np.ndarray:
 @_one_thread
 def _times_t(b: sp.csr_array, y: np.ndarray) -> np.ndarray:
     return np.asarray(b.T @ y)
+
+
+@_one_thread
+def _solve_right(block: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """block · r⁻¹ for upper-triangular r."""
+    import scipy.linalg as sla
+    return sla.solve_triangular(r, block.T, trans="T", lower=False).T
 
 
 def _cholesky_qr2(x, client) -> tuple:
@@ -164,12 +159,6 @@ def _cholesky_qr2(x, client) -> tuple:
         wait(x)
         r_total = r @ r_total
     return x, r_total
-
-
-def _solve_right(block: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """block · r⁻¹ for upper-triangular r."""
-    import scipy.linalg as sla
-    return sla.solve_triangular(r, block.T, trans="T", lower=False).T
 
 
 def randomized_svd(a: sp.csr_array, k: int, client, *, oversample: int = 10,

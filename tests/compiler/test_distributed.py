@@ -24,9 +24,8 @@ from tests.conftest import write_jsonl  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client():
-    c = distributed.client_for("local:2")
-    yield c
-    distributed.close_client(c)
+    with distributed.session("local:2") as c:
+        yield c
 
 
 @pytest.mark.parametrize("shape", [(600, 600), (500, 800), (900, 400)])
@@ -78,8 +77,10 @@ def test_a_compile_on_the_cluster_passes_beside_the_in_process_one(tmp_path):
 
 
 def test_bad_dask_settings_are_named():
-    with pytest.raises(GraftError, match="local:N"):
-        distributed.client_for("local:0")
+    for bad in ("local:0", "local:x"):
+        with pytest.raises(GraftError, match="local:N"):
+            with distributed.session(bad):
+                pass
     with pytest.raises(GraftError, match="warm_start"):
         CompileConfig(dask="local:2", warm_start="x")
     with pytest.raises(GraftError, match="dask_parts"):
