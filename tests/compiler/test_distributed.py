@@ -85,3 +85,21 @@ def test_bad_dask_settings_are_named():
         CompileConfig(dask="local:2", warm_start="x")
     with pytest.raises(GraftError, match="dask_parts"):
         CompileConfig(dask_parts=0)
+
+
+def test_graft_compile_takes_the_cluster_from_the_command_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    links = _links(np.random.default_rng(1), 400, 2000)
+    with Store(tmp_path / "g.duckdb") as store:
+        ingest_links(store, [write_jsonl(tmp_path / "a.jsonl", links)])
+    run = subprocess.run([sys.executable, "-m", "loop.cli", "--db", str(tmp_path / "g.duckdb"),
+                          "compile", "--out", str(tmp_path / "ckpt"), "--d", "16", "--layers",
+                          "1", "--dask", "local:1", "--dask-parts", "2", "--no-det-check"],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    config = json.loads((tmp_path / "ckpt" / "compile.json").read_text())["config"]
+    assert config["dask"] == "local:1" and config["dask_parts"] == 2
