@@ -121,16 +121,12 @@ def _checkpoint_spectral(model_dir: Path, index: list[str]) -> Scorer:
     return score
 
 
-def mentions(graph: EvalGraph, cfg: BaselineConfig, mentioned: sp.csr_array | None = None
-             ) -> Scorer:
+def mentions(graph: EvalGraph, cfg: BaselineConfig) -> Scorer:
     """Unlinked mentions, as Obsidian and Logseq show them: q's name or an alias occurs in
     p's text (longest match, finetune/text.py), ranked first; ties — mentioned or not — by
-    q's `link` in-degree (score = mentioned · BIG + in-degree). `mentioned`: the graph's
-    (P, P) mention counts when the caller has them (matching every text again took 10 s at
-    117k particles)."""
-    if mentioned is None:
-        from loop.rank import mention_matrix
-        mentioned = mention_matrix(graph)                                  # (P, P) counts
+    q's `link` in-degree (score = mentioned · BIG + in-degree)."""
+    from loop.rank import mention_matrix
+    mentioned = mention_matrix(graph)                                      # (P, P) counts
     base = graph.link_indegree                                             # (P,)
     big = float(base.max(initial=0.0)) + 1.0
     return lambda sources: base + big * (mentioned[sources].toarray() > 0)  # (S, P)

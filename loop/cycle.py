@@ -323,8 +323,7 @@ def _eval(store: Store, folder: Path, ranker: Path | None, holdout: Path,
     features = Features(graph, model, adapter, embed_cache=embed_cache, device=device)
     scorers = {"graft": ranker_scorer(features, fitted),
                "graft_lm": ranker_scorer(features, Ranker((features.lm_feature,), (1.0,))),
-               "mentions": baselines.mentions(graph, baselines.BaselineConfig(),
-                                              mentioned=features.mention)}
+               "mentions": baselines.mentions(graph, baselines.BaselineConfig())}
     subsets = ablate.load_rankers(folder) if (folder / ablate.FOLDER).is_dir() else {}
     result = evaluate.evaluate(graph, queries, {**scorers, **ablate.scorers(features, subsets)})
     out = result.to_json()

@@ -53,6 +53,9 @@ class EvalGraph:
     names: dict[int, list[str]] = field(default_factory=dict)  # position → name, then aliases
     texts: dict[int, str] = field(default_factory=dict)        # position → non-empty text
     link_outdegree: np.ndarray | None = None  # (P,) distinct targets of p's `link` links
+    # what is derived from this graph once and asked for by several scorers (loop/textstats
+    # caches where each text names each particle here); dataclasses.replace starts it afresh
+    memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def position(self) -> dict[str, int]:
         return {p: i for i, p in enumerate(self.index)}

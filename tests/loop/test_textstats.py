@@ -67,3 +67,14 @@ def test_a_hidden_link_counts_as_a_mention_left_unlinked():
                               link_indegree=g.link_indegree, names=g.names, texts=g.texts)
     assert text_stats(fold).link_prob[1] == np.float32(np.log(0.5 / 5))
 
+
+
+def test_the_texts_are_matched_once_per_graph():
+    from loop.textstats import mentions
+    g = graph4()
+    st = text_stats(g)
+    assert mentions(g)[0] is st.mention                       # the baseline's, from the memo
+    fresh = graph4()
+    assert mentions(fresh)[0] is not st.mention
+    assert text_stats(fresh).anchor is not None               # anchors still come when asked
+    np.testing.assert_array_equal(text_stats(fresh).mention.toarray(), st.mention.toarray())
