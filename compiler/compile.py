@@ -64,13 +64,13 @@ def compile_snapshot(store: Store, snap: Snapshot, out: Path, cfg: CompileConfig
             with timed("warm start"):
                 from compiler.warm import load_start
                 start, warm = load_start(Path(cfg.warm_start), vocab)
-        with distributed_svd(cfg, out) as dask:
-            compiled, tensors = _weights(vocab, semcons, pi, arch, cfg, seed, timed, start, dask)
+        with distributed_svd(cfg, out) as svd:
+            compiled, tensors = _weights(vocab, semcons, pi, arch, cfg, seed, timed, start, svd)
             second = None
             if cfg.check_determinism:
                 with timed("determinism"):
                     second = {n: pack.digest(x) for n, x in _weights(
-                        vocab, semcons, pi, arch, cfg, seed, None, start, dask)[1].items()}
+                        vocab, semcons, pi, arch, cfg, seed, None, start, svd)[1].items()}
         if warm:
             compiled = replace(compiled, embedding=replace(
                 compiled.embedding, stats={**compiled.embedding.stats, "warm_start": warm}))
@@ -93,27 +93,26 @@ def compile_snapshot(store: Store, snap: Snapshot, out: Path, cfg: CompileConfig
 
 @contextmanager
 def distributed_svd(cfg: CompileConfig, out: Path):
-    """(client, scratch folder) for the embedding SVD on cfg.dask's cluster, the folder
-    removed afterwards; None without cfg.dask."""
+    """build_embedding's keyword arguments for the SVD on cfg.dask's cluster — its client
+    and a scratch folder, removed afterwards; none without cfg.dask."""
     if cfg.dask is None:
-        yield None
+        yield {}
         return
     import shutil
     from compiler.distributed import session
     scratch = Path(out) / "_partitions"
     try:
         with session(cfg.dask) as client:
-            yield client, scratch
+            yield {"client": client, "scratch": scratch}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _weights(vocab, semcons, pi, arch, cfg, seed, timed, start=None, dask=None):
-    """The passes that make weights (run twice for P-DET)."""
+def _weights(vocab, semcons, pi, arch, cfg, seed, timed, start=None, svd=None):
+    """The passes that make weights (run twice for P-DET); `svd`: distributed_svd's."""
     timed = timed or (lambda name: _null())
     with timed("embedding"):
-        emb = build_embedding(vocab, pi, arch, cfg, seed, start,
-                              *(dask if dask is not None else (None, None)))
+        emb = build_embedding(vocab, pi, arch, cfg, seed, start, **(svd or {}))
     with timed("calibrate"):
         emb = calibrate(vocab, emb, cfg, seed)
     with timed("attention"):

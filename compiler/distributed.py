@@ -174,9 +174,7 @@ def randomized_svd(a: sp.csr_array, k: int, client, *, oversample: int = 10,
     `parts`: the grid's rows and columns of blocks (default PARTS_PER_WORKER per worker;
     the float bits depend on it, not on the workers)."""
     from compiler import linalg
-    a = sp.csr_array(a, dtype=np.float64, copy=True)
-    a.sum_duplicates()
-    a.eliminate_zeros()
+    a = linalg._check_sparse(a, k, oversample, power_iters, 1, 1).astype(np.float64)
     m, n = a.shape
     rows = np.flatnonzero(np.diff(a.indptr))
     cols = np.flatnonzero(np.bincount(a.indices, minlength=n))
@@ -250,8 +248,10 @@ def _sketch(b: sp.csr_array, k: int, client, oversample: int, power_iters: int, 
 
     # The in-process path's test matrix: float32 uniform − 0.5 from the same seed.
     omega = np.random.default_rng(seed).random((n, l), dtype=np.float32) - np.float32(0.5)
-    omega = client.persist(da.from_array(omega.astype(np.float64),
-                                         chunks=(tuple(np.diff(ce).tolist()), l)))
+    parts = client.scatter([omega[a:b].astype(np.float64) for a, b in zip(ce[:-1], ce[1:])])
+    omega = da.concatenate([da.from_delayed(f, (int(b - a), l), dtype=np.float64)   # chunks
+                            for f, a, b in zip(parts, ce[:-1], ce[1:])])      # sent, not in
+    live.append(parts)                                                        # the graph
     q, _ = orth(product(omega, False))                        # (m, l)
     for _ in range(power_iters):
         z, _ = orth(product(q, True))                         # (n, l)

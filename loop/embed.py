@@ -243,10 +243,9 @@ def top_stable(sim: np.ndarray, k: int) -> np.ndarray:
     part = top_unordered(sim, k)                                              # (S, k)
     vals = np.take_along_axis(sim, part, 1)
     order = np.lexsort((part, -vals), axis=1)
-    part = np.take_along_axis(part, order, 1)
-    kth = np.take_along_axis(sim, part[:, -1:], 1)                            # (S, 1)
-    tied = np.flatnonzero((sim == kth).sum(1) > (np.take_along_axis(sim, part, 1) == kth)
-                          .sum(1))
+    part, vals = np.take_along_axis(part, order, 1), np.take_along_axis(vals, order, 1)
+    kth = vals[:, -1:]                                                        # (S, 1)
+    tied = np.flatnonzero((sim == kth).sum(1) > (vals == kth).sum(1))
     for r in tied:                  # E·Hᵀ rows often tie at 0 (particles no one links to)
         above = np.flatnonzero(sim[r] > kth[r, 0])                              # < k of them
         at = np.flatnonzero(sim[r] == kth[r, 0])[:k - len(above)]

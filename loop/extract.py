@@ -166,9 +166,9 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
         say(f"extract: {size} particles: each source's candidates are scored "
             f"(loop/candidates.py), not all {size}")
         blocks = tqdm(blocks, desc="extract", unit="block", leave=False)
+    block = _dense_block if scan == "all" else _candidate_block
     for start in blocks:
         rows = np.arange(start, min(start + batch, size))                      # (B,)
-        block = _dense_block if scan == "all" else _candidate_block
         for kept, part in zip((kept_s, kept_q, kept_v, kept_f),
                               block(feats, ranker, names, used, rows, masked, k)):
             kept.append(part)

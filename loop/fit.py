@@ -118,9 +118,9 @@ def _candidate_queries(features: Features, known: sp.csr_array, pairs: np.ndarra
     lists = []
     for lo in range(0, len(sources), 256):
         rows = sources[lo:lo + 256]
-        r, q = cand.of_sources(features, rows, masked)
-        for i, s in enumerate(rows):
-            own = np.concatenate([q[r == i], pairs[pairs[:, 0] == s, 1], hard[hard[:, 0] == s, 1]])
+        r, q = cand.of_sources(features, rows, masked)                        # by source
+        for s, mine in zip(rows, np.split(q, np.searchsorted(r, np.arange(1, len(rows))))):
+            own = np.concatenate([mine, pairs[pairs[:, 0] == s, 1], hard[hard[:, 0] == s, 1]])
             lists.append(np.unique(own[own != s]))
     width = max(map(len, lists))
     columns = np.full((len(sources), width), -1, dtype=np.int64)               # (S, C)
