@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator
 
 
 @contextlib.contextmanager
@@ -16,6 +18,40 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def cores() -> int:
+    """The CPU cores this process may run on (what taskset or a container allows)."""
+    return len(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def block_pool(workers: int = 0) -> Iterator[Callable[[Callable, Iterable], Iterator]]:
+    """map(fn, items) over independent blocks on `workers` threads (0: cores()), results in
+    input order as they are ready. With more than one worker each block runs torch on one
+    intra-op thread with flush-denormal set in its own thread (the flag is per thread: see
+    torch_threads) and BLAS on one thread, so two blocks share two cores without
+    oversubscribing them and each does the same arithmetic whichever thread runs it. numpy,
+    BLAS, scipy's sparse kernels and torch's ops release the GIL; what a block does in
+    Python does not run in parallel. `fn` must not share mutable state across blocks
+    (loop.rank.Features serialises its model)."""
+    workers = workers or cores()
+    if workers <= 1:
+        yield map
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    def run(fn: Callable, item):
+        torch.set_flush_denormal(True)
+        with torch.no_grad():                  # grad mode is per thread too; blocks score
+            return fn(item)
+
+    with threadpool_limits(1, "blas"), torch_threads(1), \
+            ThreadPoolExecutor(workers, thread_name_prefix="graft-block") as pool:
+        yield lambda fn, items: pool.map(run, [fn] * len(items), items)
 
 
 DEVICES = ("auto", "cpu", "cuda")

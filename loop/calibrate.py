@@ -57,18 +57,21 @@ def other_pairs(features, known, ranker, sources: np.ndarray, top: int = TOP,
     that do made every confident proposal look right (cyberwiki: estimated precision 0.90,
     measured 0.28). `candidates`: each source's softmax runs over its candidates only
     (loop/candidates.py), as when the ranker was fitted over candidate slots."""
+    from graph.runtime import block_pool
     if candidates:                  # each source's candidates only, as a candidate scan
         from loop.extract import candidate_top
         masked = sp.csr_array(known, dtype=bool)
-        found = [candidate_top(features, ranker, sources[i:i + 256], masked, top)
-                 for i in range(0, len(sources), 256)]
-        src = np.concatenate([f[0] for f in found])
-        return (np.exp(np.concatenate([f[2] for f in found])),
+        with block_pool() as blocks_map:
+            found = list(blocks_map(lambda i: candidate_top(
+                features, ranker, sources[i:i + 256], masked, top), range(0, len(sources), 256)))
+        src = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
+        return (np.exp(np.concatenate([f[2] for f in found])) if found else np.zeros(0),
                 np.zeros(len(src), dtype=bool) if cold is None else cold[src].astype(bool))
-    out, colds = [], []
-    for i in range(0, len(sources), 256):
+
+    def chunk_top(i: int) -> tuple[list, list]:
         chunk = sources[i:i + 256]
         scores = features.scores(chunk, ranker)                               # (B, P)
+        out, colds = [], []
         for j, s in enumerate(chunk):
             cand = np.ones(scores.shape[1], dtype=bool)
             cand[s] = False
@@ -76,6 +79,12 @@ def other_pairs(features, known, ranker, sources: np.ndarray, top: int = TOP,
             p = _top(scores[j], cand, top)[0]
             out.append(p)
             colds.append(np.full(len(p), cold is not None and bool(cold[s])))
+        return out, colds
+
+    with block_pool() as blocks_map:
+        done = list(blocks_map(chunk_top, range(0, len(sources), 256)))
+    out = [p for part, _ in done for p in part]
+    colds = [c for _, part in done for c in part]
     if not out:
         return np.zeros(0), np.zeros(0, dtype=bool)
     return np.concatenate(out), np.concatenate(colds)

@@ -266,7 +266,7 @@ class Result:
 
 
 def evaluate(graph: EvalGraph, queries: Queries, scorers: dict[str, Scorer],
-             batch: int | None = None) -> Result:
+             batch: int | None = None, workers: int = 0) -> Result:
     """Rank every query's target with every scorer, batched over queries.
 
     Args:
@@ -274,6 +274,8 @@ def evaluate(graph: EvalGraph, queries: Queries, scorers: dict[str, Scorer],
         queries: from select_queries.
         scorers: name → Scorer; each is called once per batch with the batch's distinct sources.
         batch: queries per batch (default: about 4M score entries per batch).
+        workers: batches ranked at once, on threads (graph.runtime.block_pool; 0: the cores
+            this process may use); the scorers must be safe to call from two threads.
 
     Returns:
         Result with per-query ranks and AUCs per method.
@@ -281,19 +283,20 @@ def evaluate(graph: EvalGraph, queries: Queries, scorers: dict[str, Scorer],
     if not len(queries.pairs):
         raise GraftError(f"no held-out link left to rank (skipped: {queries.skipped})")
     from tqdm import tqdm
+
+    from graph.runtime import block_pool
     size = len(graph.index)
     batch = batch or max(1, min(1024, (1 << 22) // size))
-    ranks = {name: [] for name in scorers}
-    aucs = {name: [] for name in scorers}
     # by source, so a source's features are computed once (not once per batch it is in)
     order = np.argsort(queries.pairs[:, 0], kind="stable")
     pairs = queries.pairs[order]
     starts = range(0, len(pairs), batch)
-    for start in tqdm(starts, desc="eval", unit="batch", leave=False,
-                      disable=len(starts) < 20):
+
+    def ranked(start: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         p, q = pairs[start:start + batch].T                                # (B,), (B,)
         sources, row = np.unique(p, return_inverse=True)                   # (S,), (B,)
         candidates = candidate_mask(graph, p)                              # (B, P)
+        out = {}
         for name, scorer in scorers.items():
             scores = np.asarray(scorer(sources))                           # (S, P)
             if scores.shape != (len(sources), size):
@@ -301,9 +304,17 @@ def evaluate(graph: EvalGraph, queries: Queries, scorers: dict[str, Scorer],
                                  f"expected {(len(sources), size)}")
             if np.isnan(scores).any():
                 raise GraftError(f"scorer {name!r} returned NaN scores")
-            r, a = rank_targets(scores[row], q, candidates)
-            ranks[name].append(r)
-            aucs[name].append(a)
+            out[name] = rank_targets(scores[row], q, candidates)
+        return out
+
+    ranks = {name: [] for name in scorers}
+    aucs = {name: [] for name in scorers}
+    with block_pool(workers) as blocks_map:
+        for out in tqdm(blocks_map(ranked, starts), total=len(starts), desc="eval",
+                        unit="batch", leave=False, disable=len(starts) < 20):
+            for name, (r, a) in out.items():
+                ranks[name].append(r)
+                aucs[name].append(a)
     back = np.argsort(order)                                               # input order
     return Result(n=len(queries.pairs),
                   ranks={k: np.concatenate(v)[back] for k, v in ranks.items()},

@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from graph.checkpoint import COMPILE_RECORD, SPECIAL_TOKENS
-from graph.runtime import device_of
+from graph.runtime import block_pool, device_of
 from loop import candidates as cand
 
 
@@ -53,6 +53,8 @@ class ExtractConfig:
     beta: float = 0.5              # without a ranker: the compiled belief's weight subtracted
     batch: int = 256               # sources per batch (fewer when the index is large)
     threads: int = 1               # torch threads (see graph.runtime.torch_threads)
+    workers: int = 0               # blocks of sources scored at once, on threads (0: the
+                                   # cores this process may use; graph.runtime.block_pool)
     evidence_lines: int = 3        # corpus lines kept per proposal
     docs: str = "auto"             # the corpus's layout (finetune.text.corpus_documents)
     device: str = "auto"           # where the models run: auto (CUDA when seen), cpu, cuda[:N]
@@ -165,13 +167,17 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     if scan == "candidates":
         say(f"extract: {size} particles: each source's candidates are scored "
             f"(loop/candidates.py), not all {size}")
-        blocks = tqdm(blocks, desc="extract", unit="block", leave=False)
     block = _dense_block if scan == "all" else _candidate_block
-    for start in blocks:
+
+    def scored(start: int) -> tuple:
         rows = np.arange(start, min(start + batch, size))                      # (B,)
-        for kept, part in zip((kept_s, kept_q, kept_v, kept_f),
-                              block(feats, ranker, names, used, rows, masked, k)):
-            kept.append(part)
+        return block(feats, ranker, names, used, rows, masked, k)
+
+    with block_pool(cfg.workers) as blocks_map:
+        for parts in tqdm(blocks_map(scored, blocks), total=len(blocks), desc="extract",
+                          unit="block", leave=False, disable=scan != "candidates"):
+            for kept, part in zip((kept_s, kept_q, kept_v, kept_f), parts):
+                kept.append(part)
     src, dst = np.concatenate(kept_s), np.concatenate(kept_q)
     vals, fvals = np.concatenate(kept_v), np.concatenate(kept_f)
     # Best first by calibrated confidence, then score: a page without links spreads its

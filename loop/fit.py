@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from graph.errors import GraftError
+from graph.runtime import block_pool
 from loop import candidates as cand
 from loop.rank import Features, Ranker
 
@@ -115,20 +116,28 @@ def _candidate_queries(features: Features, known: sp.csr_array, pairs: np.ndarra
             else np.asarray(hard, dtype=np.int64).reshape(-1, 2))
     hard = hard[np.isin(hard[:, 0], sources)]
     masked = sp.csr_array(known, dtype=bool)
-    lists = []
-    for lo in range(0, len(sources), 256):
+
+    def block(lo: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """The candidate lists of 256 sources from `lo`, and their pairs' features."""
         rows = sources[lo:lo + 256]
         r, q = cand.of_sources(features, rows, masked)                        # by source
+        lists = []
         for s, mine in zip(rows, np.split(q, np.searchsorted(r, np.arange(1, len(rows))))):
             own = np.concatenate([mine, pairs[pairs[:, 0] == s, 1], hard[hard[:, 0] == s, 1]])
             lists.append(np.unique(own[own != s]))
+        src = np.repeat(rows, [len(c) for c in lists])
+        return lists, features.pairs(src, np.concatenate(lists), names)        # (n, F)
+
+    with block_pool() as blocks_map:
+        done = list(blocks_map(block, range(0, len(sources), 256)))
+    lists = [c for part, _ in done for c in part]
     width = max(map(len, lists))
     columns = np.full((len(sources), width), -1, dtype=np.int64)               # (S, C)
     for i, c in enumerate(lists):
         columns[i, :len(c)] = c
     slot_s, slot_c = np.nonzero(columns >= 0)
     x = np.zeros((len(sources), width, len(names)), dtype=np.float32)          # (S, C, F)
-    x[slot_s, slot_c] = features.pairs(sources[slot_s], columns[slot_s, slot_c], names)
+    x[slot_s, slot_c] = np.concatenate([f for _, f in done])   # slots in source-major order
     say(f"ranker: {len(names)} features of {len(pairs)} hidden links ({len(sources)} sources, "
         f"{len(slot_s) / len(sources):.0f} candidates each)")
     row = np.searchsorted(sources, pairs[:, 0])                                # (n,)
@@ -178,19 +187,54 @@ def fit_on(q: FitQueries, names: tuple[str, ...] | None = None, l2: float = 1e-3
         raise GraftError(f"features {unknown} were not computed; have {list(q.names)}")
     x = q.x[..., [q.names.index(n) for n in names]]                            # (S, P, F')
     row, target, mask = q.row, q.target, q.mask
-    flat = x.reshape(-1, len(names)) if q.columns is None else x[torch.as_tensor(q.columns >= 0)]
-    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)                      # (F',)
-    z = (x - mean) / std                                                       # (S, P, F')
-    w = torch.zeros(len(names), requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=100, line_search_fn="strong_wolfe")
-
     offset = (None if q.hard is None else                                      # (S, P)
               q.hard.to(torch.float32) * float(np.log(q.hard_weight)))
+    w = torch.zeros(len(names), requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=100, line_search_fn="strong_wolfe")
+    slots = None if q.columns is None else torch.as_tensor(q.columns >= 0)   # (S, C)
+    if slots is not None and torch.equal(mask, slots[row]):
+        # Candidate slots (a large graph) are padded to the widest source's (40× the mean
+        # on WordNet): the filled slots alone are scored, and each source's softmax is
+        # taken over its own slots.
+        filled = slots.nonzero(as_tuple=True)                                  # source-major
+        seg = filled[0]                                                        # (N,)
+        flat = x[filled]                                                       # (N, F')
+        at = torch.full(x.shape[:2], -1, dtype=torch.long)
+        at[filled] = torch.arange(len(seg))
+        hit = at[row, target]                                                  # (n,)
+        extra = None if offset is None else offset[filled]                     # (N,)
+        # each query against each slot of its source, for the MRRs: (M,) twice
+        starts = torch.searchsorted(seg, torch.arange(x.shape[0] + 1))         # (S + 1,)
+        width = (starts[1:] - starts[:-1])[row]                                # (n,)
+        pair_q = torch.repeat_interleave(torch.arange(len(row)), width)        # (M,)
+        pair_f = (torch.arange(len(pair_q)) - torch.repeat_interleave(
+            torch.cumsum(width, 0) - width, width) + starts[row][pair_q])
 
-    def loss_of(weights: torch.Tensor) -> torch.Tensor:
-        s = z @ weights if offset is None else z @ weights + offset           # (S, P)
-        s = s[row].masked_fill(~mask, float("-inf"))                           # (n, P)
-        return -(s[torch.arange(len(row)), target] - torch.logsumexp(s, 1)).mean()
+        def mrr_of(values: torch.Tensor) -> float:                            # (S, C)
+            v = values[filled]                                                 # (N,)
+            return _mrr_pairs(v[pair_f], v[hit][pair_q], pair_q, len(row))
+        mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)                  # (F',)
+        z = (flat - mean) / std                                                # (N, F')
+
+        def loss_of(weights: torch.Tensor) -> torch.Tensor:
+            s = z @ weights if extra is None else z @ weights + extra          # (N,)
+            top = torch.zeros(x.shape[0]).scatter_reduce(0, seg, s.detach(), "amax",
+                                                         include_self=False)   # (S,)
+            total = torch.zeros(x.shape[0]).index_add(0, seg, torch.exp(s - top[seg]))
+            lse = top + torch.log(total.clamp_min(1e-30))                      # (S,)
+            return -(s[hit] - lse[row]).mean()
+    else:
+        flat = x.reshape(-1, len(names)) if slots is None else x[slots]
+        mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)                  # (F',)
+        z = (x - mean) / std                                                   # (S, P, F')
+
+        def loss_of(weights: torch.Tensor) -> torch.Tensor:
+            s = z @ weights if offset is None else z @ weights + offset       # (S, P)
+            s = s[row].masked_fill(~mask, float("-inf"))                       # (n, P)
+            return -(s[torch.arange(len(row)), target] - torch.logsumexp(s, 1)).mean()
+
+        def mrr_of(values: torch.Tensor) -> float:                            # (S, P)
+            return _mrr(values[row], target, mask)
 
     def closure():
         opt.zero_grad()
@@ -204,11 +248,19 @@ def fit_on(q: FitQueries, names: tuple[str, ...] | None = None, l2: float = 1e-3
         raw = x @ torch.as_tensor(weights, dtype=torch.float32)                 # (S, P)
         fit = {"queries": len(row), "sources": int(x.shape[0]),
                "loss": round(float(loss_of(w.detach())), 5),
-               "mrr": round(_mrr(raw[row], target, mask), 5),
-               "mrr_alone": {n: round(_mrr(x[..., i][row], target, mask), 5)
-                             for i, n in enumerate(names)}}
+               "mrr": round(mrr_of(raw), 5),
+               "mrr_alone": {n: round(mrr_of(x[..., i]), 5) for i, n in enumerate(names)}}
     say(f"ranker: fitted {len(names)} features, MRR on the fold {fit['mrr']:.4f}")
     return Ranker(names, tuple(float(v) for v in weights), fit)
+
+
+def _mrr_pairs(values: torch.Tensor, at_target: torch.Tensor, query: torch.Tensor,
+               n: int) -> float:
+    """_mrr over (query, candidate) pairs: each candidate's value, its query's target's
+    value and the query (M,) each — the target among its own candidates."""
+    above = torch.bincount(query, weights=(values > at_target).double(), minlength=n)
+    ties = torch.bincount(query, weights=(values == at_target).double(), minlength=n) - 1
+    return float((1.0 / (1.0 + above + 0.5 * ties)).mean())
 
 
 def _mrr(scores: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:

@@ -12,6 +12,7 @@ kept per source.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -73,25 +74,33 @@ def predict(model: str, x: np.ndarray) -> np.ndarray:
     """(S, P) scores of (S, P, F) features."""
     booster = _booster(model)
     s, p, f = x.shape
-    return booster.predict(x.reshape(-1, f), num_threads=1).reshape(s, p).astype(np.float32)
+    with _PREDICT_LOCK:         # a Booster shared by threads races (LightGBM issue 6142)
+        out = booster.predict(x.reshape(-1, f), num_threads=1)
+    return out.reshape(s, p).astype(np.float32)
 
 
 def contributions(model: str, x: np.ndarray) -> np.ndarray:
     """(n, F) each feature's share of each row's score (LightGBM's TreeSHAP; the last column,
     the expected value, is dropped)."""
-    return _booster(model).predict(x, pred_contrib=True, num_threads=1)[:, :-1]
+    booster = _booster(model)
+    with _PREDICT_LOCK:
+        return booster.predict(x, pred_contrib=True, num_threads=1)[:, :-1]
 
 
 _CACHE: dict[int, object] = {}
+_CACHE_LOCK = threading.Lock()          # blocks may be scored on threads (graph.runtime)
+_PREDICT_LOCK = threading.Lock()
 
 
 def _booster(model: str):
     import lightgbm as lgb
     key = hash(model)
-    if key not in _CACHE:
-        _CACHE.clear()
-        _CACHE[key] = lgb.Booster(model_str=model)
-    return _CACHE[key]
+    with _CACHE_LOCK:
+        booster = _CACHE.get(key)
+        if booster is None:
+            _CACHE.clear()
+            booster = _CACHE[key] = lgb.Booster(model_str=model)
+    return booster
 
 
 def choose(q, linear_fit: Callable, names: tuple[str, ...], seed: int = 0, share: float = 0.25,

@@ -88,7 +88,9 @@ class PageContexts:
 
     def targets(self, p: int) -> np.ndarray:
         """p's ground-truth link targets that the checkpoint knows, as tokens (sorted)."""
-        cols = self.graph.known[[p]].nonzero()[1]
+        known = self.graph.known                   # CSR: p's row without a fancy index
+        lo, hi = known.indptr[p], known.indptr[p + 1]
+        cols = known.indices[lo:hi][known.data[lo:hi] != 0]
         cols = cols[self.ckpt[cols] >= 0]
         return np.sort(self.ckpt[cols] + self.offset)
 

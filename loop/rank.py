@@ -45,6 +45,7 @@ tokens, n fitting queries.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -154,6 +155,9 @@ class Features:
         self.ckpt = checkpoint_positions(model_dir, graph.index)             # (P,)
         self.have = np.flatnonzero(self.ckpt >= 0)
         self.model, self.switch_off = load_pair(Path(model_dir), adapter, device)
+        # a fully tuned model is switched to the compiled one by swapping its weights in place
+        self.swaps_weights = adapter is not None and not (Path(adapter) /
+                                                          "adapter_config.json").exists()
         self.device = device_of(self.model)
         self.pages = None
         # the tuned model's own guess at p's next link: after p's link row when it was tuned
@@ -181,7 +185,11 @@ class Features:
         text = tuple(f for f in TEXT_FEATURES if f not in ("embed_sim", "text_neighbours")
                      or (embed and text_embed.available()))
         self.names = text + COMPILED_FEATURES + (TUNED_FEATURES if adapter is not None else ())
-        self._memo: tuple[bytes, dict] | None = None    # the last sources' features
+        # blocks of sources may be scored on several threads (graph.runtime.block_pool):
+        # each thread keeps its own last sources' features, and one thread at a time runs
+        # the model (an adapter is switched off and on around the compiled model's turn)
+        self._local = threading.local()                 # .memo: the last sources' features
+        self._lock = threading.RLock()
 
     def block(self, sources: np.ndarray, names: tuple[str, ...] | None = None) -> np.ndarray:
         """(S, P, F) float32: the features `names` (default: all this checkpoint has).
@@ -213,9 +221,10 @@ class Features:
         """{name: (S, P)} for `names`, computing only those the last sources lack."""
         sources = np.asarray(sources, dtype=np.int64)
         key = sources.tobytes()
-        if self._memo is None or self._memo[0] != key:
-            self._memo = (key, {})
-        have = self._memo[1]
+        memo = getattr(self._local, "memo", None)
+        if memo is None or memo[0] != key:
+            memo = self._local.memo = (key, {})
+        have = memo[1]
         todo = tuple(n for n in names if n not in have)
         if todo:
             have.update(self._compute(sources, todo))
@@ -249,6 +258,8 @@ class Features:
         dst = np.asarray(dst, dtype=np.int64).reshape(-1)
         st = self.stats
         out = np.empty((len(src), len(names)), dtype=np.float32)
+        if not len(src):
+            return out
         look = {"mention": lambda: self.mention[src, dst] > 0,
                 "mention_count": lambda: np.log1p(self.mention[src, dst]),
                 "back_mention": lambda: self.back[src, dst] > 0,
@@ -301,13 +312,16 @@ class Features:
         else:
             h = np.zeros((len(sources), self.embed.shape[1]), dtype=np.float32)  # (S, d)
             switch = self.switch_off if name == "compiled" and self.switch_off else nullcontext
-            with torch.no_grad(), switch():
+            with self._lock, torch.no_grad(), switch():
                 head = self.model.get_output_embeddings().weight.detach().float().cpu().numpy()
                 if ok.any():
                     h[ok] = (self._by_half(rows[ok], self._context_hidden, h.shape[1])
                              if name == "tuned_context" else self._prompt_hidden(rows[ok]))
-                out[mine] = np.einsum("nd,nd->n", h[at[mine]],
-                                      head[len(SPECIAL_TOKENS) + self.ckpt[dst[mine]]])
+                if self.swaps_weights:         # the head is the compiled one only in here
+                    head = head[len(SPECIAL_TOKENS) + self.ckpt[dst[mine]]]
+            at_head = (np.arange(len(mine)) if self.swaps_weights
+                       else len(SPECIAL_TOKENS) + self.ckpt[dst[mine]])
+            out[mine] = np.einsum("nd,nd->n", h[at[mine]], head[at_head])
         least = np.full(len(sources), np.inf, dtype=np.float32)
         np.minimum.at(least, at[mine], out[mine])
         fill = np.flatnonzero(~have & ok[at])
@@ -323,14 +337,11 @@ class Features:
     def _context_hidden(self, pages: np.ndarray, batch: int = 64) -> np.ndarray:
         """(S', d) the active model's final hidden state after each page's link-row context
         (left-padded as _next_after_contexts pads it)."""
-        out = [np.zeros((0, self.embed.shape[1]), np.float32)]
-        for i in range(0, len(pages), batch):
-            ids, mask = self._left_padded([self.pages.context(int(p))
-                                           for p in pages[i:i + batch]])
-            out.append(self.model.get_decoder()(
+        def hidden(ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+            return self.model.get_decoder()(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-            ).last_hidden_state[:, -1].float().cpu().numpy())
-        return np.concatenate(out)
+            ).last_hidden_state[:, -1].float().cpu().numpy()
+        return self._by_length(pages, batch, hidden, self.embed.shape[1])
 
     def _compute(self, sources: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         """{name: (S, P)} for each of `names`."""
@@ -379,8 +390,10 @@ class Features:
     def text_vectors(self) -> np.ndarray:
         """(P, 384) the particles' text embeddings (loop/embed.py), computed once."""
         from loop import embed as text_embed
-        if self._text_vectors is None:
-            self._text_vectors = text_embed.particle_embeddings(self.graph, self._embed_cache)
+        with self._lock:
+            if self._text_vectors is None:
+                self._text_vectors = text_embed.particle_embeddings(self.graph,
+                                                                    self._embed_cache)
         return self._text_vectors
 
     def _similarity(self, sources: np.ndarray) -> np.ndarray:
@@ -408,10 +421,11 @@ class Features:
         and a candidate scan ask for them."""
         from loop import embed as text_embed
         sources = np.asarray(sources, dtype=np.int64).reshape(-1)
-        if self._near is None:
-            k = min(text_embed.NEIGHBOURS, max(len(self.graph.index) - 1, 0))
-            self._near = (np.full((len(self.graph.index), k), -1, dtype=np.int64),
-                          np.zeros((len(self.graph.index), k), dtype=np.float32))
+        with self._lock:
+            if self._near is None:
+                k = min(text_embed.NEIGHBOURS, max(len(self.graph.index) - 1, 0))
+                self._near = (np.full((len(self.graph.index), k), -1, dtype=np.int64),
+                              np.zeros((len(self.graph.index), k), dtype=np.float32))
         nbr, sim = self._near
         todo = np.unique(sources[(nbr[sources] < 0).any(axis=1)]) if nbr.shape[1] else []
         for i in range(0, len(todo), 1024):
@@ -428,9 +442,9 @@ class Features:
         def run(switch) -> Callable:
             def logits(rows: np.ndarray) -> np.ndarray:                       # (S',) ckpt rows
                 ids = torch.as_tensor(rows + offset)[:, None].to(self.device)      # (S', 1)
-                with torch.no_grad(), switch():
-                    x = torch.log_softmax(self.model(input_ids=ids).logits[:, -1].float(),
-                                          -1).cpu()
+                with self._lock, torch.no_grad(), switch():
+                    z = self.model(input_ids=ids).logits[:, -1].float()
+                x = torch.log_softmax(z, -1).cpu()
                 return x[:, offset + torch.as_tensor(self.ckpt[self.have])].numpy()  # (S', P')
             return logits
 
@@ -450,15 +464,17 @@ class Features:
         (loop/linkrows.py)."""
         pages = self._index_of(rows)                                           # (S',)
         if not self.halves:
-            return per_page(pages)
+            with self._lock:
+                return per_page(pages)
         half = np.array([self.pages.half(int(p)) for p in pages])
         out = np.empty((len(rows), width), dtype=np.float32)
-        try:
-            for h, name in ((0, "other"), (1, "default")):
-                self.model.set_adapter(name)
-                out[half == h] = per_page(pages[half == h])
-        finally:
-            self.model.set_adapter("default")
+        with self._lock:
+            try:
+                for h, name in ((0, "other"), (1, "default")):
+                    self.model.set_adapter(name)
+                    out[half == h] = per_page(pages[half == h])
+            finally:
+                self.model.set_adapter("default")
         return out
 
     def _index_of(self, rows: np.ndarray) -> np.ndarray:
@@ -471,16 +487,26 @@ class Features:
         """(S', P') the active model's next-particle log-probabilities after each page's
         link-row context."""
         cols = len(SPECIAL_TOKENS) + torch.as_tensor(self.ckpt[self.have])
-        out = [np.zeros((0, len(self.have)), np.float32)]
-        for i in range(0, len(pages), batch):
-            ids, mask = self._left_padded([self.pages.context(int(p))
-                                           for p in pages[i:i + batch]])
+
+        def next_logp(ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
             with torch.no_grad():
                 logits = self.model(input_ids=ids.to(self.device),
                                     attention_mask=mask.to(self.device),
                                     logits_to_keep=1).logits[:, -1]                 # (B, T)
-            out.append(torch.log_softmax(logits.float(), -1).cpu()[:, cols].numpy())
-        return np.concatenate(out)
+            return torch.log_softmax(logits.float(), -1).cpu()[:, cols].numpy()
+        return self._by_length(pages, batch, next_logp, len(self.have))
+
+    def _by_length(self, pages: np.ndarray, batch: int, run: Callable, width: int
+                   ) -> np.ndarray:
+        """(S', width) `run(ids, mask)` of the pages' link-row contexts, `batch` at a time,
+        shortest first (a batch pads to its longest), in the pages' order."""
+        contexts = [self.pages.context(int(p)) for p in pages]
+        order = np.argsort([len(c) for c in contexts], kind="stable")
+        out = np.zeros((len(pages), width), np.float32)
+        for i in range(0, len(pages), batch):
+            mine = order[i:i + batch]
+            out[mine] = run(*self._left_padded([contexts[j] for j in mine]))
+        return out
 
     @staticmethod
     def _left_padded(contexts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

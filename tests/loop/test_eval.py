@@ -88,8 +88,9 @@ def test_hand_computed_ranks(store, tmp_path):
     scorers = {"popularity": baselines.popularity(graph, cfg),
                "mentions": baselines.mentions(graph, cfg),
                "fixed": by_name(graph, FIXED), "constant": by_name(graph, dict.fromkeys(NAMES, 0))}
-    for batch in (None, 1):                     # batching changes nothing
-        result = evaluate.evaluate(graph, queries_of(graph, holdout), scorers, batch=batch)
+    for batch, workers in ((None, 1), (1, 1), (1, 2)):   # batching and threads change nothing
+        result = evaluate.evaluate(graph, queries_of(graph, holdout), scorers, batch=batch,
+                                   workers=workers)
         assert result.n == 3
         for name, want in EXPECTED.items():
             assert result.metrics(name) == pytest.approx(want), name

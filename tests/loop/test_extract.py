@@ -157,6 +157,25 @@ def test_scoring_candidates_only_is_the_full_scan_when_they_cover_everything(tun
             extract(store, tuned / "ckpt", ExtractConfig(scan="some"))
 
 
+def test_blocks_on_two_threads_extract_what_one_does(tuned):
+    """Blocks of a few sources each, scored on one thread and on two (the tuned and compiled
+    models take turns: peft switches the adapter off and on around the compiled one)."""
+    got = {}
+    with Store(tuned / "g.duckdb") as store:
+        for scan in ("all", "candidates"):
+            for workers in (1, 2):
+                got[scan, workers] = extract(
+                    store, tuned / "ckpt", ExtractConfig(top_k=50, scan=scan, batch=2,
+                                                         workers=workers),
+                    adapter=tuned / "adapter")
+    for scan in ("all", "candidates"):
+        one, two = got[scan, 1], got[scan, 2]
+        assert one and [(p.src, p.dst) for p in two] == [(p.src, p.dst) for p in one]
+        for a, b in zip(one, two):
+            assert (b.score, b.tuned, b.compiled) == pytest.approx(
+                (a.score, a.tuned, a.compiled), abs=1e-5)
+
+
 def test_a_candidate_scan_proposes_only_candidates(tuned, monkeypatch):
     from loop import candidates as cand
     from loop.evaluate import load_graph

@@ -255,3 +255,49 @@ def test_a_fit_over_candidate_slots_is_the_full_fit_when_they_cover_everything(t
     p_all, _ = other_pairs(feats, graph.known, b, others)
     p_slots, _ = other_pairs(feats, graph.known, b, others, candidates=True)
     np.testing.assert_allclose(np.sort(p_slots), np.sort(p_all), rtol=1e-4, atol=1e-6)
+
+
+def test_a_fit_over_candidate_slots_by_hand(tmp_path):
+    """The slot fit scores the filled slots only (loop/fit.py); its loss, MRR and each
+    feature's MRR alone must be the per-query softmax over the source's own candidates,
+    computed here in numpy from the fitted raw weights (a shift of a source's scores — the
+    standardisation's — changes neither)."""
+    from loop.fit import fit_on, fit_queries
+    graph, feats, pairs = fold_features(tmp_path)
+    q = fit_queries(feats, graph.known, pairs, scan="candidates")
+    assert (q.columns < 0).any()                # sources have different numbers of slots
+    r = fit_on(q)
+    x, w = q.x.numpy().astype(np.float64), np.asarray(r.weights)
+    losses, recip = [], []
+    alone = {n: [] for n in q.names}
+    for s, t in zip(q.row.numpy(), q.target.numpy()):
+        mine = np.flatnonzero(q.columns[s] >= 0)
+        assert t in mine
+        score = x[s, mine] @ w
+        top = score.max()
+        losses.append(top + np.log(np.exp(score - top).sum()) - x[s, t] @ w)
+        for values, out in [(score, recip)] + [(x[s, mine, i], alone[n])
+                                                for i, n in enumerate(q.names)]:
+            v = values[mine == t][0]
+            out.append(1 / (1 + (values > v).sum() + 0.5 * ((values == v).sum() - 1)))
+    assert r.fit["loss"] == pytest.approx(np.mean(losses), abs=2e-4)
+    assert r.fit["mrr"] == pytest.approx(np.mean(recip), abs=2e-5)
+    for n in q.names:
+        assert r.fit["mrr_alone"][n] == pytest.approx(np.mean(alone[n]), abs=1e-5), n
+
+
+def test_features_score_the_same_on_two_threads(tmp_path):
+    """Blocks of sources scored at once (graph.runtime.block_pool) share one Features: the
+    model runs one block at a time, and each thread keeps its own last block."""
+    from graph.runtime import block_pool
+    graph, feats, _ = fold_features(tmp_path)
+    size = len(graph.index)
+    blocks = [np.arange(i, min(i + 7, size)) for i in range(0, min(70, size), 7)]
+    dst = [np.roll(b, 3) for b in blocks]
+    serial = [(feats.pairs(b, d, normalised=False), feats.block(b)) for b, d in zip(blocks, dst)]
+    with block_pool(2) as blocks_map:
+        both = list(blocks_map(lambda i: (feats.pairs(blocks[i], dst[i], normalised=False),
+                                          feats.block(blocks[i])), range(len(blocks))))
+    for (a, b), (c, d) in zip(serial, both):
+        np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(d, b, rtol=1e-5, atol=1e-5)
