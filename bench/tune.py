@@ -2,6 +2,12 @@
 batches, same steps, same run. Training tokens/s and peak memory; target ratio ≥ 0.9.
 
 Usage: python bench/tune.py [--steps 60] [--repeats 3] [--model DIR --corpus FILE]
+                            [--processes N]
+
+--processes N also runs `graft tune` data-parallel under `torchrun --nproc_per_node N` (what
+`accelerate launch` does across GPUs; here N CPU processes of one thread each) beside one
+process, the same batches and steps: training tokens/s of all processes together over process
+0's training seconds (tune.json), and the held-out loss each reaches.
 
 By default the model is the default data (numpy + scipy docstring graph) compiled at d = 66,
 and the corpus is those docstrings, one document per function, so it runs on any machine.
@@ -96,6 +102,37 @@ def run_bare(model: Path, corpus: Path, steps: int) -> dict:
     return {"tokens": tokens, "per_step": per_step}
 
 
+def run_processes(model: Path, corpus: Path, steps: int, n: int, out: Path) -> dict:
+    """`graft tune` on n processes (torchrun; n = 1 runs it plainly): its tune.json."""
+    import os
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "loop.cli"]
+              if n > 1 else [sys.executable, "-m", "loop.cli"])
+    subprocess.run(launch + ["--db", str(out / "none.duckdb"), "tune", str(model), "--corpus",
+                             str(corpus), "--out", str(out), "--max-steps", str(steps),
+                             "--eval-every", str(steps), "--batch-size", str(BATCH), "--block",
+                             str(BLOCK), "--lr", str(LR), "--seed", str(SEED), "--device", "cpu"],
+                   check=True, capture_output=True, text=True, cwd=REPO,
+                   env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    return json.loads((out / "tune.json").read_text())
+
+
+def processes_table(model: Path, corpus: Path, steps: int, n: int, workdir: Path) -> None:
+    print(f"\n{'processes':<10} {'tokens/s':>9} {'tokens':>8} {'train s':>8} {'steps':>6} "
+          f"{'held-out loss before → after':>30}")
+    for k in (1, n):
+        r = run_processes(model, corpus, steps, k, workdir / f"processes-{k}")
+        print(f"{k:<10} {r['tokens_per_second']:>9.0f} {r['train_tokens']:>8} "
+              f"{r['train_seconds']:>8.1f} {r['steps']:>6} "
+              f"{r['before']['heldout_loss']:>14.4f} → {r['after']['heldout_loss']:.4f}")
+    print(f"each process takes 1/{n} of every batch of {BATCH} rows; gradients are averaged "
+          "before each step (finetune/tune.py Processes); same machine, same run.")
+
+
 def measure(mode: str, model: Path, corpus: Path, steps: int, repeats: int,
             workdir: Path) -> dict:
     runs = []
@@ -116,6 +153,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path)
     parser.add_argument("--corpus", type=Path)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--processes", type=int, default=0,
+                        help="also tune on N processes (torchrun) beside one")
     parser.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -146,6 +185,8 @@ def main() -> None:
     print(f"\nratio graft / bare: {ours / bare:.2f} (target >= 0.9); median per-step tokens/s "
           f"after {WARMUP} warm-up steps, median of {args.repeats} interleaved fresh processes, "
           "same machine, same run.")
+    if args.processes > 1:
+        processes_table(model, corpus, args.steps, args.processes, workdir)
 
 
 if __name__ == "__main__":

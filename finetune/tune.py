@@ -3,10 +3,18 @@ with a held-out slice, early stopping, loss curves, and forgetting measured befo
 
 The loop is a plain torch loop (bench/tune.py holds it to ≥ 0.9× a bare peft + torch loop):
 seeded shuffles, AdamW, evaluation every `eval_every` steps, the best held-out state kept.
+
+Under a launcher (`accelerate launch` on GPUs, `torchrun --nproc_per_node N` on CPUs; both set
+WORLD_SIZE) the same command is data-parallel: every process draws the same batches, takes
+its share of each batch's rows, and the processes average their gradients before each step
+(an all-reduce through accelerate's process group — not DistributedDataParallel, whose
+gradient hooks need the wrapped forward, which the sampled softmax bypasses), so they stay
+in lockstep; process 0 decides early stopping and writes the outputs.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -85,12 +93,69 @@ class TuneConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
 
-def load_for_tuning(model_dir: Path, cfg: TuneConfig):
+class Processes:
+    """This process's place among those a launcher started (WORLD_SIZE > 1), or rank 0 of 1,
+    where nothing is exchanged."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank, self.device = 0, device
+        if self.world > 1:
+            from accelerate import Accelerator
+            acc = Accelerator(cpu=device == "cpu")      # sets up the process group
+            self.rank, self.device = acc.process_index, str(acc.device)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, rows: list) -> list:
+        """This process's rows of a batch every process drew alike."""
+        return rows[self.rank::self.world]
+
+    def average_grads(self, params: list) -> None:
+        """Every process's gradients replaced by their mean, in one all-reduce of all of
+        them (one per tensor cost more than the step on a small model)."""
+        if self.world > 1:
+            import torch.distributed as dist
+            grads = [p.grad for p in params if p.grad is not None]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= self.world
+            start = 0
+            for g in grads:
+                g.copy_(flat[start:start + g.numel()].view_as(g))
+                start += g.numel()
+
+    def from_main(self, value: float) -> float:
+        """Process 0's value (the held-out loss that decides early stopping)."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value) -> list:
+        if self.world == 1:
+            return [value]
+        import torch.distributed as dist
+        out = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+    def wait(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+            dist.barrier()
+
+
+def load_for_tuning(model_dir: Path, cfg: TuneConfig, device: str | None = None):
     """The model with what `cfg.method` trains made trainable (peft for lora/qlora), on
-    cfg.device."""
+    `device` (default cfg.device)."""
     from finetune.checkpoints import load_checked
     from graph.runtime import resolve_device
-    device = resolve_device(cfg.device)
+    device = device or resolve_device(cfg.device)
     kwargs = {}
     if cfg.method == "qlora":
         kwargs = {"quantization_config": _four_bit(), "device_map": {"": device}}
@@ -193,7 +258,12 @@ def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
         raise GraftError("--replay needs the store the checkpoint was compiled from (--db)")
     pairs = forgetting.sample_links(adj, cfg.graph_links, cfg.seed) if adj is not None else None
 
-    model = load_for_tuning(model_dir, cfg)
+    from graph.runtime import resolve_device
+    procs = Processes(resolve_device(cfg.device))
+    if procs.world > 1 and cfg.batch_size < procs.world:
+        raise GraftError(f"batch_size={cfg.batch_size} is smaller than the {procs.world} "
+                         "processes sharing each batch")
+    model = load_for_tuning(model_dir, cfg, procs.device)
     vocab = model.get_output_embeddings().weight.shape[0]
     measured = budget_rows(held_rows, vocab, cfg.seed, cfg.measure_logits)
     if len(measured) < len(held_rows):
@@ -209,21 +279,39 @@ def _tune(model_dir: Path, corpus: Path, out: Path, cfg: TuneConfig, store,
     walks = (data.walk_rows(adj, max(len(train_rows), 1000), cfg.block, cfg.seed)
              if cfg.replay else [])
     result = _train(model, train_rows, walks, link_rows, cfg, lambda: measure()["heldout_loss"],
-                    cfg.sampled_for(vocab), say)
+                    cfg.sampled_for(vocab), say, procs)
     after = measure()
     say(f"after: held-out loss {after['heldout_loss']:.4f}"
         + (f", graph MRR {after['graph']['mrr']:.4f}" if adj is not None else ""))
-    _save(model, model_dir, out, cfg)
-    result["curve"].write(out)
+    # the processes must end with the same weights: a digest of each one's trainable state
+    digests = procs.gather(_digest(model))
+    if procs.world > 1 and len(set(digests)) > 1:
+        raise GraftError(f"the {procs.world} tuning processes ended with different weights")
+    if procs.main:
+        _save(model, model_dir, out, cfg)
+        result["curve"].write(out)
     record = {"model": str(model_dir.resolve()), "corpus": str(Path(corpus).resolve()),
               "method": cfg.method, "config": {**asdict(cfg), "lr": cfg.learning_rate},
               "coverage": seqs.coverage.to_json(),
               "rows": {"train": len(train_rows), "heldout": len(held_rows), "walks": len(walks),
                        "links": len(link_rows), "heldout_measured": len(measured)},
-              "before": before, "after": after,
+              "before": before, "after": after, "processes": procs.world,
               **{k: v for k, v in result.items() if k != "curve"}}
-    (out / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
+    if procs.main:
+        (out / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
+    procs.wait()
     return record
+
+
+def _digest(model) -> str:
+    """sha256 of the trainable weights, in name order."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _tempered(model, train_rows, held_rows, seed: int) -> tuple[float, float]:
@@ -298,8 +386,9 @@ def sampled_loss(model, batch: data.Batch, sampled: int, rng: np.random.Generato
 
 
 def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, sampled: int,
-           say) -> dict:
+           say, procs: Processes | None = None) -> dict:
     from tqdm import tqdm
+    procs = procs or Processes("cpu")
     rng = np.random.default_rng(cfg.seed)
     draws = np.random.default_rng(cfg.seed + 1)     # sampled tokens: the batch order stays
     params = [p for p in model.parameters() if p.requires_grad]
@@ -313,7 +402,8 @@ def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, sampled
               if extra and share]
     curve, best, best_state, best_step, bad, step = Curve(), np.inf, None, 0, 0, 0
     tokens, train_seconds, stopped = 0, 0.0, "steps"
-    bar = tqdm(total=total, desc=f"tune ({cfg.method})", unit="step", leave=False)
+    bar = tqdm(total=total, desc=f"tune ({cfg.method})", unit="step", leave=False,
+               disable=not procs.main)
     while step < total:
         epoch = step // per_epoch
         for chunk in data.chunks(rows, cfg.batch_size, rng):
@@ -321,12 +411,15 @@ def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, sampled
                 if n:
                     pick = rng.choice(len(extra), min(n, len(extra)), replace=False)
                     chunk = chunk + [extra[i] for i in pick]
-            batch = data.collate(chunk)
+            if len(chunk) < procs.world:        # every process sees the same chunk
+                continue
+            batch = data.collate(procs.share(chunk))
             model.train()
             start = time.perf_counter()
             loss = (sampled_loss(model, batch, sampled, draws) if sampled else
                     model(**{k: v.to(device) for k, v in batch.as_kwargs().items()}).loss)
             loss.backward()
+            procs.average_grads(params)
             opt.step()
             opt.zero_grad(set_to_none=True)
             seconds = time.perf_counter() - start
@@ -338,7 +431,7 @@ def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, sampled
                    "heldout_loss": "", "tokens": tokens, "batch_tokens": batch.tokens,
                    "seconds": round(seconds, 5)}
             if step % cfg.eval_every == 0 or step == total:
-                held = heldout_loss()
+                held = procs.from_main(heldout_loss())
                 row["heldout_loss"] = round(held, 5)
                 bar.set_postfix(heldout=f"{held:.4f}")
                 if held < best - 1e-6:
@@ -355,6 +448,7 @@ def _train(model, rows, walks, link_rows, cfg: TuneConfig, heldout_loss, sampled
         if stopped == "early":
             break
     bar.close()
+    tokens = int(sum(procs.gather(tokens)))        # every process's share of the batches
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     say(f"trained {step} steps ({stopped} stop), best held-out {best:.4f} at step {best_step}")

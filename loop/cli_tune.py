@@ -1,6 +1,7 @@
 """The fine-tuning commands of `graft`: tune, merge, sft, dpo, reward, convert-gguf."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from graph.runtime import DEVICE_HELP
@@ -26,7 +27,8 @@ def cmd_tune(args, say, emit) -> None:
     finally:
         if store is not None:
             store.close()
-    emit(record, format_tune(record))
+    if int(os.environ.get("RANK", "0")) == 0:       # under a launcher, process 0 reports
+        emit(record, format_tune(record))
 
 
 def format_tune(r: dict) -> str:

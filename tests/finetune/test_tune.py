@@ -196,3 +196,31 @@ def test_held_out_loss_is_measured_on_rows_within_the_logit_budget(compiled, tmp
                   TuneConfig(max_steps=2, eval_every=2, batch_size=4, holdout=0.25,
                              measure_logits=1))
     assert record["rows"]["heldout_measured"] == min(8, record["rows"]["heldout"])
+
+
+def test_two_processes_tune_in_lockstep(compiled, tmp_path):
+    """Under `torchrun --nproc_per_node 2` (what `accelerate launch` does across GPUs) each
+    process trains on half of every batch and the gradients are averaged before each step:
+    both must end with the same weights (tune compares digests and fails otherwise), and
+    process 0 writes the outputs."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "loop.cli",
+         "--db", str(compiled / "g.duckdb"), "tune", str(compiled / "ckpt"),
+         "--corpus", str(compiled / "related.txt"), "--out", str(out), "--max-steps", "6",
+         "--eval-every", "2", "--batch-size", "4", "--device", "cpu"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    record = json.loads((out / "tune.json").read_text())
+    assert record["processes"] == 2 and record["steps"] == 6
+    assert (out / "adapter_model.safetensors").exists()
+    assert record["best_heldout_loss"] < record["before"]["heldout_loss"]
