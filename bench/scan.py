@@ -2,10 +2,14 @@
 store, models, adapter and ranker, the same seeded sources, one process. Per scan: seconds per
 1,000 sources (and for all of the store's sources at that rate), and how many of the full
 scan's best `per_source` targets of a source the candidate scan also proposes; with
---holdout, how many of each scan's proposals are held-out links.
+--holdout, how many of each scan's proposals are held-out links. --workers 1,2 then times the
+candidate scan in extraction's blocks of 256 sources on 1 and 2 threads
+(graph.runtime.block_pool; one BLAS and torch thread per block either way) and checks that
+every thread count proposes the same pairs.
 
 Usage (after a `graft cycle` into WORK/out with its store at WORK/g.duckdb):
     python bench/scan.py WORK [--cycle 1] [--sources 512] [--seed 0] [--holdout FILE]
+                              [--workers 1,2]
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--holdout", type=Path, help="held-out links (JSONL of from/to)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--workers", help="thread counts to time the candidate scan with, e.g. 1,2")
     args = ap.parse_args()
     folder = args.work / "out" / f"cycle-{args.cycle}"
     with Store(args.work / "g.duckdb", read_only=True, create=False) as store:
@@ -84,8 +89,40 @@ def main() -> None:
               f"{r['proposals']} | {r.get('held_out_links', '—')} |")
     print(f"candidate scan keeps {kept:.3f} of the full scan's proposals "
           f"({len(rows)} seeded sources)")
+    threads = workers_table(feats, ranker, rows, masked, args.per_source,
+                            [int(w) for w in args.workers.split(",")]) if args.workers else {}
     if args.json:
-        args.json.write_text(json.dumps({**out, "kept": kept, "sources": len(rows)}, indent=2))
+        args.json.write_text(json.dumps({**out, "kept": kept, "sources": len(rows),
+                                         "threads": threads}, indent=2))
+
+
+def workers_table(feats, ranker, rows: np.ndarray, masked, per_source: int,
+                  counts: list[int]) -> dict:
+    """Seconds of the candidate scan of `rows` in blocks of 256 on each thread count."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from graph.runtime import block_pool, torch_threads
+    names, used = ranker.features, list(range(len(ranker.features)))
+    starts = range(0, len(rows), 256)
+    out, first = {}, None
+    for w in counts:
+        torch.set_flush_denormal(True)
+        with threadpool_limits(1, "blas"), torch_threads(1), block_pool(w) as blocks_map:
+            start = time.perf_counter()
+            parts = list(blocks_map(lambda i: ex._candidate_block(
+                feats, ranker, names, used, rows[i:i + 256], masked, per_source), starts))
+            seconds = time.perf_counter() - start
+        pairs = np.concatenate([np.stack([p[0], p[1]], 1) for p in parts])
+        same = first is None or np.array_equal(pairs, first)
+        first = pairs if first is None else first
+        out[w] = {"seconds": round(seconds, 2), "same_proposals": bool(same)}
+    print(f"\n| threads | seconds for {len(rows)} sources | × one thread | same proposals |\n"
+          "|---|---|---|---|")
+    for w, r in out.items():
+        print(f"| {w} | {r['seconds']} | {out[counts[0]]['seconds'] / r['seconds']:.2f} | "
+              f"{'yes' if r['same_proposals'] else 'NO'} |")
+    return out
 
 
 if __name__ == "__main__":
