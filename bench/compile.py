@@ -80,8 +80,14 @@ class PeakWatcher:
 
 
 def make_graph(path: Path, particles: int, links: int, seed: int = 20261129) -> None:
-    import pyarrow as pa
     import pyarrow.parquet as pq
+    pq.write_table(graph_table(particles, links, seed)[0], path)
+
+
+def graph_table(particles: int, links: int, seed: int = 20261129, token: str = "boot"):
+    """(links as an Arrow table in graft's link columns, particle ids (P,), source and target
+    positions (L,) each) of the seeded power-law graph."""
+    import pyarrow as pa
     from graph.formats import _hex_column
     rng = np.random.default_rng(seed)
     ids = _hex_column(rng.integers(0, 256, size=(particles, 32), dtype=np.uint8))
@@ -93,13 +99,14 @@ def make_graph(path: Path, particles: int, links: int, seed: int = 20261129) -> 
     semcon = rng.integers(0, 12, links)
     names = np.array([f"relation-{i}" for i in range(12)], dtype=object)
     typed = rng.random(links) >= 0.58
-    pq.write_table(pa.table({
+    table = pa.table({
         "neuron": pa.array(np.where(rng.random(links) < 0.5, "alice", "bob")),
         "from": ids.take(pa.array(src)), "to": ids.take(pa.array(dst)),
-        "token": pa.array(["boot"] * links), "amount": pa.array(rng.integers(1, 1000, links)),
+        "token": pa.array([token] * links), "amount": pa.array(rng.integers(1, 1000, links)),
         "valence": pa.array(np.ones(links, np.int8)), "time": pa.array(np.arange(links)),
         "semcon": pa.array(np.where(typed, names[semcon], None)),
-    }), path)
+    })
+    return table, ids, src, dst
 
 
 def _weights(rank: np.ndarray, exponent: float) -> np.ndarray:
