@@ -248,10 +248,10 @@ def _sketch(b: sp.csr_array, k: int, client, oversample: int, power_iters: int, 
 
     # The in-process path's test matrix: float32 uniform − 0.5 from the same seed.
     omega = np.random.default_rng(seed).random((n, l), dtype=np.float32) - np.float32(0.5)
-    parts = client.scatter([omega[a:b].astype(np.float64) for a, b in zip(ce[:-1], ce[1:])])
+    sent = client.scatter([omega[a:b].astype(np.float64) for a, b in zip(ce[:-1], ce[1:])])
     omega = da.concatenate([da.from_delayed(f, (int(b - a), l), dtype=np.float64)   # chunks
-                            for f, a, b in zip(parts, ce[:-1], ce[1:])])      # sent, not in
-    live.append(parts)                                                        # the graph
+                            for f, a, b in zip(sent, ce[:-1], ce[1:])])       # sent, not in
+    live.append(sent)                                                         # the graph
     q, _ = orth(product(omega, False))                        # (m, l)
     for _ in range(power_iters):
         z, _ = orth(product(q, True))                         # (n, l)

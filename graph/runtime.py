@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 
@@ -51,7 +52,7 @@ def block_pool(workers: int = 0) -> Iterator[Callable[[Callable, Iterable], Iter
 
     with threadpool_limits(1, "blas"), torch_threads(1), \
             ThreadPoolExecutor(workers, thread_name_prefix="graft-block") as pool:
-        yield lambda fn, items: pool.map(run, [fn] * len(items), items)
+        yield lambda fn, items: pool.map(functools.partial(run, fn), items)
 
 
 DEVICES = ("auto", "cpu", "cuda")

@@ -186,55 +186,12 @@ def fit_on(q: FitQueries, names: tuple[str, ...] | None = None, l2: float = 1e-3
     if unknown:
         raise GraftError(f"features {unknown} were not computed; have {list(q.names)}")
     x = q.x[..., [q.names.index(n) for n in names]]                            # (S, P, F')
-    row, target, mask = q.row, q.target, q.mask
     offset = (None if q.hard is None else                                      # (S, P)
               q.hard.to(torch.float32) * float(np.log(q.hard_weight)))
+    objective = _slot_objective if _packed(q) else _dense_objective
+    std, loss_of, mrr_of = objective(x, q, offset)
     w = torch.zeros(len(names), requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=100, line_search_fn="strong_wolfe")
-    slots = None if q.columns is None else torch.as_tensor(q.columns >= 0)   # (S, C)
-    if slots is not None and torch.equal(mask, slots[row]):
-        # Candidate slots (a large graph) are padded to the widest source's (40× the mean
-        # on WordNet): the filled slots alone are scored, and each source's softmax is
-        # taken over its own slots.
-        filled = slots.nonzero(as_tuple=True)                                  # source-major
-        seg = filled[0]                                                        # (N,)
-        flat = x[filled]                                                       # (N, F')
-        at = torch.full(x.shape[:2], -1, dtype=torch.long)
-        at[filled] = torch.arange(len(seg))
-        hit = at[row, target]                                                  # (n,)
-        extra = None if offset is None else offset[filled]                     # (N,)
-        # each query against each slot of its source, for the MRRs: (M,) twice
-        starts = torch.searchsorted(seg, torch.arange(x.shape[0] + 1))         # (S + 1,)
-        width = (starts[1:] - starts[:-1])[row]                                # (n,)
-        pair_q = torch.repeat_interleave(torch.arange(len(row)), width)        # (M,)
-        pair_f = (torch.arange(len(pair_q)) - torch.repeat_interleave(
-            torch.cumsum(width, 0) - width, width) + starts[row][pair_q])
-
-        def mrr_of(values: torch.Tensor) -> float:                            # (S, C)
-            v = values[filled]                                                 # (N,)
-            return _mrr_pairs(v[pair_f], v[hit][pair_q], pair_q, len(row))
-        mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)                  # (F',)
-        z = (flat - mean) / std                                                # (N, F')
-
-        def loss_of(weights: torch.Tensor) -> torch.Tensor:
-            s = z @ weights if extra is None else z @ weights + extra          # (N,)
-            top = torch.zeros(x.shape[0]).scatter_reduce(0, seg, s.detach(), "amax",
-                                                         include_self=False)   # (S,)
-            total = torch.zeros(x.shape[0]).index_add(0, seg, torch.exp(s - top[seg]))
-            lse = top + torch.log(total.clamp_min(1e-30))                      # (S,)
-            return -(s[hit] - lse[row]).mean()
-    else:
-        flat = x.reshape(-1, len(names)) if slots is None else x[slots]
-        mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)                  # (F',)
-        z = (x - mean) / std                                                   # (S, P, F')
-
-        def loss_of(weights: torch.Tensor) -> torch.Tensor:
-            s = z @ weights if offset is None else z @ weights + offset       # (S, P)
-            s = s[row].masked_fill(~mask, float("-inf"))                       # (n, P)
-            return -(s[torch.arange(len(row)), target] - torch.logsumexp(s, 1)).mean()
-
-        def mrr_of(values: torch.Tensor) -> float:                            # (S, P)
-            return _mrr(values[row], target, mask)
 
     def closure():
         opt.zero_grad()
@@ -246,12 +203,75 @@ def fit_on(q: FitQueries, names: tuple[str, ...] | None = None, l2: float = 1e-3
     weights = (w.detach() / std).numpy().astype(np.float64)
     with torch.no_grad():
         raw = x @ torch.as_tensor(weights, dtype=torch.float32)                 # (S, P)
-        fit = {"queries": len(row), "sources": int(x.shape[0]),
+        fit = {"queries": len(q.row), "sources": int(x.shape[0]),
                "loss": round(float(loss_of(w.detach())), 5),
                "mrr": round(mrr_of(raw), 5),
                "mrr_alone": {n: round(mrr_of(x[..., i]), 5) for i, n in enumerate(names)}}
     say(f"ranker: fitted {len(names)} features, MRR on the fold {fit['mrr']:.4f}")
     return Ranker(names, tuple(float(v) for v in weights), fit)
+
+
+def _packed(q: FitQueries) -> bool:
+    """Whether q's candidate slots are filled from the left in each source and every query
+    ranks its target among its source's filled slots (as _candidate_queries makes them)."""
+    if q.columns is None:
+        return False
+    slots = torch.as_tensor(q.columns >= 0)                                   # (S, C)
+    filled = torch.arange(slots.shape[1])[None] < slots.sum(1, keepdim=True)
+    return torch.equal(slots, filled) and torch.equal(q.mask, slots[q.row])
+
+
+def _slot_objective(x: torch.Tensor, q: FitQueries, offset: torch.Tensor | None):
+    """(feature scales (F,), loss(weights), MRR of (S, C) values) over the filled slots only:
+    WordNet's slots are padded to the widest source's, 40× the mean. Each source's softmax
+    runs over its own slots, which lie at starts[s]:starts[s] + counts[s] of the flat list."""
+    slots = torch.as_tensor(q.columns >= 0)                                   # (S, C)
+    filled = slots.nonzero(as_tuple=True)                                     # source-major
+    counts = slots.sum(1)                                                     # (S,)
+    starts = torch.cumsum(counts, 0) - counts                                 # (S,)
+    seg, flat = filled[0], x[filled]                                          # (N,), (N, F)
+    extra = None if offset is None else offset[filled]                        # (N,)
+    hit = starts[q.row] + q.target                                            # (n,)
+    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)                     # (F,)
+    z = (flat - mean) / std                                                   # (N, F)
+    # every (query, slot of its source) pair, for the MRRs: (M,) each
+    width = counts[q.row]                                                     # (n,)
+    pair_q = torch.repeat_interleave(torch.arange(len(q.row)), width)
+    pair_f = torch.arange(len(pair_q)) + torch.repeat_interleave(
+        starts[q.row] - (torch.cumsum(width, 0) - width), width)
+
+    def loss_of(weights: torch.Tensor) -> torch.Tensor:
+        s = z @ weights if extra is None else z @ weights + extra             # (N,)
+        top = torch.zeros(x.shape[0]).scatter_reduce(0, seg, s.detach(), "amax",
+                                                     include_self=False)      # (S,)
+        total = torch.zeros(x.shape[0]).index_add(0, seg, torch.exp(s - top[seg]))
+        lse = top + torch.log(total.clamp_min(1e-30))                         # (S,)
+        return -(s[hit] - lse[q.row]).mean()
+
+    def mrr_of(values: torch.Tensor) -> float:
+        v = values[filled]                                                    # (N,)
+        return _mrr_pairs(v[pair_f], v[hit][pair_q], pair_q, len(q.row))
+
+    return std, loss_of, mrr_of
+
+
+def _dense_objective(x: torch.Tensor, q: FitQueries, offset: torch.Tensor | None):
+    """_slot_objective over the whole (S, P) block, each query's `mask` its candidates."""
+    flat = (x.reshape(-1, x.shape[-1]) if q.columns is None
+            else x[torch.as_tensor(q.columns >= 0)])
+    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)                     # (F,)
+    z = (x - mean) / std                                                      # (S, P, F)
+    rows = torch.arange(len(q.row))
+
+    def loss_of(weights: torch.Tensor) -> torch.Tensor:
+        s = z @ weights if offset is None else z @ weights + offset          # (S, P)
+        s = s[q.row].masked_fill(~q.mask, float("-inf"))                      # (n, P)
+        return -(s[rows, q.target] - torch.logsumexp(s, 1)).mean()
+
+    def mrr_of(values: torch.Tensor) -> float:
+        return _mrr(values[q.row], q.target, q.mask)
+
+    return std, loss_of, mrr_of
 
 
 def _mrr_pairs(values: torch.Tensor, at_target: torch.Tensor, query: torch.Tensor,

@@ -72,35 +72,33 @@ def fit_booster(q, names: tuple[str, ...], linear: np.ndarray, sources: np.ndarr
 
 def predict(model: str, x: np.ndarray) -> np.ndarray:
     """(S, P) scores of (S, P, F) features."""
-    booster = _booster(model)
     s, p, f = x.shape
-    with _PREDICT_LOCK:         # a Booster shared by threads races (LightGBM issue 6142)
-        out = booster.predict(x.reshape(-1, f), num_threads=1)
+    with _LOCK:
+        out = _booster(model).predict(x.reshape(-1, f), num_threads=1)
     return out.reshape(s, p).astype(np.float32)
 
 
 def contributions(model: str, x: np.ndarray) -> np.ndarray:
     """(n, F) each feature's share of each row's score (LightGBM's TreeSHAP; the last column,
     the expected value, is dropped)."""
-    booster = _booster(model)
-    with _PREDICT_LOCK:
-        return booster.predict(x, pred_contrib=True, num_threads=1)[:, :-1]
+    with _LOCK:
+        return _booster(model).predict(x, pred_contrib=True, num_threads=1)[:, :-1]
 
 
 _CACHE: dict[int, object] = {}
-_CACHE_LOCK = threading.Lock()          # blocks may be scored on threads (graph.runtime)
-_PREDICT_LOCK = threading.Lock()
+# Blocks may be scored on threads (graph.runtime.block_pool): the cache and a Booster shared
+# by threads are used by one at a time (a shared Booster races: LightGBM issue 6142).
+_LOCK = threading.Lock()
 
 
 def _booster(model: str):
+    """The Booster of `model`, the last one kept (call with _LOCK held)."""
     import lightgbm as lgb
     key = hash(model)
-    with _CACHE_LOCK:
-        booster = _CACHE.get(key)
-        if booster is None:
-            _CACHE.clear()
-            booster = _CACHE[key] = lgb.Booster(model_str=model)
-    return booster
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = lgb.Booster(model_str=model)
+    return _CACHE[key]
 
 
 def choose(q, linear_fit: Callable, names: tuple[str, ...], seed: int = 0, share: float = 0.25,

@@ -155,9 +155,10 @@ class Features:
         self.ckpt = checkpoint_positions(model_dir, graph.index)             # (P,)
         self.have = np.flatnonzero(self.ckpt >= 0)
         self.model, self.switch_off = load_pair(Path(model_dir), adapter, device)
-        # a fully tuned model is switched to the compiled one by swapping its weights in place
-        self.swaps_weights = adapter is not None and not (Path(adapter) /
-                                                          "adapter_config.json").exists()
+        # a fully tuned model (not a peft one) is switched to the compiled one by swapping
+        # its weights in place (load_pair)
+        self.swaps_weights = self.switch_off is not None and not hasattr(self.model,
+                                                                         "peft_config")
         self.device = device_of(self.model)
         self.pages = None
         # the tuned model's own guess at p's next link: after p's link row when it was tuned
