@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from graph import sql_loop  # noqa: E402
 from graph.store import Store  # noqa: E402
-from loop.cycle import cycle_metrics  # noqa: E402
+from loop.cycle import STEPS, cycle_metrics  # noqa: E402
 
 
 def main() -> None:
@@ -24,8 +24,11 @@ def main() -> None:
     args = ap.parse_args()
     with Store(args.db, create=False, read_only=True) as store:
         rows = cycle_metrics(store)
-        evals = {c: json.loads(d)["eval"] for c, step, d, _ in store.query(sql_loop.STEPS_ALL)
-                 if step == "eval"}
+        journal = store.query(sql_loop.STEPS_ALL)
+    evals = {c: json.loads(d)["eval"] for c, step, d, _ in journal if step == "eval"}
+    seconds: dict[int, dict[str, float]] = {}
+    for c, step, d, _ in journal:
+        seconds.setdefault(c, {})[step] = json.loads(d).get("seconds", 0.0)
     print("| cycle | approx. error | … first position | … rest | KL(tuned ‖ compiled) first | "
           "d | fold MRR | proposals | accepted | estimated precision | precision | wall s |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -36,6 +39,12 @@ def main() -> None:
               f"{r.get('d', '–')} | {_f(r.get('fold_mrr'))} | {r.get('proposals', '–')} | "
               f"{r.get('accepted', '–')} | {_f(r.get('estimated_precision'), 2)} | "
               f"{_f(r.get('precision'), 2)} | {r['wall_seconds']:.0f} |")
+    steps = [s for s in STEPS if any(s in by for by in seconds.values())]
+    print("\n| cycle | " + " | ".join(f"{s} s" for s in steps) + " | all s |\n"
+          + "|---" * (len(steps) + 2) + "|")
+    for c, by in sorted(seconds.items()):
+        print(f"| {c} | " + " | ".join(_f(by.get(s), 1) for s in steps)
+              + f" | {sum(by.values()):.1f} |")
     print("\n| method | MRR | Hits@1 | Hits@10 | AUC | n |\n|---|---|---|---|---|---|")
     for cycle, result in sorted(evals.items()):
         for name, m in result["methods"].items():

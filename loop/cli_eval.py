@@ -18,7 +18,8 @@ def cmd_eval(args, say, emit) -> None:
     rows = evaluate.read_holdout(Path(args.holdout))
     with Store(args.db, create=False, read_only=True) as store:
         graph = evaluate.load_graph(store)
-    queries = evaluate.select_queries(graph, rows)
+    queries = evaluate.sample_queries(evaluate.select_queries(graph, rows), args.queries,
+                                      args.seed)
     if any(queries.skipped.values()):
         say(f"skipped held-out links: {queries.skipped}")
     adapter = Path(args.adapter) if args.adapter else None
@@ -151,7 +152,10 @@ def add_commands(command) -> None:
                    "refitted without each feature group (text, text+compiled, text+tuned, all)")
     p.add_argument("--methods", metavar="A,B,…", help="graft and/or baselines: popularity, "
                    "focus, adamic_adar, ppmi, spectral, mentions, pykeen (default: all that run)")
-    p.add_argument("--seed", type=int, default=0, help="seeds walks, the SVD and the KGE model")
+    p.add_argument("--seed", type=int, default=0, help="seeds walks, the SVD, the KGE model "
+                   "and --queries' sample")
+    p.add_argument("--queries", type=int, default=0, metavar="N", help="rank a seeded sample of "
+                   "N held-out links (each exactly, among every particle; default 0: all)")
     p.add_argument("--spectral-d", type=int, default=64, help="SVD rank without --model")
     p.add_argument("--kge-model", default="TransE", help="the PyKEEN model of the pykeen method")
     p.add_argument("--kge-epochs", type=int, default=20)

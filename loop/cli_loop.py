@@ -12,6 +12,10 @@ SCAN_HELP = ("score every particle for each source (all), or its candidates: wha
              "(default auto: candidates beyond 20000 particles)")
 
 
+SOURCES_HELP = ("which particles get proposals: all, or text (those with text: pages); auto: "
+                "text when scanning candidates (a large graph)")
+
+
 def cmd_extract(args, say, emit) -> None:
     from finetune.checkpoints import require_adapter
     from loop.extract import ExtractConfig, extract
@@ -22,7 +26,7 @@ def cmd_extract(args, say, emit) -> None:
     ranker = Ranker.load(Path(args.ranker)) if args.ranker else None
     cfg = ExtractConfig(top_k=args.top_k, per_source=args.per_source,
                         per_target=args.per_target, beta=args.beta, device=args.device,
-                        scan=args.scan)
+                        scan=args.scan, sources=args.sources)
     with Store(args.db) as store:
         proposals = extract(store, Path(args.model), cfg, adapter=adapter, ranker=ranker,
                             corpus=Path(args.corpus) if args.corpus else None, say=say)
@@ -76,8 +80,9 @@ def cmd_cycle(args, say, emit) -> None:
                                       replay=args.replay, link_rows=args.link_rows,
                                       sampled=args.sampled),
                       extract=ExtractConfig(top_k=args.top_k, beta=args.beta, docs=args.docs,
-                                            device=args.device, scan=args.scan),
-                      fold=args.fold,
+                                            device=args.device, scan=args.scan,
+                                            sources=args.sources),
+                      fold=args.fold, eval_queries=args.eval_queries,
                       ranker_kind=args.ranker_kind, fold_token=args.fold_token,
                       fold_inverse=args.fold_inverse, fold_pages=args.fold_pages,
                       hard_negative=args.hard_negative, warm_start=args.warm_start,
@@ -128,6 +133,8 @@ def add_commands(command) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--scan", default="auto", choices=["auto", "all", "candidates"],
                    help=SCAN_HELP)
+    p.add_argument("--sources", default="auto", choices=["auto", "all", "text"],
+                   help=SOURCES_HELP)
 
     p = command("review", cmd_review, "list proposals, accept or reject them; accepted ones "
                 "are staked as cyberlinks")
@@ -176,6 +183,8 @@ def add_commands(command) -> None:
                    "ranker's fit a curator-rejected candidate counts as X candidates "
                    "(1: like any other)")
     p.add_argument("--holdout", metavar="FILE", help="held-out links: eval MRR and precision")
+    p.add_argument("--eval-queries", type=int, default=0, metavar="N", help="eval ranks a "
+                   "seeded sample of N held-out links, each exactly (default 0: all of them)")
     p.add_argument("--d", type=int, help="hidden size (default: derived)")
     p.add_argument("--layers", type=int, help="layers (default: derived, capped at 8)")
     p.add_argument("--max-steps", type=int, help="tuning steps per cycle (default: 3 epochs)")
@@ -190,6 +199,8 @@ def add_commands(command) -> None:
     p.add_argument("--top-k", type=int, default=100, help="proposals per cycle")
     p.add_argument("--scan", default="auto", choices=["auto", "all", "candidates"],
                    help=SCAN_HELP)
+    p.add_argument("--sources", default="auto", choices=["auto", "all", "text"],
+                   help=SOURCES_HELP)
     p.add_argument("--beta", type=float, default=0.5, help="the lift's β when no ranker is fitted")
     p.add_argument("--ranker-kind", default="linear", choices=["linear", "lgbm", "auto"],
                    help="the extractor's ranker: listwise linear, LightGBM lambdarank, or auto "

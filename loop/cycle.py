@@ -50,6 +50,7 @@ class CycleConfig:
     auto_accept: int = 0            # accept the top K proposals of each cycle
     accept_precision: float | None = None   # accept while the estimated precision stays ≥ P
     holdout: Path | None = None     # held-out links: eval MRR and precision per cycle
+    eval_queries: int = 0           # eval ranks a seeded sample of this many of them (0: all)
     compile: CompileConfig = field(default_factory=lambda: CompileConfig(check_determinism=False))
     tune: TuneConfig = field(default_factory=TuneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -121,7 +122,7 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
                                    cfg.accept_precision if ranker else None))
     if cfg.holdout is not None:
         step("eval", lambda: _eval(store, folder, ranker, cfg.holdout, cfg.embed_cache,
-                                   cfg.extract.device))
+                                   cfg.extract.device, cfg.eval_queries))
 
 
 def _missing(step: str, detail: dict, folder: Path) -> Path | None:
@@ -248,14 +249,23 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
         graph = load_graph(fs)
         known = not_candidates(graph, fs)
     save_hidden(fold, hidden)
+    # fitted and calibrated on the sources extraction proposes from (pages, at scale)
+    from loop.candidates import scan_kind
+    from loop.extract import source_rows
+    allowed = source_rows(graph, cfg.extract.sources, scan_kind(cfg.extract.scan,
+                                                                len(graph.index)))
     pairs = hidden_positions(graph, fold)
+    pairs = pairs[np.isin(pairs[:, 0], allowed)]
+    if len(pairs) < MIN_FOLD:
+        return {"ranker": None, "skipped": f"{len(pairs)} hidden links from sources "
+                                           f"extraction proposes from (< {MIN_FOLD})"}
     features = Features(graph, fold / "model", fold / "adapter", embed_cache=cfg.embed_cache,
                         embed=cfg.text_embed, device=cfg.extract.device)
     queries = fit_queries(features, known, pairs, seed=seed, say=say,
                           hard=positions(graph, rejected), hard_weight=cfg.hard_negative,
                           scan=cfg.extract.scan)
     ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=seed, say=say)
-    others = np.setdiff1d(np.arange(len(graph.index)), pairs[:, 0])
+    others = np.setdiff1d(allowed, pairs[:, 0])
     cal = calibrate(queries, ranker, folder, features, known, others,           # P(true link)
                     seed, say, curator=curator_labels(store))
     ranker = replace(ranker, fit={**ranker.fit, "calibration": cal})
@@ -308,7 +318,7 @@ def _review(store: Store, n: int, k: int, holdout: Path | None,
 
 
 def _eval(store: Store, folder: Path, ranker: Path | None, holdout: Path,
-          embed_cache: Path | None = None, device: str = "auto") -> dict:
+          embed_cache: Path | None = None, device: str = "auto", sample: int = 0) -> dict:
     """graft (the extractor's ranker over this cycle's models), graft_lm (the tuned model
     alone: loop/rank.py Features.lm_feature), unlinked mentions (what Obsidian and Logseq
     show, over this cycle's graph) and, when the fit step saved them, the ablation rankers
@@ -318,7 +328,8 @@ def _eval(store: Store, folder: Path, ranker: Path | None, holdout: Path,
     from loop.rank import Features, Ranker, ranker_scorer
     model, adapter = folder / "model", folder / "adapter"
     graph = evaluate.load_graph(store)
-    queries = evaluate.select_queries(graph, evaluate.read_holdout(holdout))
+    queries = evaluate.sample_queries(
+        evaluate.select_queries(graph, evaluate.read_holdout(holdout)), sample)
     fitted = Ranker.load(ranker) if ranker else lift_ranker(0.5, True)
     features = Features(graph, model, adapter, embed_cache=embed_cache, device=device)
     scorers = {"graft": ranker_scorer(features, fitted),

@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from graph.checkpoint import COMPILE_RECORD, SPECIAL_TOKENS
+from graph.errors import GraftError
 from graph.runtime import block_pool, device_of
 from loop import candidates as cand
 
@@ -60,6 +61,8 @@ class ExtractConfig:
     device: str = "auto"           # where the models run: auto (CUDA when seen), cpu, cuda[:N]
     scan: str = "auto"             # all particles per source, or its candidates; auto:
                                    # candidates beyond CANDIDATES_ABOVE particles
+    sources: str = "auto"          # which particles get proposals: all, or text (those with
+                                   # text: pages); auto: text when scanning candidates
 
 
 @dataclass(frozen=True)
@@ -163,14 +166,15 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
         else cfg.batch
     k = min(cfg.per_source, size)
     kept_s, kept_q, kept_v, kept_f = [], [], [], []
-    blocks = range(0, size, batch)
+    sources = source_rows(graph, cfg.sources, scan)                           # (S,)
+    blocks = range(0, len(sources), batch)
     if scan == "candidates":
-        say(f"extract: {size} particles: each source's candidates are scored "
-            f"(loop/candidates.py), not all {size}")
+        say(f"extract: {len(sources)} sources of {size} particles: each source's candidates "
+            f"are scored (loop/candidates.py), not all {size}")
     block = _dense_block if scan == "all" else _candidate_block
 
     def scored(start: int) -> tuple:
-        rows = np.arange(start, min(start + batch, size))                      # (B,)
+        rows = sources[start:start + batch]                                    # (B,)
         return block(feats, ranker, names, used, rows, masked, k)
 
     with block_pool(cfg.workers) as blocks_map:
@@ -189,7 +193,7 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     order = _capped(np.lexsort((dst, src, -vals, -conf)), dst, cfg.per_target, cfg.top_k)
     if scan == "candidates" and len(order):                # log-probabilities, as shown
         fvals[order] = feats.pairs(src[order], dst[order], names)
-    say(f"extract: {size} sources scored, {len(order)} proposals")
+    say(f"extract: {len(sources)} sources scored, {len(order)} proposals")
     heads = _proposal_heads(feats, src[order], dst[order])
     semcons = json.loads((model_dir / COMPILE_RECORD).read_text()).get("semcons", [])
     lines = _corpus_lines(graph, corpus, src[order], dst[order], cfg.evidence_lines, cfg.docs)
@@ -219,6 +223,19 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
                       "neighbours": alike[n],
                       "fold_confidence": round(float(fold_only[n]), 6)}))
     return out
+
+
+def source_rows(graph, sources: str, scan: str) -> np.ndarray:
+    """(S,) the index positions extraction proposes links from: every particle ("all"), or
+    those with text ("text": the pages a curator writes; at Bostrom scale most particles
+    carry none, and a source without text has only the models' guess). "auto" is "text" for
+    a candidate scan (a large graph) when some particle has text, else "all"."""
+    if sources not in ("auto", "all", "text"):
+        raise GraftError(f"sources {sources!r}: expected auto, all or text")
+    pages = np.array(sorted(graph.texts), dtype=np.int64)
+    if sources == "auto":
+        sources = "text" if scan == "candidates" and len(pages) else "all"
+    return pages if sources == "text" else np.arange(len(graph.index), dtype=np.int64)
 
 
 def _dense_block(feats, ranker, names, used, rows, masked, k):

@@ -183,6 +183,7 @@ class Features:
         self._embed_cache = embed_cache
         self._text_vectors: np.ndarray | None = None                          # (P, 384)
         self._near: tuple[np.ndarray, np.ndarray] | None = None               # (P, k) each
+        self._model_top = None                          # loop.candidates.InnerTop of head
         text = tuple(f for f in TEXT_FEATURES if f not in ("embed_sim", "text_neighbours")
                      or (embed and text_embed.available()))
         self.names = text + COMPILED_FEATURES + (TUNED_FEATURES if adapter is not None else ())
@@ -284,7 +285,9 @@ class Features:
                 out[:, i] = np.asarray(look[name](), dtype=np.float32).reshape(-1)
         if rows:
             sources, at = np.unique(src, return_inverse=True)
-            batch = batch or max(1, 4_000_000 // max(len(self.graph.index), 1))
+            # ≥ 16 sources a pass: at 3M particles one source a pass reads the whole
+            # output head (0.8 GB) per source, a matrix-vector product
+            batch = batch or max(16, 4_000_000 // max(len(self.graph.index), 1))
             cols = [names.index(n) for n in rows]
             for lo in range(0, len(sources), batch):
                 mine = np.flatnonzero((at >= lo) & (at < lo + batch))
@@ -387,6 +390,15 @@ class Features:
                 x = logits[name]
             out[name] = np.asarray(x, dtype=np.float32)
         return out
+
+    def model_top(self):
+        """loop.candidates.InnerTop over the head's rows (the model's top-k candidates),
+        built once."""
+        from loop.candidates import InnerTop
+        with self._lock:
+            if self._model_top is None:
+                self._model_top = InnerTop(self.head)
+        return self._model_top
 
     def text_vectors(self) -> np.ndarray:
         """(P, 384) the particles' text embeddings (loop/embed.py), computed once."""

@@ -22,6 +22,25 @@ def test_exact_top_k_is_a_full_sort_with_ties_by_position():
     assert top_inner(q, k, 0).shape == (37, 0)
 
 
+def test_the_norm_pruned_scan_is_the_full_sort():
+    """Heavy-tailed key norms (most zero, a few large), as a compiled head has: scanning the
+    largest-norm keys first and stopping at the Cauchy–Schwarz bound finds what a full
+    stable sort does — negative and zero products, ties at the k-th value, zero queries."""
+    from loop.candidates import InnerTop
+    rng = np.random.default_rng(2)
+    keys = (rng.normal(size=(3000, 8)) * rng.pareto(1.5, size=(3000, 1))).astype(np.float32)
+    keys[rng.random(3000) < 0.5] = 0                         # nothing links to half of them
+    keys[7] = keys[900] = keys[2000] = keys[11] = 3 * rng.normal(size=8)   # ties by position
+    q = rng.normal(size=(60, 8)).astype(np.float32)
+    q[3] = 0                                                 # a query of norm 0
+    q[5] = keys[11] / np.linalg.norm(keys[11])               # ties at the top
+    index = InnerTop(keys, first=16)                         # grows 16 → 64 → … → 3000
+    for k in (1, 10, 50, 3000):
+        want = np.argsort(-(q @ keys.T), axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(index.top(q, k), want)
+    assert index.top(q[:0], 5).shape == (0, 5) and index.top(q, 0).shape == (60, 0)
+
+
 def test_hnsw_finds_the_exact_top_k_on_a_small_set_and_is_repeatable():
     pytest.importorskip("faiss")
     rng = np.random.default_rng(1)

@@ -2,6 +2,7 @@
 holdout file, the baselines, the model's scorer, and the CLI (split-holdout, eval --json)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -94,6 +95,42 @@ def test_hand_computed_ranks(store, tmp_path):
         assert result.n == 3
         for name, want in EXPECTED.items():
             assert result.metrics(name) == pytest.approx(want), name
+
+
+def test_a_seeded_sample_of_queries_is_ranked_as_in_the_whole_set(store, tmp_path):
+    graph, holdout = hand_store(store, tmp_path)
+    queries = queries_of(graph, holdout)
+    scorers = {"mentions": baselines.mentions(graph, baselines.BaselineConfig()),
+               "fixed": by_name(graph, FIXED)}
+    whole = evaluate.evaluate(graph, queries, scorers)
+    assert evaluate.sample_queries(queries, 0) is queries           # 0: all of them
+    assert evaluate.sample_queries(queries, 3) is queries           # as many as there are
+    some = evaluate.sample_queries(queries, 2, seed=4)
+    np.testing.assert_array_equal(some.pairs, evaluate.sample_queries(queries, 2, 4).pairs)
+    assert some.skipped == {**queries.skipped, "unsampled": 1}
+    at = [queries.pairs.tolist().index(pair) for pair in some.pairs.tolist()]
+    assert at == sorted(at) and len(set(at)) == 2                   # a subset, in order
+    part = evaluate.evaluate(graph, some, scorers)
+    for name in scorers:                          # each still ranked among every candidate
+        np.testing.assert_array_equal(part.ranks[name], whole.ranks[name][at])
+    with pytest.raises(GraftError, match="sample of -1"):
+        evaluate.sample_queries(queries, -1)
+
+
+def test_extraction_sources_are_pages_when_scanning_candidates(store, tmp_path):
+    from loop.extract import source_rows
+    graph, _ = hand_store(store, tmp_path)
+    pages = sorted(graph.position()[pid(n)] for n in TEXTS)        # alpha and zeta have text
+    everyone = list(range(len(graph.index)))
+    assert source_rows(graph, "auto", "all").tolist() == everyone
+    assert source_rows(graph, "auto", "candidates").tolist() == pages
+    assert source_rows(graph, "text", "all").tolist() == pages
+    assert source_rows(graph, "all", "candidates").tolist() == everyone
+    bare = dataclasses.replace(graph, texts={})            # no page: every particle, auto
+    assert source_rows(bare, "auto", "candidates").tolist() == everyone
+    assert source_rows(bare, "text", "candidates").tolist() == []
+    with pytest.raises(GraftError, match="sources 'some'"):
+        source_rows(graph, "some", "all")
 
 
 def test_candidates_drop_ingest_and_curator_targets_but_not_extract(store, tmp_path):
