@@ -146,7 +146,11 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     from loop.rank import Features
     torch.set_flush_denormal(True)                # tiny singular values: ~20× (DESIGN §7)
     graph = load_graph(store)
-    feats = Features(graph, model_dir, adapter, embed_cache=embed_cache, device=cfg.device)
+    # the text embeddings only when the ranker uses them (its candidates then add the
+    # pages nearest by text): a ranker fitted without them would not score them
+    embed = ranker is not None and bool({"embed_sim", "text_neighbours"} & set(ranker.features))
+    feats = Features(graph, model_dir, adapter, embed_cache=embed_cache, embed=embed,
+                     device=cfg.device)
     ranker = ranker or lift_ranker(cfg.beta, adapter is not None)
     pos = graph.position()
     size = len(graph.index)
