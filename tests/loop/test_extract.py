@@ -236,3 +236,20 @@ def test_scores_summed_feature_by_feature_equal_the_block_product(tuned):
     other = np.array([1, 4])                                  # a new memo: computed afresh
     np.testing.assert_allclose(feats.scores(other, ranker),
                                ranker.score(feats.block(other, names)), rtol=1e-5, atol=1e-5)
+
+
+def test_text_embeddings_are_computed_only_for_a_ranker_that_uses_them(tuned, monkeypatch):
+    """A ranker fitted without the MiniLM features (`graft cycle --no-text-embed`) must not
+    embed every particle's text at extraction (196k texts, 48 min, at 3M particles): neither
+    its features nor its candidates use them."""
+    from loop import embed
+    from loop.rank import Ranker
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("embedded texts for a ranker that does not use them")
+    monkeypatch.setattr(embed, "particle_embeddings", refuse)
+    ranker = Ranker(("mention", "compiled", "tuned"), (1.0, 1.0, 1.0))
+    with Store(tuned / "g.duckdb") as store:
+        for scan in ("all", "candidates"):
+            assert extract(store, tuned / "ckpt", ExtractConfig(top_k=20, scan=scan),
+                           adapter=tuned / "adapter", ranker=ranker)
