@@ -27,8 +27,10 @@ def main() -> None:
         journal = store.query(sql_loop.STEPS_ALL)
     evals = {c: json.loads(d)["eval"] for c, step, d, _ in journal if step == "eval"}
     seconds: dict[int, dict[str, float]] = {}
+    peak: dict[int, dict[str, float]] = {}       # the process's peak so far, after each step
     for c, step, d, _ in journal:
         seconds.setdefault(c, {})[step] = json.loads(d).get("seconds", 0.0)
+        peak.setdefault(c, {})[step] = json.loads(d).get("peak_rss_gb")
     print("| cycle | approx. error | … first position | … rest | KL(tuned ‖ compiled) first | "
           "d | fold MRR | proposals | accepted | estimated precision | precision | wall s |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -45,6 +47,9 @@ def main() -> None:
     for c, by in sorted(seconds.items()):
         print(f"| {c} | " + " | ".join(_f(by.get(s), 1) for s in steps)
               + f" | {sum(by.values()):.1f} |")
+        if any(v is not None for v in peak[c].values()):
+            print(f"| {c}: peak GB so far | " + " | ".join(_f(peak[c].get(s), 1) for s in steps)
+                  + " | |")
     print("\n| method | MRR | Hits@1 | Hits@10 | AUC | n |\n|---|---|---|---|---|---|")
     for cycle, result in sorted(evals.items()):
         for name, m in result["methods"].items():

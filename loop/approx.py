@@ -31,7 +31,7 @@ import torch
 from graph.checkpoint import SPECIAL_TOKENS
 from graph.runtime import device_of
 from finetune import data
-from finetune.forgetting import fit_scale
+from finetune.forgetting import batch_rows, fit_scale
 from finetune.text import Lexicon
 from finetune.tune import TuneConfig, scale_rows, text_docs
 
@@ -130,6 +130,7 @@ def _scored(model, rows: list[list[int]], row_first: list[bool] | None, mapping,
     to_model, to_column, columns = mapping
     out, targets, first, dropped = [], [], [], 0
     dev = device_of(model)
+    batch_size = batch_rows(model, rows, batch_size)
     for i in range(0, len(rows), batch_size):
         b = data.collate(rows[i:i + batch_size])
         logits = model(input_ids=to_model[b.input_ids].to(dev),

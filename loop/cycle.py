@@ -100,7 +100,8 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
             store.execute(sql_loop.STEP_FORGET, {"cycle": n, "step": name})
         say(f"cycle {n}: {name} …")
         start = time.perf_counter()
-        detail = {**work(), "seconds": round(time.perf_counter() - start, 3)}
+        detail = {**work(), "seconds": round(time.perf_counter() - start, 3),
+                  "peak_rss_gb": _peak_rss_gb()}
         _fault(f"{n}:{name}-")
         store.execute(sql_loop.STEP_RECORD, {"cycle": n, "step": name,
                                              "detail": json.dumps(detail)})
@@ -123,6 +124,13 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
     if cfg.holdout is not None:
         step("eval", lambda: _eval(store, folder, ranker, cfg.holdout, cfg.embed_cache,
                                    cfg.extract.device, cfg.eval_queries))
+
+
+def _peak_rss_gb() -> float:
+    """This process's peak resident memory so far (GB): recorded with each step, so the
+    journal shows which step raised it."""
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 def _missing(step: str, detail: dict, folder: Path) -> Path | None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
@@ -130,6 +132,27 @@ def test_tempered_loss_is_the_best_scale_and_no_worse_than_raw(compiled):
     assert all(loss <= v + 1e-6 for v in grid.values())             # a minimum, as fitted
     assert loss <= forgetting.text_loss(model, rows) + 1e-6         # never worse than s = 1
     assert forgetting.text_loss(model, rows, scale=scale) == pytest.approx(loss, abs=1e-6)
+
+
+def test_measurements_in_passes_of_few_rows_equal_one_pass(compiled, monkeypatch):
+    """A vocabulary of millions caps the rows of a measuring pass (BATCH_LOGITS): passes of
+    one row must measure what one pass of every row does."""
+    from finetune import forgetting
+    from finetune.data import blocks
+    model = base(compiled / "ckpt")
+    rows = blocks([[4, 5, 6, 7, 8, 9, 10, 11], [10, 11, 4, 6, 8, 10, 5, 7, 9]] * 3, 8)
+    adj = sp.csr_array(np.ones((4, 4)) - np.eye(4))
+    pairs = np.array([[0, 1], [1, 2], [2, 3], [3, 0]])
+    whole = (forgetting.text_loss(model, rows, scale=1.3), forgetting.logits_of(model, rows),
+             forgetting.graph_fit(model, adj, pairs))
+    assert forgetting.batch_rows(model, rows, 32) == 32 > len(rows)
+    monkeypatch.setattr(forgetting, "BATCH_LOGITS", 1)
+    assert forgetting.batch_rows(model, rows, 32) == 1
+    assert forgetting.text_loss(model, rows, scale=1.3) == pytest.approx(whole[0], rel=1e-6)
+    logits, targets = forgetting.logits_of(model, rows)
+    torch.testing.assert_close(logits, whole[1][0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(targets, whole[1][1])
+    assert forgetting.graph_fit(model, adj, pairs) == whole[2]
 
 
 def test_split_by_keys_keeps_documents_whatever_else_is_kept():
