@@ -156,6 +156,18 @@ def test_a_cycle_fits_its_ranker_on_a_fold_and_ranks_with_it(tmp_path):
         {k: v["mrr"] for k, v in row["ablation"].items()}, abs=1e-6)
     page = (tmp_path / "out" / "report.html").read_text()
     assert "What each part adds" in page and "text+compiled" in page
+    # a seeded sample of the held-out links, each ranked as in the whole set
+    some = graft(tmp_path, "eval", "--holdout", str(tmp_path / "h.jsonl"), "--methods", "graft",
+                 "--queries", "3", "--json")
+    assert some.returncode == 0, some.stderr[-2000:]
+    assert json.loads(some.stdout)["n"] == 3
+    # the bench table: each step's seconds and the peak memory the journal recorded
+    assert row["peak_rss_gb"] > 0
+    table = subprocess.run([sys.executable, "bench/loop_table.py", "--db",
+                            str(tmp_path / "g.duckdb")], cwd=REPO, capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "| cycle | snapshot s | compile s |" in table.stdout
+    assert "| 1: peak GB so far |" in table.stdout
 
 
 def test_a_graph_too_small_to_fold_falls_back_to_the_lift(setup):
