@@ -239,6 +239,9 @@ def source_rows(graph, sources: str, scan: str) -> np.ndarray:
     pages = np.array(sorted(graph.texts), dtype=np.int64)
     if sources == "auto":
         sources = "text" if scan == "candidates" and len(pages) else "all"
+    if sources == "text" and not len(pages):
+        raise GraftError("sources 'text': no particle in the store has text (ingest particles "
+                         "with a text field, or propose from all of them: --sources all)")
     return pages if sources == "text" else np.arange(len(graph.index), dtype=np.int64)
 
 

@@ -128,7 +128,8 @@ def test_extraction_sources_are_pages_when_scanning_candidates(store, tmp_path):
     assert source_rows(graph, "all", "candidates").tolist() == everyone
     bare = dataclasses.replace(graph, texts={})            # no page: every particle, auto
     assert source_rows(bare, "auto", "candidates").tolist() == everyone
-    assert source_rows(bare, "text", "candidates").tolist() == []
+    with pytest.raises(GraftError, match="no particle in the store has text"):
+        source_rows(bare, "text", "candidates")
     with pytest.raises(GraftError, match="sources 'some'"):
         source_rows(graph, "some", "all")
 
