@@ -29,8 +29,9 @@ def main() -> None:
     seconds: dict[int, dict[str, float]] = {}
     peak: dict[int, dict[str, float]] = {}       # the process's peak so far, after each step
     for c, step, d, _ in journal:
-        seconds.setdefault(c, {})[step] = json.loads(d).get("seconds", 0.0)
-        peak.setdefault(c, {})[step] = json.loads(d).get("peak_rss_gb")
+        detail = json.loads(d)
+        seconds.setdefault(c, {})[step] = detail.get("seconds", 0.0)
+        peak.setdefault(c, {})[step] = detail.get("peak_rss_gb")
     print("| cycle | approx. error | … first position | … rest | KL(tuned ‖ compiled) first | "
           "d | fold MRR | proposals | accepted | estimated precision | precision | wall s |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -14,12 +14,12 @@ from finetune.data import batches
 BATCH_LOGITS = 1 << 25      # logits one measuring forward pass may return (128 MB in float32)
 
 
-def batch_rows(model, rows: list[list[int]], batch_size: int) -> int:
+def batch_rows(model, batch_size: int, rows: list[list[int]] | None = None) -> int:
     """`batch_size`, or fewer rows, so that one forward pass's logits (rows × positions ×
-    vocabulary) stay within BATCH_LOGITS: 32 rows of 64 tokens over the 1.48M-token
-    vocabulary of the 3M-particle synthetic graph are 3·10⁹ logits (12 GB), and the
-    measurements around tuning took a cycle's peak memory to 23.8 GB."""
-    width = max((len(r) for r in rows), default=1)
+    vocabulary; without `rows`, one-token prompts) stay within BATCH_LOGITS: 32 rows of 64
+    tokens over the 1.48M-token vocabulary of the 3M-particle synthetic graph are 3·10⁹
+    logits (12 GB), and the measurements around tuning took a cycle's peak memory to 23.8 GB."""
+    width = max((len(r) for r in rows), default=1) if rows else 1
     return max(1, min(batch_size, BATCH_LOGITS // (width * model.config.vocab_size)))
 
 
@@ -30,7 +30,7 @@ def text_loss(model, rows: list[list[int]], batch_size: int = 32, scale: float =
     model.eval()
     dev = device_of(model)
     total, count = 0.0, 0
-    for b in batches(rows, batch_rows(model, rows, batch_size)):
+    for b in batches(rows, batch_rows(model, batch_size, rows)):
         logits = model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev)).logits
         target = b.labels[:, 1:].to(dev)
         loss = torch.nn.functional.cross_entropy(
@@ -78,7 +78,7 @@ def logits_of(model, rows: list[list[int]],
     dev = device_of(model)
     out, targets = [], []
     with torch.no_grad():
-        for b in batches(rows, batch_rows(model, rows, batch_size)):
+        for b in batches(rows, batch_rows(model, batch_size, rows)):
             keep = b.labels[:, 1:] != -100
             out.append(model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(
                 dev)).logits[:, :-1][keep.to(dev)].float().cpu())
@@ -104,7 +104,7 @@ def graph_fit(model, adj: sp.csr_array, pairs: np.ndarray, batch_size: int = 256
     offset = len(SPECIAL_TOKENS)
     adj = adj.tocsr()
     ranks = []
-    batch_size = max(1, min(batch_size, BATCH_LOGITS // model.config.vocab_size))
+    batch_size = batch_rows(model, batch_size)                        # [p] prompts
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
         ids = torch.as_tensor(chunk[:, :1] + offset).to(device_of(model))

@@ -130,7 +130,7 @@ def _scored(model, rows: list[list[int]], row_first: list[bool] | None, mapping,
     to_model, to_column, columns = mapping
     out, targets, first, dropped = [], [], [], 0
     dev = device_of(model)
-    batch_size = batch_rows(model, rows, batch_size)
+    batch_size = batch_rows(model, batch_size, rows)
     for i in range(0, len(rows), batch_size):
         b = data.collate(rows[i:i + batch_size])
         logits = model(input_ids=to_model[b.input_ids].to(dev),

@@ -145,9 +145,9 @@ def test_measurements_in_passes_of_few_rows_equal_one_pass(compiled, monkeypatch
     pairs = np.array([[0, 1], [1, 2], [2, 3], [3, 0]])
     whole = (forgetting.text_loss(model, rows, scale=1.3), forgetting.logits_of(model, rows),
              forgetting.graph_fit(model, adj, pairs))
-    assert forgetting.batch_rows(model, rows, 32) == 32 > len(rows)
+    assert forgetting.batch_rows(model, 32, rows) == 32 > len(rows)
     monkeypatch.setattr(forgetting, "BATCH_LOGITS", 1)
-    assert forgetting.batch_rows(model, rows, 32) == 1
+    assert forgetting.batch_rows(model, 32, rows) == 1
     assert forgetting.text_loss(model, rows, scale=1.3) == pytest.approx(whole[0], rel=1e-6)
     logits, targets = forgetting.logits_of(model, rows)
     torch.testing.assert_close(logits, whole[1][0], atol=1e-5, rtol=1e-5)
