@@ -159,8 +159,8 @@ def dense_svd(p: np.ndarray, k: int, *, threads: int = 1
     return u, s, np.ascontiguousarray(v.T)
 
 
-def power_projections(a: sp.csr_array, x: np.ndarray, powers: list[int], workers: int = 1
-                      ) -> list[tuple[np.ndarray, int]]:
+def power_projections(a: sp.csr_array, x: np.ndarray, powers: list[int], workers: int = 1,
+                      x_rows: np.ndarray | None = None) -> list[tuple[np.ndarray, int]]:
     """xᵀ aᵖ x for each p, by repeated sparse products on the rows still reached.
 
     Row i of aᵖ x is zero unless a path of length p leaves i, and row i of (aᵀ)ᵖ x unless
@@ -175,9 +175,12 @@ def power_projections(a: sp.csr_array, x: np.ndarray, powers: list[int], workers
 
     Args:
         a: (n, n) sparse matrix with finite entries.
-        x: (n, j) dense block.
+        x: (n, j) dense block, or with x_rows any (N, j) block.
         powers: ascending powers >= 0 (repeats allowed); each extends the last.
         workers: threads for the row-block products; float bits do not depend on it.
+        x_rows: (n,) row of x for each row of a: the block is x[x_rows], read a slab or a
+            chunk at a time instead of gathered whole (a's support in a big embedding would
+            be a copy of most of it). The result equals passing x[x_rows], bit for bit.
 
     Returns:
         One (P, e) per power with xᵀ aᵖ x = 2^e · P, P (j, j) float64; all zero once no
@@ -187,8 +190,16 @@ def power_projections(a: sp.csr_array, x: np.ndarray, powers: list[int], workers
     problems = []
     if a.shape[0] != a.shape[1]:
         problems.append(f"a has shape {a.shape} (expected square)")
-    if x.ndim != 2 or x.shape[0] != a.shape[1]:
-        problems.append(f"x has shape {x.shape} (does not fit a of shape {a.shape})")
+    if x_rows is None:
+        if x.ndim != 2 or x.shape[0] != a.shape[1]:
+            problems.append(f"x has shape {x.shape} (does not fit a of shape {a.shape})")
+    else:
+        x_rows = np.asarray(x_rows)
+        if x.ndim != 2 or x_rows.shape != (a.shape[1],) or x_rows.dtype.kind not in "iu":
+            problems.append(f"x has shape {x.shape} and x_rows shape {x_rows.shape} dtype "
+                            f"{x_rows.dtype} (expected 2-d x and {a.shape[1]} integer rows)")
+        elif len(x_rows) and (x_rows.min() < 0 or x_rows.max() >= x.shape[0]):
+            problems.append(f"x_rows reach outside x's {x.shape[0]} rows")
     if any(q < 0 for q in steps) or steps != sorted(steps):
         problems.append(f"powers={list(powers)} (expected ascending and >= 0)")
     if a.nnz and not np.isfinite(a.data).all():
@@ -204,20 +215,21 @@ def power_projections(a: sp.csr_array, x: np.ndarray, powers: list[int], workers
     backward = (sum(_live_counts(back, steps)[q] for q in wanted)
                 < sum(_live_counts(a, steps)[q] for q in wanted))
     walk = back if backward else a
-    rows, y, shift, at = np.arange(x.shape[0]), x, 0, 0         # y = 2^-shift walkᵖ x on rows
+    # y = 2^-shift walkᵖ x on rows; at p = 0 it is x itself, read through x_rows
+    rows, y, shift, at = np.arange(a.shape[0]), x, 0, 0
     out = []
     with _Blocks(workers) as run:
         for q in steps:
             while at < q and len(rows):
                 sub = walk[:, rows]                             # (n, live): columns still reached
                 reached = np.flatnonzero(np.diff(sub.indptr))
-                y = _scaled(_spmm_wide(sub[reached], y, run))   # (live', j)
-                rows, shift, at = reached, shift + y[1], at + 1
+                y = _scaled(_spmm_wide(sub[reached], y, run, x_rows if at == 0 else None))
+                rows, shift, at = reached, shift + y[1], at + 1  # y: (live', j)
                 y = y[0]
             if at < q or not len(rows):                         # no path of length q
                 out.append((np.zeros((x.shape[1], x.shape[1])), 0))
                 continue
-            p = _cross(x, rows, y, run)                         # x[rows]ᵀ walkᵖ x
+            p = _cross(x, rows if x_rows is None else x_rows[rows], y, run)   # x[rows]ᵀ walkᵖ x
             out.append((np.ascontiguousarray(p.T) if backward else p, shift))
     return out
 
@@ -236,19 +248,26 @@ def _live_counts(a: sp.csr_array, powers: list[int]) -> dict[int, int]:
     return counts
 
 
-def _spmm_wide(b: sp.csr_array, x: np.ndarray, run: _Blocks = _SERIAL) -> np.ndarray:
-    """b @ x (float64) for float64 csr b and a float32 or float64 block x, widening x a
-    slab of columns at a time so no float64 copy of all of it is made."""
+def _spmm_wide(b: sp.csr_array, x: np.ndarray, run: _Blocks = _SERIAL,
+               rows: np.ndarray | None = None) -> np.ndarray:
+    """b @ x (float64) for float64 csr b and a float32 or float64 block x (or x[rows]),
+    widening and gathering x a slab of columns at a time so no float64 copy or gather of
+    all of it is made."""
     out = np.empty((b.shape[0], x.shape[1]))
-    if x.dtype == np.float64:
+    if x.dtype == np.float64 and rows is None:
         _spmm(b, np.ascontiguousarray(x), out, run)
         return out
-    slab = np.empty((b.shape[0], min(_SLAB, x.shape[1])))
+    n = x.shape[0] if rows is None else len(rows)
+    part = dest = None
     for start in range(0, x.shape[1], _SLAB):
-        part = np.ascontiguousarray(x[:, start : start + _SLAB], np.float64)   # (n, ≤ slab)
-        dest = slab[:, : part.shape[1]]
+        width = min(_SLAB, x.shape[1] - start)
+        if part is None or part.shape[1] != width:              # contiguous, both of them
+            part, dest = np.empty((n, width)), np.empty((b.shape[0], width))
+        for c in range(0, n, _CHUNK):                           # (n, width) float64, by chunks
+            idx = slice(c, c + _CHUNK) if rows is None else rows[c : c + _CHUNK]
+            part[c : c + _CHUNK] = x[idx, start : start + width]
         _spmm(b, part, dest, run)
-        out[:, start : start + part.shape[1]] = dest
+        out[:, start : start + width] = dest
     return out
 
 
@@ -438,6 +457,9 @@ def _congruent(g: np.ndarray, p: np.ndarray) -> np.ndarray:
 def _spmm(b: sp.csr_array, x: np.ndarray, out: np.ndarray, run: _Blocks = _SERIAL) -> None:
     """out = b @ x for csr b and C-contiguous blocks of its dtype, into out's memory; with
     workers, in row blocks of about equal entries (each row's sum is the same either way)."""
+    if not (x.flags.c_contiguous and out.flags.c_contiguous):
+        # the kernel writes through out.ravel(): on a strided view that is a copy, lost
+        raise ValueError("_spmm needs C-contiguous x and out")
     if _csr_matvecs is None:  # pragma: no cover
         np.copyto(out, b @ x)
         return

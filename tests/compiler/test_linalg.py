@@ -215,6 +215,34 @@ def test_power_projections_match_matrix_power():
         linalg.power_projections(a, x[:10], [1])
 
 
+def test_power_projections_float32_wider_than_a_slab_and_read_through_rows():
+    # 100 float32 columns widen in slabs of 64 and 36: every column must reach the product
+    # (a strided last slab once lost its 36 columns). x_rows reads a big block in place and
+    # must give the bits of the gathered block, with either walking direction and workers.
+    a = _power_law(60, 240, seed=23)
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((60, 100)).astype(np.float32)
+    dense, wide = a.toarray(), x.astype(np.float64)
+    got = linalg.power_projections(a, x, [1, 2])
+    for p, (proj, shift) in zip([1, 2], got):
+        want = wide.T @ np.linalg.matrix_power(dense, p) @ wide
+        np.testing.assert_allclose(np.ldexp(proj, shift), want, rtol=1e-10,
+                                   atol=1e-12 * np.abs(want).max())
+    big = rng.standard_normal((200, 100)).astype(np.float32)
+    rows = np.sort(rng.choice(200, 60, replace=False))
+    big[rows] = x
+    for m in (a, a.T.tocsr()):
+        for workers in (1, 2):
+            plain = linalg.power_projections(m, x, [1, 2, 5], workers=workers)
+            read = linalg.power_projections(m, big, [1, 2, 5], workers=workers, x_rows=rows)
+            for (p, e), (q, f) in zip(plain, read):
+                assert e == f and np.array_equal(p, q)
+    with pytest.raises(GraftError, match="x_rows"):
+        linalg.power_projections(a, big, [1], x_rows=rows[:10])
+    with pytest.raises(GraftError, match="outside"):
+        linalg.power_projections(a, big, [1], x_rows=rows + 150)
+
+
 def test_power_projections_walk_either_way():
     # Leaves 1..8 → hub 0 → 9: walking forward keeps 8 rows at p = 1, backward 2 (0 and 9);
     # the transpose flips that. Both must give xᵀ aᵖ x.
