@@ -113,3 +113,21 @@ def test_verify_recomputes_and_catches_tampering(typed, tmp_path):
     save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
     result = verify_checkpoint(bad)
     assert not result["pass"] and result["INTEGRITY"]["mismatched"] == ["model.norm.weight"]
+
+
+def test_padded_takes_a_tail_view_whole_and_copies_anything_else():
+    # The compiler moves E and H into (n + V, d) blocks so the state dict need not copy them
+    # again; anything that is not exactly such a tail (another dtype, a stride, non-zero
+    # special rows, a plain array) gets a fresh block with zero special rows.
+    from compiler.pack import padded
+    from compiler.types import SPECIAL_TOKENS
+    n = len(SPECIAL_TOKENS)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3) + 1
+    block = padded(x)
+    assert block.shape == (n + 4, 3) and not block[:n].any() and (block[n:] == x).all()
+    assert padded(block[n:]) is block
+    assert padded(block[n:].astype(np.float64)) is not block
+    assert padded(block[n::2]) is not block and padded(block[n + 1:]) is not block
+    block[0, 0] = 1.0
+    again = padded(block[n:])
+    assert again is not block and not again[:n].any() and (again[n:] == x).all()
