@@ -9,7 +9,9 @@ prompt is just particle names in plain words.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -96,10 +98,12 @@ def train(kind: str, model_dir: Path, data_path: Path, out: Path, *, method: str
           max_steps: int | None = None, epochs: float = 1.0, lr: float | None = None,
           batch_size: int = 4, beta: float = 0.1, rank: int = 8, alpha: int = 16,
           seed: int = 0, device: str = "auto", tokens: bool = False,
-          say: Callable[[str], None] = lambda _: None) -> dict:
+          adapter: Path | None = None, say: Callable[[str], None] = lambda _: None) -> dict:
     """Run TRL's SFT, DPO or reward trainer on `device` (auto: CUDA when torch sees it);
     the adapter or model is saved to `out`. `tokens`: the rows of a compiled checkpoint are
-    its token strings already (space-separated), not text to read into particles."""
+    its token strings already (space-separated), not text to read into particles.
+    `adapter`: a peft LoRA adapter of model_dir to train on instead of a fresh one (sft,
+    dpo); DPO's reference is then that adapter as it was, not the bare model."""
     from graph.runtime import resolve_device
     device = resolve_device(device)
     from datasets import Dataset
@@ -107,6 +111,9 @@ def train(kind: str, model_dir: Path, data_path: Path, out: Path, *, method: str
     from transformers import AutoTokenizer
     if method not in ("lora", "full"):
         raise GraftError(f"--method {method}: expected lora or full")
+    if adapter is not None and (kind == "reward" or method != "lora"):
+        raise GraftError(f"{adapter}: an adapter to continue needs sft or dpo with "
+                         f"--method lora (got {kind}, {method})")
     model_dir, out = Path(model_dir), Path(out)
     rows = read_rows(data_path, kind)
     convert = None if tokens else particle_text(model_dir)
@@ -117,6 +124,9 @@ def train(kind: str, model_dir: Path, data_path: Path, out: Path, *, method: str
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = _model(kind, model_dir, tok)
+    if adapter is not None:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     torch.set_flush_denormal(True)
     # fp32 everywhere (TRL defaults to bf16); on CUDA the trainer places the model itself
     common = dict(output_dir=str(out), use_cpu=device == "cpu", bf16=False, fp16=False,
@@ -126,10 +136,16 @@ def train(kind: str, model_dir: Path, data_path: Path, out: Path, *, method: str
                   max_steps=max_steps if max_steps else -1, disable_tqdm=False,
                   learning_rate=lr if lr is not None else (2e-4 if method == "lora" else 1e-5))
     peft = (LoraConfig(r=rank, lora_alpha=alpha, task_type="SEQ_CLS" if kind == "reward"
-                       else "CAUSAL_LM", target_modules="all-linear") if method == "lora" else None)
+                       else "CAUSAL_LM", target_modules="all-linear")
+            if method == "lora" and adapter is None else None)
     trainer = _trainer(kind, model, tok, Dataset.from_list(rows), peft, common, beta)
-    result = trainer.train()
-    trainer.save_model(str(out))
+    with contextlib.redirect_stdout(sys.stderr):    # the Trainer prints its log dicts;
+        result = trainer.train()                     # stdout is for --json
+    if adapter is None:
+        trainer.save_model(str(out))
+    else:   # only the trained adapter: TRL's frozen reference copy ("ref") stays behind
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
+            str(out), selected_adapters=["default"])
     (out / "training_args.bin").unlink(missing_ok=True)   # a pickle: graft ships safetensors only
     tok.save_pretrained(str(out))
     for name in (LEXICON, "particles.json"):
@@ -138,6 +154,7 @@ def train(kind: str, model_dir: Path, data_path: Path, out: Path, *, method: str
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     record = {"kind": kind, "model": str(model_dir.resolve()), "data": str(Path(data_path)),
               "method": method, "device": device, "rows": len(rows),
+              "adapter": str(Path(adapter).resolve()) if adapter is not None else None,
               "steps": trainer.state.global_step,
               "first_loss": losses[0] if losses else None,
               "last_loss": losses[-1] if losses else None,

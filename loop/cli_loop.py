@@ -86,7 +86,8 @@ def cmd_cycle(args, say, emit) -> None:
                       ranker_kind=args.ranker_kind, fold_token=args.fold_token,
                       fold_inverse=args.fold_inverse, fold_pages=args.fold_pages,
                       hard_negative=args.hard_negative, warm_start=args.warm_start,
-                      same_fold=args.same_fold, text_embed=not args.no_text_embed)
+                      same_fold=args.same_fold, text_embed=not args.no_text_embed,
+                      dpo_pairs=args.dpo_pairs, dpo_steps=args.dpo_steps)
     with Store(args.db) as store:
         rows = run_cycles(store, cfg, say=say)
     page = write_report(rows, Path(args.out) / "report.html")
@@ -182,6 +183,10 @@ def add_commands(command) -> None:
     p.add_argument("--hard-negative", type=float, default=1.0, metavar="X", help="in the "
                    "ranker's fit a curator-rejected candidate counts as X candidates "
                    "(1: like any other)")
+    p.add_argument("--dpo-pairs", type=int, default=0, metavar="N", help="once curator "
+                   "decisions give N preference pairs (a source's accepted target over its "
+                   "rejected one), tuning goes on with DPO on them (default 0: never)")
+    p.add_argument("--dpo-steps", type=int, default=50, metavar="S", help="DPO steps a cycle")
     p.add_argument("--holdout", metavar="FILE", help="held-out links: eval MRR and precision")
     p.add_argument("--eval-queries", type=int, default=0, metavar="N", help="eval ranks a "
                    "seeded sample of N held-out links, each exactly (default 0: all of them)")

@@ -33,6 +33,7 @@ from compiler.types import CompileConfig
 from finetune.tune import TuneConfig
 from graph import sql_loop
 from graph.checkpoint import COMPILE_RECORD
+from graph.errors import GraftError
 from graph.store import Store
 from loop.extract import ExtractConfig
 from loop.linkrows import LinkRowConfig, tune_model
@@ -65,6 +66,9 @@ class CycleConfig:
     warm_start: bool = False        # compile from the previous cycle's subspace (compiler/warm.py)
     hard_negative: float = 1.0      # a curator-rejected candidate counts as this many in the fit
     text_embed: bool = True         # the ranker may use the MiniLM features (when installed)
+    dpo_pairs: int = 0              # once curator decisions give this many preference pairs,
+                                    # the tune step goes on with DPO on them (0: never)
+    dpo_steps: int = 50             # DPO steps per cycle
 
     @property
     def embed_cache(self) -> Path:
@@ -74,6 +78,9 @@ class CycleConfig:
 def run_cycles(store: Store, cfg: CycleConfig, say: Callable[[str], None] = lambda _: None
                ) -> list[dict]:
     """Run (or resume) cycles 1..cfg.cycles; returns each cycle's metrics."""
+    if cfg.dpo_pairs and cfg.tune.method != "lora":
+        raise GraftError(f"--dpo-pairs {cfg.dpo_pairs}: DPO goes on from the tuned LoRA "
+                         f"adapter; --method {cfg.tune.method} has none (use --method lora)")
     if cfg.corpus is None:
         corpus = store_corpus(store, cfg.out / "corpus.txt")
         say(f"corpus: the particles' own texts, written to {corpus}")
@@ -153,7 +160,6 @@ def store_corpus(store: Store, path: Path) -> Path:
     docs = [((name or "") + "\n" + blank.sub("\n", text.strip())).strip()
             for _, name, _, text in store.query(sql.EVAL_PARTICLES) if text and text.strip()]
     if not docs:
-        from graph.errors import GraftError
         raise GraftError("no --corpus given and no particle in the store has text: give "
                          "--corpus FILE, or ingest particles with a text field")
     body = "\n\n".join(docs) + "\n"
@@ -200,6 +206,7 @@ def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, reference:
           say) -> dict:
     from loop.approx import approximation_error
     r = tune_model(store, model, cfg.corpus, adapter, cfg.tune, cfg.link, say)
+    dpo = curator_dpo(store, model, adapter, cfg, say) if cfg.dpo_pairs else None
     approx = approximation_error(model, reference, cfg.corpus, cfg.tune, adapter=adapter)
     say(f"approximation error {approx['error']:.4f} over cycle 1's vocabulary "
         f"(first position of a document {approx['first']}, the rest {approx['rest']}); "
@@ -215,7 +222,57 @@ def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, reference:
             "temperature": r["before"]["temperature"],
             "tuned_heldout_loss": r["after"]["heldout_loss"],
             "graph_mrr_before": r["before"]["graph"]["mrr"],
-            "graph_mrr_after": r["after"]["graph"]["mrr"], "tune_steps": r["steps"]}
+            "graph_mrr_after": r["after"]["graph"]["mrr"], "tune_steps": r["steps"],
+            **({"dpo": dpo} if dpo is not None else {})}
+
+
+def curator_dpo(store: Store, model: Path, adapter: Path, cfg: CycleConfig, say) -> dict:
+    """Go on training the tuned adapter (and its other half, with link rows) with TRL's DPO
+    on the curators' decisions: for each source, every accepted target over every rejected
+    one (`finetune.trl_jobs.preference_pairs`), as the checkpoint's token strings. The
+    reference is the tuned adapter itself. The loop's own acceptances are not decisions.
+
+    The fold's model gets no DPO: every pair's chosen link is one a curator accepted, and
+    the fold hides those as labels (make_fold's `curated`), so DPO on them would teach the
+    fold its answers. The ranker's weights for the tuned features are therefore fitted on
+    a model without DPO; what DPO adds is measured by the cycle's eval (bench/curator.py)."""
+    import shutil
+    from finetune.trl_jobs import preference_pairs, train
+    from loop.linkrows import OTHER
+    decided = store.query(sql_loop.CURATOR_DECISIONS)
+    pairs = preference_pairs({"source": s, "target": t, "status": st} for s, t, st in decided)
+    tokens = _checkpoint_tokens(model)
+    rows = [{"prompt": tokens[r["prompt"]], "chosen": " " + tokens[r["chosen"]],
+             "rejected": " " + tokens[r["rejected"]]} for r in pairs
+            if all(r[k] in tokens for k in ("prompt", "chosen", "rejected"))]
+    if len(rows) < cfg.dpo_pairs:
+        say(f"DPO: {len(rows)} preference pairs from curator decisions (< {cfg.dpo_pairs})")
+        return {"pairs": len(rows), "skipped": f"{len(rows)} pairs (< {cfg.dpo_pairs})"}
+    data = adapter.parent / "preference.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = {"pairs": len(rows), "data": str(data)}
+    for part in [adapter] + ([adapter / OTHER] if (adapter / OTHER).exists() else []):
+        say(f"DPO on {len(rows)} curator preference pairs, from the adapter {part}")
+        trained = part.parent / f"{part.name}-dpo"
+        record = train("dpo", model, data, trained, max_steps=cfg.dpo_steps,
+                       batch_size=min(8, len(rows)), seed=cfg.tune.seed,
+                       device=cfg.tune.device, tokens=True, adapter=part)
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            (trained / name).replace(part / name)
+        shutil.rmtree(trained)
+        out["other" if part.name == OTHER else "adapter"] = {
+            k: record[k] for k in ("steps", "first_loss", "last_loss", "train_seconds")}
+    return out
+
+
+def _checkpoint_tokens(model: Path) -> dict[str, str]:
+    """particle id → its token string in a compiled checkpoint (particles.json order)."""
+    from transformers import AutoTokenizer
+    from graph.checkpoint import SPECIAL_TOKENS
+    particles = json.loads((model / "particles.json").read_text())
+    names = AutoTokenizer.from_pretrained(str(model)).convert_ids_to_tokens(
+        list(range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + len(particles))))
+    return dict(zip(particles, names))
 
 
 def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
@@ -224,7 +281,6 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     import numpy as np
 
     from compiler.compile import compile_snapshot
-    from graph.errors import GraftError
     from graph.snapshot import take_snapshot
     from loop.evaluate import load_graph
     from loop.ablate import fit_subsets, save_rankers
@@ -354,7 +410,6 @@ def cycle_folder(store: Store, db: Path, cycle: int | None = None) -> tuple[int,
     """(cycle, folder) of cycle `cycle` (default: the latest whose fit step is done): the
     folder holding its model, adapter, ranker and fold, as the journal recorded it (as given,
     or relative to the store's folder)."""
-    from graph.errors import GraftError
     rows = [r for r in cycle_metrics(store) if "fit" in r["steps"] and r.get("model")]
     if cycle is not None:
         rows = [r for r in rows if r["cycle"] == cycle]

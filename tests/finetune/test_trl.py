@@ -57,6 +57,32 @@ def test_rows_of_token_strings_train_as_they_are(typed, tmp_path):
     assert record["steps"] == 4 and record["last_loss"] < record["first_loss"]
 
 
+def test_dpo_continues_an_adapter_against_itself(typed, tmp_path):
+    # The loop's DPO goes on from the tuned adapter: its reference is that adapter, so the
+    # first loss is ln 2 exactly (policy = reference), and the saved adapter is the one
+    # trained (not TRL's frozen "ref" copy), loadable as the only adapter of the checkpoint.
+    from peft import PeftModel
+    first = train("sft", typed / "ckpt", typed / "sft.jsonl", tmp_path / "sft", max_steps=3,
+                  batch_size=len(SFT), lr=1e-2)
+    assert first["steps"] == 3
+    record = train("dpo", typed / "ckpt", typed / "pairs.jsonl", tmp_path / "dpo", max_steps=4,
+                   batch_size=len(PAIRS), lr=1e-2, adapter=tmp_path / "sft")
+    assert record["first_loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert record["last_loss"] < record["first_loss"]
+    assert record["adapter"] == str((tmp_path / "sft").resolve())
+    assert not (tmp_path / "dpo" / "ref").exists()
+    base = AutoModelForCausalLM.from_pretrained(str(typed / "ckpt"))
+    tok = AutoTokenizer.from_pretrained(str(typed / "ckpt"))
+    ids = tok("cat mammal paw", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = {name: PeftModel.from_pretrained(base, str(tmp_path / name)).eval()(ids).logits
+                  for name in ("sft", "dpo")}
+    assert not torch.allclose(logits["sft"], logits["dpo"])     # DPO moved the SFT adapter
+    with pytest.raises(GraftError, match="continue"):
+        train("reward", typed / "ckpt", typed / "pairs.jsonl", tmp_path / "r",
+              adapter=tmp_path / "sft")
+
+
 def test_full_sft_saves_a_loadable_model(typed, tmp_path):
     train("sft", typed / "ckpt", typed / "sft.jsonl", tmp_path / "full", method="full",
           max_steps=2, batch_size=2)

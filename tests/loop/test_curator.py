@@ -60,7 +60,7 @@ def test_the_curators_correction_maps_the_fold_to_what_they_accept():
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     """Cycle 1 accepts nothing (--curator); a curator accepts 10 proposals and rejects 30;
-    the loop auto-accepts one more pair; cycle 2 runs."""
+    the loop auto-accepts one more pair; cycle 2 runs, with DPO on the curator's pairs."""
     from loop.review import decide
     from tests.conftest import write_wiki
     from tests.loop.test_cycle import graft
@@ -77,11 +77,50 @@ def curated(tmp_path_factory):
         assert store.scalar("SELECT count(*) FROM proposals WHERE status <> 'pending'") == 0
         ids = [i for (i,) in store.query("SELECT id FROM proposals ORDER BY score DESC, id")]
         pairs = dict((i, (s, d)) for i, s, d in store.query("SELECT id, src, dst FROM proposals"))
-        decide(store, accept=ids[:10], reject=ids[10:40], reviewer="curator")
-        decide(store, accept=ids[40:41], reviewer="auto")
-    run = graft(root, *args, "--cycles", "2")
+        # the best proposal of 10 sources accepted, their second best and 20 more rejected:
+        # each of those sources gives DPO a preference pair
+        by_source: dict[str, list[int]] = {}
+        for i in ids:
+            by_source.setdefault(pairs[i][0], []).append(i)
+        two = [v[:2] for v in by_source.values() if len(v) >= 2][:10]
+        accept = [a for a, _ in two]
+        reject = [b for _, b in two]
+        rest = [i for i in ids if i not in accept and i not in reject]
+        reject += rest[:20]
+        decide(store, accept=accept, reject=reject, reviewer="curator")
+        decide(store, accept=rest[20:21], reviewer="auto")
+    assert len(accept) == 10
+    run = graft(root, *args, "--cycles", "2", "--dpo-pairs", "1", "--dpo-steps", "2")
     assert run.returncode == 0, run.stderr[-3000:]
-    return root, [pairs[i] for i in ids[:10]], pairs[ids[40]], json.loads(run.stdout)
+    return root, [pairs[i] for i in accept], pairs[rest[20]], json.loads(run.stdout)
+
+
+def test_curator_decisions_tune_the_next_adapter_by_dpo(curated):
+    # Cycle 2 goes on from its tuned adapter with DPO on the curators' pairs — each source's
+    # accepted target over its rejected ones, as the checkpoint's token strings — starting at
+    # the reference (the tuned adapter itself: loss ln 2); the loop's own acceptance is no
+    # decision. Cycle 1 had no decisions to learn from.
+    from finetune.trl_jobs import preference_pairs
+    from graph import sql_loop
+    from loop.cycle import _checkpoint_tokens
+    root, _, auto, _ = curated
+    with Store(root / "g.duckdb", create=False, read_only=True) as store:
+        tune = {n: json.loads(store.query(sql_loop.STEP_DONE, {"cycle": n, "step": "tune"})[0][0])
+                for n in (1, 2)}
+        decided = store.query(sql_loop.CURATOR_DECISIONS)
+    assert "dpo" not in tune[1]
+    want = preference_pairs({"source": s, "target": t, "status": st} for s, t, st in decided)
+    assert want and tune[2]["dpo"]["pairs"] == len(want)
+    assert all(r["chosen"] != auto[1] or r["prompt"] != auto[0] for r in want)
+    trained = tune[2]["dpo"]["adapter"]
+    assert trained["steps"] == 2 and trained["first_loss"] == pytest.approx(0.6931, abs=1e-3)
+    folder = root / "out" / "cycle-2"
+    tokens = _checkpoint_tokens(folder / "model")
+    rows = [json.loads(line) for line in (folder / "preference.jsonl").read_text().splitlines()]
+    assert rows == [{"prompt": tokens[r["prompt"]], "chosen": " " + tokens[r["chosen"]],
+                     "rejected": " " + tokens[r["rejected"]]} for r in want]
+    assert (folder / "adapter" / "adapter_model.safetensors").exists()
+    assert not (folder / "adapter-dpo").exists()
 
 
 def test_accepted_pairs_are_hidden_labels_of_the_next_fold(curated):
@@ -121,3 +160,14 @@ def test_decisions_that_do_not_order_the_estimates_move_only_their_level():
     out = apply(cal, est)
     assert abs(out.mean() - label.mean()) < 1e-3                 # the curators' level
     assert (np.diff(out[np.argsort(est)]) > 0).all()            # the fold's order, strictly
+
+
+def test_dpo_needs_a_lora_adapter_to_go_on_from(tmp_path):
+    from finetune.tune import TuneConfig
+    from graph.errors import GraftError
+    from loop.cycle import CycleConfig, run_cycles
+    cfg = CycleConfig(corpus=None, out=tmp_path / "out", dpo_pairs=1,
+                      tune=TuneConfig(method="full"))
+    with Store(tmp_path / "g.duckdb") as store, pytest.raises(GraftError, match="--method lora"):
+        run_cycles(store, cfg)
+    assert not (tmp_path / "out").exists()
