@@ -79,19 +79,32 @@ def to_particles(rows: list[dict], convert: Callable[[str], str], path: Path) ->
     return out
 
 
-def preference_pairs(decisions: Iterable[dict]) -> list[dict]:
+def preference_pairs(decisions: Iterable[dict], links: dict[str, list[str]] | None = None,
+                     per_rejection: int = 4) -> list[dict]:
     """Curator decisions → DPO rows: for each source, every accepted target is chosen over
     every rejected one. A decision is {"source": name, "target": name, "status":
-    "accepted"|"rejected"}; other statuses are ignored. Sorted, so the output is stable."""
+    "accepted"|"rejected"}; other statuses are ignored. Sorted, so the output is stable.
+
+    A review queue rarely holds two proposals of one source (cyberwiki, 3 cycles of 50: no
+    source had both an accepted and a rejected one), so with `links` ({source: targets it
+    links}, ground truth) each rejected target is also paired under up to `per_rejection`
+    of its source's linked targets — "p links q, not r" — picked by a hash of the pair, not
+    by name order."""
+    import hashlib
     by_source: dict[str, dict[str, set[str]]] = {}
     for d in decisions:
         if d["status"] in ("accepted", "rejected"):
             by_source.setdefault(d["source"], {"accepted": set(), "rejected": set()})[
                 d["status"]].add(d["target"])
-    return [{"prompt": s, "chosen": c, "rejected": r}
-            for s in sorted(by_source)
-            for c in sorted(by_source[s]["accepted"])
-            for r in sorted(by_source[s]["rejected"])]
+    rows = set()
+    for s, seen in by_source.items():
+        chosen = set(seen["accepted"])
+        if links and seen["rejected"]:
+            truth = sorted(set(links.get(s, ())) - seen["rejected"], key=lambda t: (
+                hashlib.blake2b(f"{s}\t{t}".encode(), digest_size=8).digest(), t))
+            chosen |= set(truth[:per_rejection])
+        rows |= {(s, c, r) for c in chosen for r in seen["rejected"] if c != r}
+    return [{"prompt": s, "chosen": c, "rejected": r} for s, c, r in sorted(rows)]
 
 
 def train(kind: str, model_dir: Path, data_path: Path, out: Path, *, method: str = "lora",

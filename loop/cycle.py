@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pyarrow as pa
+
 from compiler.types import CompileConfig
 from finetune.tune import TuneConfig
 from graph import sql_loop
@@ -226,21 +228,38 @@ def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, reference:
             **({"dpo": dpo} if dpo is not None else {})}
 
 
-def curator_dpo(store: Store, model: Path, adapter: Path, cfg: CycleConfig, say) -> dict:
+def curator_dpo(store: Store, model: Path, adapter: Path, cfg: CycleConfig, say,
+                fold: Store | None = None) -> dict:
     """Go on training the tuned adapter (and its other half, with link rows) with TRL's DPO
-    on the curators' decisions: for each source, every accepted target over every rejected
-    one (`finetune.trl_jobs.preference_pairs`), as the checkpoint's token strings. The
-    reference is the tuned adapter itself. The loop's own acceptances are not decisions.
+    on the curators' decisions (the loop's own acceptances are not decisions): a source's
+    accepted target over its rejected ones, and its ground-truth targets over each rejected
+    one (`finetune.trl_jobs.preference_pairs`), written as the checkpoint's token strings.
+    The reference is the tuned adapter itself.
 
-    The fold's model gets no DPO: every pair's chosen link is one a curator accepted, and
-    the fold hides those as labels (make_fold's `curated`), so DPO on them would teach the
-    fold its answers. The ranker's weights for the tuned features are therefore fitted on
-    a model without DPO; what DPO adds is measured by the cycle's eval (bench/curator.py)."""
+    fold: the fold's store, when this tunes the fold's model. Its pairs are the rejections
+    under the fold's own ground truth only: the accepted links are the fold's hidden labels
+    (make_fold's `curated`), and DPO on them would teach the fold its answers."""
     import shutil
     from finetune.trl_jobs import preference_pairs, train
     from loop.linkrows import OTHER
     decided = store.query(sql_loop.CURATOR_DECISIONS)
-    pairs = preference_pairs({"source": s, "target": t, "status": st} for s, t, st in decided)
+    if fold is not None:
+        decided = [d for d in decided if d[2] == "rejected"]
+    truth_store = fold if fold is not None else store
+    rejected = sorted({s for s, _, st in decided if st == "rejected"})
+    truth_store.register("source_view", pa.table({"particle": pa.array(rejected, pa.string())}))
+    try:
+        links: dict[str, list[str]] = {}
+        for s, t in truth_store.query(sql_loop.TRUTH_OF_SOURCES):
+            links.setdefault(s, []).append(t)
+    finally:
+        truth_store.unregister("source_view")
+    if fold is None:        # what a curator accepted is ground truth too
+        for s, t, st in decided:
+            if st == "accepted":
+                links.setdefault(s, []).append(t)
+    pairs = preference_pairs(({"source": s, "target": t, "status": st} for s, t, st in decided),
+                             links=links)
     tokens = _checkpoint_tokens(model)
     rows = [{"prompt": tokens[r["prompt"]], "chosen": " " + tokens[r["chosen"]],
              "rejected": " " + tokens[r["rejected"]]} for r in pairs
@@ -310,6 +329,8 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
             fold_cfg = replace(fold_cfg, warm_start=str((folder / "model").resolve()))
         compile_snapshot(fs, take_snapshot(fs), fold / "model", fold_cfg)
         tune_model(fs, fold / "model", cfg.corpus, fold / "adapter", cfg.tune, cfg.link, say)
+        fold_dpo = (curator_dpo(store, fold / "model", fold / "adapter", cfg, say, fold=fs)
+                    if cfg.dpo_pairs else None)
         graph = load_graph(fs)
         known = not_candidates(graph, fs)
     save_hidden(fold, hidden)
@@ -341,7 +362,7 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
             "fold_mrr": ranker.fit["mrr"],
             "weights": dict(zip(ranker.features, ranker.weights)),
             "fold_mrr_by_subset": {k: r.fit["mrr"] for k, r in subsets.items()},
-            "reliability": cal["reliability"]}
+            "reliability": cal["reliability"], **({"fold_dpo": fold_dpo} if fold_dpo else {})}
 
 
 def _extract(store: Store, model: Path, adapter: Path, ranker: Path | None, n: int,

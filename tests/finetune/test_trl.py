@@ -122,6 +122,19 @@ def test_curator_decisions_become_preference_pairs():
     assert preference_pairs(decisions) == [
         {"prompt": "cat", "chosen": "mammal", "rejected": "paw"},
         {"prompt": "cat", "chosen": "tail", "rejected": "paw"}]
+    # With ground truth, a rejection pairs under its source's links too (at most
+    # per_rejection of them, none that is itself rejected); a source with no rejection adds
+    # nothing, and "paw" now gets pairs from what paw links.
+    links = {"cat": ["animal", "paw", "whisker"], "dog": ["bone"], "paw": ["claw", "pad", "toe"]}
+    got = preference_pairs(decisions, links=links, per_rejection=2)
+    cat = {(r["chosen"], r["rejected"]) for r in got if r["prompt"] == "cat"}
+    assert cat == {("mammal", "paw"), ("tail", "paw"), ("animal", "paw"), ("whisker", "paw")}
+    paw = [r for r in got if r["prompt"] == "paw"]
+    assert len(paw) == 2 and {r["rejected"] for r in paw} == {"cat"}
+    assert {r["chosen"] for r in paw} < {"claw", "pad", "toe"}
+    assert not any(r["prompt"] == "dog" for r in got)
+    assert got == sorted(got, key=lambda r: (r["prompt"], r["chosen"], r["rejected"]))
+    assert got == preference_pairs(list(reversed(decisions)), links=links, per_rejection=2)
 
 
 def test_cli_tune_then_merge(typed, tmp_path, capsys):

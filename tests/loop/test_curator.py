@@ -97,24 +97,43 @@ def curated(tmp_path_factory):
 
 def test_curator_decisions_tune_the_next_adapter_by_dpo(curated):
     # Cycle 2 goes on from its tuned adapter with DPO on the curators' pairs — each source's
-    # accepted target over its rejected ones, as the checkpoint's token strings — starting at
-    # the reference (the tuned adapter itself: loss ln 2); the loop's own acceptance is no
-    # decision. Cycle 1 had no decisions to learn from.
+    # accepted target, and its ground-truth (ingest) targets, over its rejected ones, as the
+    # checkpoint's token strings — starting at the reference (the tuned adapter itself: loss
+    # ln 2); the loop's own acceptance is no decision. The fold's model gets the rejections
+    # under the fold's own links only: an accepted link is a hidden label there. Cycle 1
+    # had no decisions to learn from.
     from finetune.trl_jobs import preference_pairs
     from graph import sql_loop
     from loop.cycle import _checkpoint_tokens
-    root, _, auto, _ = curated
+    root, accepted, auto, _ = curated
     with Store(root / "g.duckdb", create=False, read_only=True) as store:
         tune = {n: json.loads(store.query(sql_loop.STEP_DONE, {"cycle": n, "step": "tune"})[0][0])
                 for n in (1, 2)}
+        fit = {n: json.loads(store.query(sql_loop.STEP_DONE, {"cycle": n, "step": "fit"})[0][0])
+               for n in (1, 2)}
         decided = store.query(sql_loop.CURATOR_DECISIONS)
-    assert "dpo" not in tune[1]
-    want = preference_pairs({"source": s, "target": t, "status": st} for s, t, st in decided)
-    assert want and tune[2]["dpo"]["pairs"] == len(want)
-    assert all(r["chosen"] != auto[1] or r["prompt"] != auto[0] for r in want)
+        truth = store.query("SELECT DISTINCT src, dst FROM cyberlinks WHERE origin = 'ingest'")
+    folder = root / "out" / "cycle-2"
+    with Store(folder / "fold" / "fold.duckdb", create=False, read_only=True) as fs:
+        fold_truth = fs.query("SELECT DISTINCT src, dst FROM cyberlinks WHERE origin = 'ingest'")
+    assert "dpo" not in tune[1] and "fold_dpo" not in fit[1]
+    links: dict[str, list[str]] = {}
+    for s, t in truth + [(s, t) for s, t, st in decided if st == "accepted"]:
+        links.setdefault(s, []).append(t)
+    decisions = [{"source": s, "target": t, "status": st} for s, t, st in decided]
+    want = preference_pairs(decisions, links=links)
+    assert tune[2]["dpo"]["pairs"] == len(want)
+    assert any((r["prompt"], r["chosen"]) in set(accepted) for r in want)
+    assert not any((r["prompt"], r["chosen"]) == auto for r in want)
+    fold_links: dict[str, list[str]] = {}
+    for s, t in fold_truth:
+        fold_links.setdefault(s, []).append(t)
+    fold_want = preference_pairs([d for d in decisions if d["status"] == "rejected"],
+                                 links=fold_links)
+    assert fit[2]["fold_dpo"]["pairs"] == len(fold_want) > 0
+    assert not any((r["prompt"], r["chosen"]) in set(accepted) for r in fold_want)
     trained = tune[2]["dpo"]["adapter"]
     assert trained["steps"] == 2 and trained["first_loss"] == pytest.approx(0.6931, abs=1e-3)
-    folder = root / "out" / "cycle-2"
     tokens = _checkpoint_tokens(folder / "model")
     rows = [json.loads(line) for line in (folder / "preference.jsonl").read_text().splitlines()]
     assert rows == [{"prompt": tokens[r["prompt"]], "chosen": " " + tokens[r["chosen"]],
