@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from finetune import trl_jobs  # noqa: E402
 from finetune.tune import TuneConfig  # noqa: E402
-from graph.checkpoint import SPECIAL_TOKENS  # noqa: E402
 from graph.store import Store  # noqa: E402
 from loop import ablate, evaluate  # noqa: E402
 from loop.fold import make_fold  # noqa: E402
@@ -57,7 +57,7 @@ def dpo_pairs(graph: evaluate.EvalGraph, tokens: dict[str, str], per_page: int, 
     pos = {p: i for i, p in enumerate(graph.index)}
     token = {pos[p]: t for p, t in tokens.items() if p in pos}
     rng = np.random.default_rng(seed)
-    rows = []
+    keys = []
     for p in range(len(graph.index)):
         if p not in token:
             continue
@@ -66,26 +66,17 @@ def dpo_pairs(graph: evaluate.EvalGraph, tokens: dict[str, str], per_page: int, 
         if not linked or not m - linked:
             continue
         pairs = [(c, r) for c in sorted(linked) for r in sorted(m - linked)]
-        for i in rng.permutation(len(pairs))[:per_page]:
-            c, r = pairs[i]
-            rows.append({"prompt": token[p], "chosen": " " + token[c],
-                         "rejected": " " + token[r]})
-    return rows
+        keys += [(p, *pairs[i]) for i in rng.permutation(len(pairs))[:per_page]]
+    return trl_jobs.token_rows(keys, token)
 
 
 def retune_dpo(store_path: Path, model: Path, out: Path, steps: int, lr: float | None,
                rank: int, per_page: int) -> dict:
     """`graft dpo` (finetune/trl_jobs.py, TRL's DPO trainer) on dpo_pairs of the store, a
     LoRA on the compiled model; the rows are token strings already."""
-    from transformers import AutoTokenizer
-    from finetune import trl_jobs
     with Store(store_path, read_only=True, create=False) as store:
         graph = evaluate.load_graph(store)
-    tok = AutoTokenizer.from_pretrained(str(model))
-    particles = json.loads((model / "particles.json").read_text())
-    names = tok.convert_ids_to_tokens(list(range(len(SPECIAL_TOKENS),
-                                                 len(SPECIAL_TOKENS) + len(particles))))
-    rows = dpo_pairs(graph, dict(zip(particles, names)), per_page, 0)
+    rows = dpo_pairs(graph, trl_jobs.checkpoint_tokens(model), per_page, 0)
     print(f"dpo: {len(rows)} pairs from {store_path}, e.g. {rows[0]}")
     out.mkdir(parents=True, exist_ok=True)
     data = out.parent / f"{out.name}.pairs.jsonl"

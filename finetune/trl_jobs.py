@@ -10,6 +10,7 @@ prompt is just particle names in plain words.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
 from collections.abc import Callable, Iterable
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from graph.checkpoint import LEXICON
+from graph.checkpoint import LEXICON, SPECIAL_TOKENS
 from graph.errors import GraftError
 from graph.formats import json_lines
 
@@ -79,6 +80,24 @@ def to_particles(rows: list[dict], convert: Callable[[str], str], path: Path) ->
     return out
 
 
+def checkpoint_tokens(model_dir: Path) -> dict[str, str]:
+    """particle id → its token string in a compiled checkpoint (particle i of particles.json
+    is token len(SPECIAL_TOKENS) + i)."""
+    from transformers import AutoTokenizer
+    particles = json.loads((Path(model_dir) / "particles.json").read_text())
+    names = AutoTokenizer.from_pretrained(str(model_dir)).convert_ids_to_tokens(
+        list(range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + len(particles))))
+    return dict(zip(particles, names))
+
+
+def token_rows(pairs: Iterable[tuple], tokens: dict) -> list[dict]:
+    """(prompt, chosen, rejected) keys → DPO rows of a checkpoint's token strings, as
+    `train(..., tokens=True)` reads them (a leading space keeps the answer apart); rows
+    naming a key without a token are left out."""
+    return [{"prompt": tokens[p], "chosen": " " + tokens[c], "rejected": " " + tokens[r]}
+            for p, c, r in pairs if p in tokens and c in tokens and r in tokens]
+
+
 def preference_pairs(decisions: Iterable[dict], links: dict[str, list[str]] | None = None,
                      per_rejection: int = 4) -> list[dict]:
     """Curator decisions → DPO rows: for each source, every accepted target is chosen over
@@ -90,7 +109,6 @@ def preference_pairs(decisions: Iterable[dict], links: dict[str, list[str]] | No
     links}, ground truth) each rejected target is also paired under up to `per_rejection`
     of its source's linked targets — "p links q, not r" — picked by a hash of the pair, not
     by name order."""
-    import hashlib
     by_source: dict[str, dict[str, set[str]]] = {}
     for d in decisions:
         if d["status"] in ("accepted", "rejected"):

@@ -114,9 +114,9 @@ CURATOR_DECISIONS = """
     SELECT DISTINCT src, dst, status FROM proposals
     WHERE status <> 'pending' AND coalesce(reviewer, '') <> 'auto' ORDER BY src, dst
 """
-# Ground-truth targets of some sources (source_view): a rejected proposal's DPO "chosen".
+# Ground-truth targets of some sources (Store.of_ids): a rejected proposal's DPO "chosen".
 TRUTH_OF_SOURCES = """
-    SELECT DISTINCT l.src, l.dst FROM cyberlinks l JOIN source_view s ON l.src = s.particle
+    SELECT DISTINCT l.src, l.dst FROM cyberlinks l JOIN id_view s ON l.src = s.particle
     WHERE l.origin IN ('ingest', 'curator') AND l.valence >= 0 ORDER BY l.src, l.dst
 """
 # Per cycle: proposals people decided, how many they accepted, their mean confidence.

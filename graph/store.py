@@ -115,13 +115,13 @@ class Store:
 
     def names_of(self, particles: list[str]) -> dict[str, str]:
         """The names the particles table holds for these ids (unnamed ones are left out)."""
-        return {p: n for p, n in self._of_ids(particles, sql.NAMES_OF) if n}
+        return {p: n for p, n in self.of_ids(particles, sql.NAMES_OF) if n}
 
     def aliases_of(self, particles: list[str]) -> dict[str, list[str]]:
         """The aliases the particles table holds for these ids (ones without are left out)."""
-        return {p: list(a) for p, a in self._of_ids(particles, sql.ALIASES_OF)}
+        return {p: list(a) for p, a in self.of_ids(particles, sql.ALIASES_OF)}
 
-    def _of_ids(self, particles: list[str], statement: str) -> list[tuple]:
+    def of_ids(self, particles: list[str], statement: str) -> list[tuple]:
         """Run `statement` against the id list exposed as `id_view(particle)`."""
         self.register("id_view", pa.table({"particle": pa.array(particles, pa.string())}))
         try:

@@ -29,8 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import pyarrow as pa
-
 from compiler.types import CompileConfig
 from finetune.tune import TuneConfig
 from graph import sql_loop
@@ -240,30 +238,23 @@ def curator_dpo(store: Store, model: Path, adapter: Path, cfg: CycleConfig, say,
     under the fold's own ground truth only: the accepted links are the fold's hidden labels
     (make_fold's `curated`), and DPO on them would teach the fold its answers."""
     import shutil
-    from finetune.trl_jobs import preference_pairs, train
+    from finetune.trl_jobs import checkpoint_tokens, preference_pairs, token_rows, train
     from loop.linkrows import OTHER
     decided = store.query(sql_loop.CURATOR_DECISIONS)
     if fold is not None:
         decided = [d for d in decided if d[2] == "rejected"]
-    truth_store = fold if fold is not None else store
     rejected = sorted({s for s, _, st in decided if st == "rejected"})
-    truth_store.register("source_view", pa.table({"particle": pa.array(rejected, pa.string())}))
-    try:
-        links: dict[str, list[str]] = {}
-        for s, t in truth_store.query(sql_loop.TRUTH_OF_SOURCES):
-            links.setdefault(s, []).append(t)
-    finally:
-        truth_store.unregister("source_view")
+    links: dict[str, list[str]] = {}
+    for s, t in (fold or store).of_ids(rejected, sql_loop.TRUTH_OF_SOURCES):
+        links.setdefault(s, []).append(t)
     if fold is None:        # what a curator accepted is ground truth too
         for s, t, st in decided:
             if st == "accepted":
                 links.setdefault(s, []).append(t)
     pairs = preference_pairs(({"source": s, "target": t, "status": st} for s, t, st in decided),
                              links=links)
-    tokens = _checkpoint_tokens(model)
-    rows = [{"prompt": tokens[r["prompt"]], "chosen": " " + tokens[r["chosen"]],
-             "rejected": " " + tokens[r["rejected"]]} for r in pairs
-            if all(r[k] in tokens for k in ("prompt", "chosen", "rejected"))]
+    rows = token_rows(((r["prompt"], r["chosen"], r["rejected"]) for r in pairs),
+                      checkpoint_tokens(model))
     if len(rows) < cfg.dpo_pairs:
         say(f"DPO: {len(rows)} preference pairs from curator decisions (< {cfg.dpo_pairs})")
         return {"pairs": len(rows), "skipped": f"{len(rows)} pairs (< {cfg.dpo_pairs})"}
@@ -282,16 +273,6 @@ def curator_dpo(store: Store, model: Path, adapter: Path, cfg: CycleConfig, say,
         out["other" if part.name == OTHER else "adapter"] = {
             k: record[k] for k in ("steps", "first_loss", "last_loss", "train_seconds")}
     return out
-
-
-def _checkpoint_tokens(model: Path) -> dict[str, str]:
-    """particle id → its token string in a compiled checkpoint (particles.json order)."""
-    from transformers import AutoTokenizer
-    from graph.checkpoint import SPECIAL_TOKENS
-    particles = json.loads((model / "particles.json").read_text())
-    names = AutoTokenizer.from_pretrained(str(model)).convert_ids_to_tokens(
-        list(range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + len(particles))))
-    return dict(zip(particles, names))
 
 
 def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:

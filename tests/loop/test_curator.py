@@ -102,9 +102,8 @@ def test_curator_decisions_tune_the_next_adapter_by_dpo(curated):
     # ln 2); the loop's own acceptance is no decision. The fold's model gets the rejections
     # under the fold's own links only: an accepted link is a hidden label there. Cycle 1
     # had no decisions to learn from.
-    from finetune.trl_jobs import preference_pairs
+    from finetune.trl_jobs import checkpoint_tokens, preference_pairs
     from graph import sql_loop
-    from loop.cycle import _checkpoint_tokens
     root, accepted, auto, _ = curated
     with Store(root / "g.duckdb", create=False, read_only=True) as store:
         tune = {n: json.loads(store.query(sql_loop.STEP_DONE, {"cycle": n, "step": "tune"})[0][0])
@@ -134,7 +133,7 @@ def test_curator_decisions_tune_the_next_adapter_by_dpo(curated):
     assert not any((r["prompt"], r["chosen"]) in set(accepted) for r in fold_want)
     trained = tune[2]["dpo"]["adapter"]
     assert trained["steps"] == 2 and trained["first_loss"] == pytest.approx(0.6931, abs=1e-3)
-    tokens = _checkpoint_tokens(folder / "model")
+    tokens = checkpoint_tokens(folder / "model")
     rows = [json.loads(line) for line in (folder / "preference.jsonl").read_text().splitlines()]
     assert rows == [{"prompt": tokens[r["prompt"]], "chosen": " " + tokens[r["chosen"]],
                      "rejected": " " + tokens[r["rejected"]]} for r in want]
