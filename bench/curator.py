@@ -17,7 +17,9 @@ Per cycle it prints: reviewed, decided, accepted, the estimated precision of the
 (their mean calibrated confidence) against the measured (accepted / decided) and the share of
 the reviewed that are hidden links of either half (what a curator who knew them all would
 accept); how many pending proposals `--accept-precision 0.8` would have accepted and their
-precision against all the hidden links; test MRR and Hits@10 beside unlinked mentions; the
+precision against all the hidden links, and the same once the curator has worked the
+queue's top (`graft review --accept-precision` re-estimates the rest from every decision so
+far, this cycle's too); test MRR and Hits@10 beside unlinked mentions; the
 approximation error at a document's first position and KL(tuned ‖ compiled); wall time.
 
 Usage:
@@ -98,6 +100,24 @@ def at_precision(store: Store, cycle: int, hidden: set[tuple[str, str]], p: floa
             "max_confidence": round(max((c for _, c in ranked), default=0.0), 4)}
 
 
+def after_review(store: Store, cycle: int, hidden: set[tuple[str, str]], p: float) -> dict:
+    """What `graft review --accept-precision p` would accept of the cycle's still pending
+    proposals once the curator has worked the top of the queue: every confidence re-estimated
+    from the decisions so far, this cycle's too (loop.review.pending_confidence); nothing is
+    written."""
+    from loop.calibrate import accept_count
+    from loop.review import pending_confidence
+    ranked, fix = pending_confidence(store, cycle)
+    n = accept_count([c for _, c in ranked], p)
+    pairs = dict((i, (s, d)) for i, s, d in store.query(
+        "SELECT id, src, dst FROM proposals WHERE cycle = $cycle", {"cycle": cycle}))
+    hits = sum(pairs[i] in hidden for i, _ in ranked[:n])
+    return {"count": n, "estimated": round(sum(c for _, c in ranked[:n]) / n, 4) if n else None,
+            "measured": round(hits / n, 4) if n else None,
+            "max_confidence": round(ranked[0][1], 4) if ranked else 0.0,
+            "decisions": fix["reviewed"] if fix else 0}
+
+
 def graft(*args: str, log: Path) -> None:
     with open(log, "a") as out:
         subprocess.run(["graft", *args], check=True, stdout=out, stderr=subprocess.STDOUT,
@@ -173,13 +193,14 @@ def main() -> None:
             review = curator_review(store, n, key, args.k, hidden,
                                     abstain=hidden - key if args.test_pairs == "abstain"
                                     else frozenset())
+            after = after_review(store, n, hidden, args.precision)
         curated.append({"cycle": n, "cycle_seconds": round(time.perf_counter() - start, 1),
-                        "review": review, "at_precision": would})
+                        "review": review, "at_precision": would, "after_review": after})
         print(f"cycle {n}: reviewed {review['reviewed']}, decided {review['decided']}, "
               f"accepted {review['accepted']} "
               f"(estimated {review['estimated']}, measured {review['measured']}, hidden "
               f"links {review['hidden_share']}); at "
-              f"{args.precision}: {would}", flush=True)
+              f"{args.precision}: {would}; after the review: {after}", flush=True)
     from loop.cycle import cycle_metrics
     with Store(db, create=False, read_only=True) as store:
         rows = cycle_metrics(store)
@@ -193,16 +214,17 @@ def table(rows: list[dict], curated: list[dict], mentions: dict, p: float) -> st
         return "–" if x is None else f"{x:.{digits}f}"
     out = [f"| cycle | reviewed | decided | accepted | est. precision | measured | hidden share | "
            f"accepted at {p} | "
-           f"its est. | its measured | test MRR | Hits@10 | mentions MRR | approx. error "
+           f"its est. | its measured | after review: at {p} | its est. | its measured | test MRR | Hits@10 | mentions MRR | approx. error "
            "(first) | KL(tuned ‖ compiled) | wall s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, c in zip(rows, curated):
-        rv, ap = c["review"], c["at_precision"]
+        rv, ap, af = c["review"], c["at_precision"], c["after_review"]
         out.append(f"| {r['cycle']} | {rv['reviewed']} | {rv.get('decided', '–')} | "
                    f"{rv['accepted']} | "
                    f"{f(rv['estimated'], 2)} | {f(rv['measured'], 2)} | "
                    f"{f(rv.get('hidden_share'), 2)} | {ap['count']} | "
-                   f"{f(ap['estimated'], 2)} | {f(ap['measured'], 2)} | {f(r.get('eval_mrr'))} | "
+                   f"{f(ap['estimated'], 2)} | {f(ap['measured'], 2)} | {af['count']} | "
+                   f"{f(af['estimated'], 2)} | {f(af['measured'], 2)} | {f(r.get('eval_mrr'))} | "
                    f"{f(r.get('eval_hits10'))} | {f(mentions['mrr'])} | "
                    f"{f(r.get('approximation_error_first'))} | {f(r.get('kl_tuned_compiled'))} | "
                    f"{c['cycle_seconds']:.0f} |")

@@ -68,6 +68,15 @@ PROPOSALS_BY_CONFIDENCE = """
     SELECT id, confidence FROM proposals WHERE status = 'pending'
     AND ($cycle IS NULL OR cycle = $cycle) ORDER BY confidence DESC, score DESC, id
 """
+# pending proposals with the fold's estimate each got (before any curator correction)
+PENDING_FOLD_CONFIDENCE = """
+    SELECT id, TRY_CAST(json_extract(evidence, '$.fold_confidence') AS DOUBLE), confidence, score
+    FROM proposals WHERE status = 'pending' AND ($cycle IS NULL OR cycle = $cycle)
+"""
+PROPOSALS_SET_CONFIDENCE = """
+    UPDATE proposals SET confidence = conf_view.confidence FROM conf_view
+    WHERE proposals.id = conf_view.id AND proposals.status = 'pending'
+"""
 PROPOSAL_ID = "SELECT id FROM proposals WHERE cycle = $cycle AND src = $src AND dst = $dst"
 PROPOSALS_UNKNOWN = "SELECT id FROM id_view WHERE id NOT IN (SELECT id FROM proposals) ORDER BY id"
 PROPOSALS_DECIDE = """

@@ -5,16 +5,25 @@ The ranker's softmax probability P(q | p) says how q compares with p's other can
 how likely q is a link at all: a page with one missing link and a page with none both give
 their best candidate a high share. On the fold the answer is known, so every source's top
 candidates — the pairs the extractor would propose — are labelled (is it a hidden link?) and
-an isotonic regression (scikit-learn) maps the ranker's probability to the observed share,
-monotone and within [0, 1]. Acceptance by estimated precision (`accept_count`) then takes
-proposals best first while the mean confidence of those taken stays at the target.
+a logistic map of the probability's logit (Platt scaling, scikit-learn) gives the observed
+share: smooth, strictly increasing, within (0, 1). Acceptance by estimated precision
+(`accept_count`) then takes proposals best first while the mean confidence of those taken
+stays at the target.
+
+Why not an isotonic map (the first version): it is a step function, and the steps are
+widest where proposals are — on cyberwiki the 200 most confident proposals of a cycle shared
+one value (0.25) while their measured precision fell from 0.80 (best 10) to 0.40, so no
+proposal could be told above another, and a correction fitted on curators' decisions about
+one step had nothing to order them by (on WordNet it then put every pending proposal at the
+curators' 0.77, where 0.36 were links).
 
 Links still missing from the fold count as negatives there, as they do in the store, so the
 fold's estimate is low by however many links the store itself lacks — which the fold cannot
 know (cyberwiki: the most confident proposals read 0.28 where 0.60 of them were held-out
-links). Curators can: once they have reviewed proposals of earlier cycles, a logistic
-correction fitted on what they decided (`curator_correction`) maps the fold's estimate to the
-share curators accept, and every later confidence goes through it.
+links). Curators can: once they have reviewed proposals, a correction fitted on what they
+decided (`curator_correction`) maps the fold's estimate to the share curators accept; every
+later confidence goes through it, and `graft review --accept-precision` re-estimates the
+pending proposals with every decision made so far (loop/review.py).
 """
 from __future__ import annotations
 
@@ -23,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 TOP = 5                        # candidates per fold source labelled (the extractor's per_source)
 PER_BIN = 100                  # fold pairs pooled per isotonic input point
 MIN_REVIEWED = 30              # curator decisions (of both kinds) before they correct the fold
+MIN_SLOPE = 100                # ... before the correction may change the fold's spread, not just its level
 MIN_COLD = 10                  # true links among a fold's pages without links for their own map
 
 
@@ -103,6 +112,26 @@ def _top(score: np.ndarray, cand: np.ndarray, top: int) -> tuple[np.ndarray, np.
 
 def fit_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None,
                     per_bin: int = PER_BIN) -> dict:
+    """{"a", "b"}: the share of true links at ranker probability p is σ(a·logit(p) + b),
+    fitted by weighted logistic regression (scikit-learn) on the labelled pairs; `weight` per
+    pair (default 1). Where the fit finds no increasing relation (a ≤ 0), the isotonic map
+    of `isotonic_calibration` instead ({"x", "y"}), so the map is monotone either way."""
+    from sklearn.linear_model import LogisticRegression
+    prob, label = np.asarray(prob, dtype=np.float64), np.asarray(label, dtype=np.float64)
+    weight = np.ones(len(prob)) if weight is None else np.asarray(weight, dtype=np.float64)
+    counts = {"pairs": int(len(prob)), "positives": int(label.sum())}
+    if label.min(initial=0) == label.max(initial=0):
+        return {**isotonic_calibration(prob, label, weight, per_bin), **counts}
+    fit = LogisticRegression(C=1e4, max_iter=1000).fit(_logit(prob)[:, None], label,
+                                                       sample_weight=weight)
+    a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    if a <= 0:
+        return {**isotonic_calibration(prob, label, weight, per_bin), **counts}
+    return {"a": a, "b": b, **counts}
+
+
+def isotonic_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None,
+                         per_bin: int = PER_BIN) -> dict:
     """{"x", "y"}: an isotonic map from the ranker's probability to the share of true links,
     as the knots np.interp applies (clipped at both ends); `weight` per pair (default 1).
 
@@ -127,22 +156,35 @@ def fit_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | No
             "pairs": int(len(prob)), "positives": int(label.sum())}
 
 
+def _mapped(fit: dict, prob: np.ndarray) -> np.ndarray:
+    """One fold map applied: the logistic {"a", "b"}, or an isotonic {"x", "y"} (stores
+    calibrated before the logistic map, and the fallback) — both monotone."""
+    if "a" in fit:
+        return _sigmoid(fit["a"] * _logit(prob) + fit["b"])
+    return np.interp(prob, fit["x"], fit["y"])
+
+
 def apply(calibration: dict | None, prob: np.ndarray, curator: bool = True,
           cold: np.ndarray | bool | None = None) -> np.ndarray:
     """Calibrated confidence of ranker probabilities (the probabilities themselves without a
-    calibration): the fold's isotonic map — its map for pages without links where `cold`
-    and the calibration has one — then the curators' correction when the calibration has
-    one (and `curator`)."""
+    calibration): the fold's map — its map for pages without links where `cold` and the
+    calibration has one — then the curators' correction when the calibration has one (and
+    `curator`)."""
     prob = np.asarray(prob, dtype=np.float64)
-    if not calibration or not calibration.get("x"):
+    if not calibration or not ("a" in calibration or calibration.get("x")):
         return prob
-    est = np.interp(prob, calibration["x"], calibration["y"])
+    est = _mapped(calibration, prob)
     own = calibration.get("cold")
     if own and cold is not None and np.any(cold):
         mask = np.broadcast_to(np.asarray(cold, dtype=bool), prob.shape)
-        est = np.where(mask, np.interp(prob, own["x"], own["y"]), est)
+        est = np.where(mask, _mapped(own, prob), est)
     fix = calibration.get("curator") if curator else None
-    return est if not fix else _sigmoid(fix["a"] * _logit(est) + fix["b"])
+    return est if not fix else corrected(fix, est)
+
+
+def corrected(fix: dict, est: np.ndarray) -> np.ndarray:
+    """The fold's estimates `est` through a curators' correction (curator_correction)."""
+    return _sigmoid(fix["a"] * _logit(est) + fix["b"])
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -173,19 +215,23 @@ def _shift(logits: np.ndarray, mean: float) -> float:
     return (lo + hi) / 2
 
 
-def curator_correction(est: np.ndarray, label: np.ndarray, minimum: int = MIN_REVIEWED
-                       ) -> dict | None:
+def curator_correction(est: np.ndarray, label: np.ndarray, minimum: int = MIN_REVIEWED,
+                       slope: int = MIN_SLOPE) -> dict | None:
     """{"a", "b", "reviewed", "accepted", "estimated", "observed"}: observed = σ(a·logit(est)
-    + b), fitted (scikit-learn) on curator decisions; when the fit finds no increasing
-    relation, a = 1 and b moves the mean estimate to the share accepted, so the order is
-    always the fold's. None with fewer than `minimum` decisions or only one kind."""
+    + b), fitted on curator decisions. Below `slope` decisions (or when the fit finds no
+    increasing relation) a = 1 and b moves the mean estimate to the share accepted: the
+    fold's order and spread, the curators' level — what a few dozen decisions about the top
+    of one queue can say. From `slope` decisions on, a logistic regression (scikit-learn)
+    fits both. None with fewer than `minimum` decisions or only one kind."""
     from sklearn.linear_model import LogisticRegression
     est, label = np.asarray(est, dtype=np.float64), np.asarray(label, dtype=np.float64)
     if len(est) < minimum or label.min() == label.max():
         return None
     x = _logit(est)[:, None]
-    fit = LogisticRegression(C=1.0).fit(x, label)
-    a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    a = 0.0
+    if len(est) >= slope:
+        fit = LogisticRegression(C=1.0).fit(x, label)
+        a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
     if a <= 0:
         # The decisions do not order the estimates (the reviewed are a narrow, top slice):
         # keep the fold's order and spread, and move the level to what curators accepted —
@@ -262,6 +308,7 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
     pages) when both hold MIN_COLD true links:
     their best candidates are far likelier links than a linked page's (a new note lacks all
     its links), and one map for both puts the two at one rate."""
+    import torch
     cold_src = features.graph.cold() if features is not None else None
     with torch.no_grad():
         prob, label, cold = fold_pairs(q, ranker, cold=cold_src)

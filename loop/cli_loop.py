@@ -50,8 +50,12 @@ def cmd_review(args, say, emit) -> None:
                             accept_precision=args.accept_precision,
                             reviewer=args.reviewer, neuron=args.neuron, token=args.token,
                             stake_scale=args.stake_scale)
-            emit(result.__dict__, f"decided {len(result.decided)} proposal(s); "
-                                  f"{result.staked} link(s) staked by {args.neuron}")
+            fix = result.reestimated
+            emit(result.__dict__, (f"pending confidence re-estimated from {fix['reviewed']} "
+                                   f"curator decisions ({fix['observed']:.2f} accepted where "
+                                   f"the fold estimated {fix['estimated']:.2f})\n" if fix else "")
+                 + f"decided {len(result.decided)} proposal(s); "
+                   f"{result.staked} link(s) staked by {args.neuron}")
             return
         status = None if args.status == "all" else args.status
         rows = list_proposals(store, status=status, cycle=args.cycle, limit=args.limit)
@@ -145,7 +149,8 @@ def add_commands(command) -> None:
     p.add_argument("--accept-above", type=float, metavar="X", help="accept pending with score ≥ X")
     p.add_argument("--accept-precision", type=float, metavar="P", help="accept the most "
                    "confident pending proposals while their mean calibrated confidence (the "
-                   "estimated precision) stays ≥ P")
+                   "estimated precision) stays ≥ P; the pending are first re-estimated from "
+                   "every curator decision so far (30 or more)")
     p.add_argument("--status", choices=["pending", "accepted", "rejected", "all"],
                    default="pending")
     p.add_argument("--cycle", type=int, help="only this cycle's proposals")

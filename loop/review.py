@@ -28,6 +28,7 @@ EXTRACTOR = "graft-extractor"      # the neuron that signs accepted proposals
 class Decision:
     decided: list[int]             # proposal ids whose status changed
     staked: int                    # links written
+    reestimated: dict | None = None  # the curators' correction the pending were re-estimated by
 
 
 def add_proposals(store: Store, proposals: Iterable[Proposal], cycle: int, model: str,
@@ -96,10 +97,13 @@ def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
         if accept_above is not None:
             accept += [i for (i,) in store.query(sql_loop.PROPOSALS_ABOVE, {
                 "threshold": accept_above, "cycle": cycle})]
+        fix = None
         if accept_precision is not None:
             from loop.calibrate import accept_count
-            ranked = [r for r in store.query(sql_loop.PROPOSALS_BY_CONFIDENCE, {"cycle": cycle})
-                      if r[0] not in reject]
+            ranked, fix = pending_confidence(store, cycle)
+            if fix:                                 # what curators have decided, up to now
+                _set_confidence(store, ranked)
+            ranked = [r for r in ranked if r[0] not in reject]
             accept += [i for i, _ in ranked[:accept_count([c for _, c in ranked],
                                                           accept_precision)]]
         for status, ids in (("accepted", accept), ("rejected", reject)):
@@ -107,7 +111,43 @@ def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
                 decided += _set_status(store, ids, status, reviewer)
         scale = stake_scale or store.scalar(sql_loop.TRUTH_MEDIAN_AMOUNT)
         staked = _stake(store, neuron, token, scale, int(time.time()) if at is None else at)
-    return Decision(decided=sorted(decided), staked=staked)
+    return Decision(decided=sorted(decided), staked=staked, reestimated=fix)
+
+
+def pending_confidence(store: Store, cycle: int | None = None
+                       ) -> tuple[list[tuple[int, float]], dict | None]:
+    """([(id, confidence)] of the pending proposals (of `cycle`), most confident first, then
+    by score; the curators' correction used or None).
+
+    Each confidence is re-estimated from every curator decision so far — this cycle's too
+    (loop.calibrate.curator_correction of the fold's estimate each proposal got): a curator
+    who has worked the top of the queue has told the calibration what the fold could not
+    (its level), and the rest of the queue is then judged by it. With too few decisions, or
+    proposals without a fold's estimate, the stored confidence stands."""
+    import numpy as np
+
+    from loop.calibrate import corrected, curator_correction, curator_labels
+    rows = store.query(sql_loop.PENDING_FOLD_CONFIDENCE, {"cycle": cycle})
+    fix = curator_correction(*curator_labels(store))
+    conf = {i: c for i, _, c, _ in rows}
+    if fix:
+        est = [(i, f) for i, f, _, _ in rows if f is not None]
+        if est:
+            new = corrected(fix, np.array([f for _, f in est], dtype=np.float64))
+            conf.update((i, float(c)) for (i, _), c in zip(est, new))
+    order = sorted(rows, key=lambda r: (-conf[r[0]], -r[3], r[0]))
+    return [(r[0], conf[r[0]]) for r in order], fix
+
+
+def _set_confidence(store: Store, ranked: list[tuple[int, float]]) -> None:
+    if not ranked:
+        return
+    store.register("conf_view", pa.table({"id": pa.array([i for i, _ in ranked], pa.int32()),
+                                          "confidence": [c for _, c in ranked]}))
+    try:
+        store.execute(sql_loop.PROPOSALS_SET_CONFIDENCE)
+    finally:
+        store.unregister("conf_view")
 
 
 def _check_known(store: Store, ids: list[int]) -> None:

@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
-from loop.calibrate import accept_count, apply, fit_calibration, fold_pairs, reliability
+from loop.calibrate import (accept_count, apply, fit_calibration, fold_pairs,
+                            isotonic_calibration, reliability)
 from loop.fit import FitQueries
 from loop.rank import Ranker
 
 
-def test_isotonic_map_is_monotone_and_bounded():
+@pytest.mark.parametrize("fit", [fit_calibration, isotonic_calibration])
+def test_the_fold_map_is_monotone_and_bounded(fit):
     rng = np.random.default_rng(0)
     prob = rng.random(2000)
     label = (rng.random(2000) < prob ** 2).astype(float)      # truth: P(link) = p²
-    cal = fit_calibration(prob, label)
+    cal = fit(prob, label)
     grid = np.linspace(-0.5, 1.5, 201)
     est = apply(cal, grid)
     assert (np.diff(est) >= 0).all() and est.min() >= 0 and est.max() <= 1
@@ -91,3 +94,58 @@ def test_pages_without_links_get_their_own_map():
     assert abs(cold_est - 0.9) < 0.1 and warm_est < 0.5
     assert apply(cal, at, cold=True)[0] == cold_est          # one flag for every pair
     np.testing.assert_array_equal(apply(cal, at), apply(cal, at, cold=False))
+
+
+def test_the_fold_map_recovers_a_logistic_truth():
+    from loop.calibrate import _logit, _sigmoid
+    rng = np.random.default_rng(0)
+    prob = rng.uniform(0.01, 0.99, 20000)
+    label = (rng.random(20000) < _sigmoid(2 * _logit(prob) - 1)).astype(float)
+    cal = fit_calibration(prob, label)
+    assert abs(cal["a"] - 2) < 0.15 and abs(cal["b"] + 1) < 0.15
+    grid = np.linspace(0, 1, 201)
+    est = apply(cal, grid)
+    assert (np.diff(est) > 0).all() and 0 < est.min() and est.max() < 1   # strictly: no ties
+    # a weight counts as that many copies of the pair
+    twice = fit_calibration(np.r_[prob[:500], prob[:500]], np.r_[label[:500], label[:500]])
+    weighted = fit_calibration(prob[:500], label[:500], np.full(500, 2.0))
+    assert abs(twice["a"] - weighted["a"]) < 1e-3 and abs(twice["b"] - weighted["b"]) < 1e-3
+
+
+def test_a_fold_without_an_increasing_relation_gets_the_isotonic_map():
+    rng = np.random.default_rng(0)
+    prob = rng.random(2000)
+    label = (rng.random(2000) < 0.5 - prob / 4).astype(float)   # likelier at low probability
+    cal = fit_calibration(prob, label)
+    assert "a" not in cal and cal["x"]
+    est = apply(cal, np.linspace(0, 1, 101))
+    assert (np.diff(est) >= 0).all() and 0 <= est.min() and est.max() <= 1
+
+
+def test_review_re_estimates_the_queue_from_every_decision_so_far(tmp_path):
+    from graph.store import Store
+    from loop.calibrate import corrected, curator_correction
+    from loop.extract import Proposal
+    from loop.review import add_proposals, decide, pending_confidence
+    fold = np.linspace(0.30, 0.05, 100)                 # the fold's estimates, best first
+    props = [Proposal(f"s{i:03d}", f"t{i:03d}", -i / 100, float(f), 0.0, 0.0, None, None,
+                      {"fold_confidence": float(f)}) for i, f in enumerate(fold)]
+    with Store(tmp_path / "g.duckdb") as store:
+        add_proposals(store, props, 1, "model", None)
+        ids = [i for (i,) in store.query("SELECT id FROM proposals ORDER BY score DESC")]
+        assert pending_confidence(store, 1)[1] is None        # no decision yet: as stored
+        # the curator works the top 40: 30 of them are links (the fold said 0.25)
+        decide(store, accept=ids[:40:4] + ids[1:40:4] + ids[2:40:4], reject=ids[3:40:4],
+               at=1)
+        ranked, fix = pending_confidence(store, 1)
+        assert fix == curator_correction(fold[:40], np.array([1., 1., 1., 0.] * 10))
+        assert fix["a"] == 1.0 and fix["observed"] == 0.75   # 40 decisions: the level only
+        assert [i for i, _ in ranked] == ids[40:]             # the fold's order kept
+        np.testing.assert_allclose([c for _, c in ranked], corrected(fix, fold[40:]))
+        result = decide(store, accept_precision=0.6, cycle=1, at=2)
+        assert result.reestimated == fix
+        taken = accept_count([c for _, c in ranked], 0.6)
+        assert 0 < taken < 60 and result.decided == sorted(ids[40:40 + taken])
+        stored = dict(store.query("SELECT id, confidence FROM proposals WHERE id IN "
+                                  f"({', '.join(map(str, ids[40:]))})"))
+        np.testing.assert_allclose([stored[i] for i in ids[40:]], corrected(fix, fold[40:]))
