@@ -1,7 +1,7 @@
 """bench/curator.py: the key/test split and the simulated curator are deterministic."""
 from __future__ import annotations
 
-from bench.curator import curator_review, split_key
+from bench.curator import abstainer, curator_review, key_side, split_key
 from graph.store import Store
 from loop.extract import Proposal
 from loop.review import add_proposals
@@ -51,10 +51,23 @@ def test_a_curator_who_abstains_on_test_pairs_leaves_them_pending(tmp_path):
     key = {("s0", "t3"), ("s1", "t4"), ("s2", "t8"), ("s0", "t0")}
     test = {("s0", "t9")}
     with _store(tmp_path / "g.duckdb") as store:
-        review = curator_review(store, 1, key, k=5, hidden=key | test, abstain=test)
+        review = curator_review(store, 1, key, k=5, hidden=key | test,
+                                abstain=abstainer("abstain", key, key | test, seed=0))
         status = dict(((s, d), st) for s, d, st in store.query(
             "SELECT src, dst, status FROM proposals"))
     assert review["reviewed"] == 5 and review["decided"] == 4 and review["accepted"] == 3
     assert review["measured"] == 0.75                  # 3 of the 4 decided, not 3 of 5
     assert review["estimated"] == round((0.4 + 0.3 + 0.3 + 0.2) / 4, 4)
     assert status[("s0", "t9")] == "pending" and status[("s2", "t2")] == "rejected"
+
+
+def test_a_balanced_curator_decides_a_seeded_half_of_the_wrong_pairs_too():
+    pairs = [(f"s{i}", f"t{i}") for i in range(4000)]
+    side = [key_side(p, seed=1) for p in pairs]
+    assert side == [key_side(p, seed=1) for p in pairs] != [key_side(p, seed=2) for p in pairs]
+    assert abs(sum(side) / len(side) - 0.5) < 0.03
+    key, test = {pairs[0], pairs[1]}, {pairs[2]}
+    leave = abstainer("balanced", key, key | test, seed=1)
+    assert not leave(pairs[0]) and leave(pairs[2])            # the key decided, the test left
+    assert [leave(p) for p in pairs[3:]] == [not s for s in side[3:]]
+    assert not any(abstainer("reject", key, key | test, seed=1)(p) for p in pairs[:10])
