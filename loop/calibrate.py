@@ -40,32 +40,30 @@ MIN_SLOPE = 100                # ... before the correction may change the fold's
 MIN_COLD = 10                  # true links among a fold's pages without links for their own map
 
 
-def fold_pairs(q, ranker, top: int = TOP, cold: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probability (n,), label (n,), cold (n,)) of each fold source's `top` best candidates
-    under `ranker`: its softmax probability over the source's candidates, 1 when the pair is
-    a hidden link of that source, and whether the source is cold — `cold` (P,) by index
-    position, e.g. a page with no out-link left in the fold (all False without it)."""
+def fold_pairs(q, ranker, top: int = TOP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probability (n,), label (n,), source (n,)) of each fold source's `top` best
+    candidates under `ranker`: its softmax probability over the source's candidates, 1 when
+    the pair is a hidden link of that source, and the source's index position (−1 where the
+    queries do not record it)."""
     from loop.fit import source_lists
     cols = [q.names.index(n) for n in ranker.features]
-    probs, labels, colds = [], [], []
+    probs, labels, srcs = [], [], []
     for s, cand, targets in source_lists(q):
         p, best = _top(ranker.score(q.x[s][None, :, cols].numpy())[0], cand, top)
         probs.append(p)
         labels.append(np.isin(best, targets).astype(np.float64))
-        is_cold = cold is not None and q.sources is not None and bool(cold[q.sources[s]])
-        colds.append(np.full(len(p), is_cold))
-    return np.concatenate(probs), np.concatenate(labels), np.concatenate(colds)
+        srcs.append(np.full(len(p), -1 if q.sources is None else int(q.sources[s])))
+    return np.concatenate(probs), np.concatenate(labels), np.concatenate(srcs)
 
 
 def other_pairs(features, known, ranker, sources: np.ndarray, top: int = TOP,
-                cold: np.ndarray | None = None, candidates: bool = False
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """The `top` best candidates' probabilities of fold sources without a hidden link (all
-    negatives): most sources of a store have no missing link, and calibrating on the sources
-    that do made every confident proposal look right (cyberwiki: estimated precision 0.90,
-    measured 0.28). `candidates`: each source's softmax runs over its candidates only
-    (loop/candidates.py), as when the ranker was fitted over candidate slots."""
+                candidates: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(probability (n,), source (n,)) of the `top` best candidates of fold sources without
+    a hidden link (all negatives): most sources of a store have no missing link, and
+    calibrating on the sources that do made every confident proposal look right (cyberwiki:
+    estimated precision 0.90, measured 0.28). `candidates`: each source's softmax runs over
+    its candidates only (loop/candidates.py), as when the ranker was fitted over candidate
+    slots."""
     from graph.runtime import block_pool
     if candidates:                  # each source's candidates only, as a candidate scan
         from loop.extract import candidate_top
@@ -73,30 +71,46 @@ def other_pairs(features, known, ranker, sources: np.ndarray, top: int = TOP,
         with block_pool() as blocks_map:
             found = list(blocks_map(lambda i: candidate_top(
                 features, ranker, sources[i:i + 256], masked, top), range(0, len(sources), 256)))
-        src = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
-        return (np.exp(np.concatenate([f[2] for f in found])) if found else np.zeros(0),
-                np.zeros(len(src), dtype=bool) if cold is None else cold[src].astype(bool))
+        if not found:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        return (np.exp(np.concatenate([f[2] for f in found])),
+                np.concatenate([f[0] for f in found]).astype(np.int64))
 
     def chunk_top(i: int) -> tuple[list, list]:
         chunk = sources[i:i + 256]
         scores = features.scores(chunk, ranker)                               # (B, P)
-        out, colds = [], []
+        out, srcs = [], []
         for j, s in enumerate(chunk):
             cand = np.ones(scores.shape[1], dtype=bool)
             cand[s] = False
             cand[known[[s]].nonzero()[1]] = False
             p = _top(scores[j], cand, top)[0]
             out.append(p)
-            colds.append(np.full(len(p), cold is not None and bool(cold[s])))
-        return out, colds
+            srcs.append(np.full(len(p), int(s)))
+        return out, srcs
 
     with block_pool() as blocks_map:
         done = list(blocks_map(chunk_top, range(0, len(sources), 256)))
     out = [p for part, _ in done for p in part]
-    colds = [c for _, part in done for c in part]
+    srcs = [c for _, part in done for c in part]
     if not out:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    return np.concatenate(out), np.concatenate(colds)
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    return np.concatenate(out), np.concatenate(srcs).astype(np.int64)
+
+
+def named(graph) -> np.ndarray:
+    """(P,) log(1 + how many distinct particles each page's text names): what tells a note
+    that lacks its links from a page with nothing to link — on cyberwiki the pages without a
+    link name a median 2 particles in 41 characters, those with 3 or more links 19 in 421."""
+    from loop.textstats import mentions
+    return np.log1p(np.diff(mentions(graph)[0].tocsr().indptr)).astype(np.float64)
+
+
+def context_of(calibration: dict | None, graph) -> np.ndarray | None:
+    """(P,) the source context `apply` needs for `calibration` (its cold map's use of
+    `named`), or None when it needs none."""
+    own = (calibration or {}).get("cold") or {}
+    return named(graph) if "c" in own else None
 
 
 def _top(score: np.ndarray, cand: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,23 +125,26 @@ def _top(score: np.ndarray, cand: np.ndarray, top: int) -> tuple[np.ndarray, np.
 
 
 def fit_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None,
-                    per_bin: int = PER_BIN) -> dict:
+                    per_bin: int = PER_BIN, context: np.ndarray | None = None) -> dict:
     """{"a", "b"}: the share of true links at ranker probability p is σ(a·logit(p) + b),
     fitted by weighted logistic regression (scikit-learn) on the labelled pairs; `weight` per
-    pair (default 1). Where the fit finds no increasing relation (a ≤ 0), the isotonic map
-    of `isotonic_calibration` instead ({"x", "y"}), so the map is monotone either way."""
+    pair (default 1). With `context` (n,) — a property of each pair's source (`named`) — the
+    map is σ(a·logit(p) + c·context + b) ({"a", "b", "c"}). Where the fit finds no
+    increasing relation with p (a ≤ 0), the isotonic map of `isotonic_calibration` instead
+    ({"x", "y"}), so the map is monotone in p either way."""
     from sklearn.linear_model import LogisticRegression
     prob, label = np.asarray(prob, dtype=np.float64), np.asarray(label, dtype=np.float64)
     weight = np.ones(len(prob)) if weight is None else np.asarray(weight, dtype=np.float64)
     counts = {"pairs": int(len(prob)), "positives": int(label.sum())}
     if label.min(initial=0) == label.max(initial=0):
         return {**isotonic_calibration(prob, label, weight, per_bin), **counts}
-    fit = LogisticRegression(C=1e4, max_iter=1000).fit(_logit(prob)[:, None], label,
-                                                       sample_weight=weight)
+    x = _logit(prob)[:, None] if context is None else np.c_[_logit(prob), context]
+    fit = LogisticRegression(C=1e4, max_iter=1000).fit(x, label, sample_weight=weight)
     a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
     if a <= 0:
         return {**isotonic_calibration(prob, label, weight, per_bin), **counts}
-    return {"a": a, "b": b, **counts}
+    return {"a": a, "b": b, **({} if context is None else {"c": float(fit.coef_[0, 1])}),
+            **counts}
 
 
 def isotonic_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None,
@@ -156,28 +173,38 @@ def isotonic_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray
             "pairs": int(len(prob)), "positives": int(label.sum())}
 
 
-def _mapped(fit: dict, prob: np.ndarray) -> np.ndarray:
-    """One fold map applied: the logistic {"a", "b"}, or an isotonic {"x", "y"} (stores
-    calibrated before the logistic map, and the fallback) — both monotone."""
+def _mapped(fit: dict, prob: np.ndarray, context: np.ndarray | float | None = None
+            ) -> np.ndarray:
+    """One fold map applied: the logistic {"a", "b"} (+ "c" × `context`), or an isotonic
+    {"x", "y"} (stores calibrated before the logistic map, and the fallback) — both
+    monotone in the probability."""
     if "a" in fit:
-        return _sigmoid(fit["a"] * _logit(prob) + fit["b"])
+        z = fit["a"] * _logit(prob) + fit["b"]
+        if "c" in fit:
+            if context is None:
+                raise ValueError("this calibration's map needs each source's context "
+                                 "(loop.calibrate.context_of)")
+            z = z + fit["c"] * np.asarray(context, dtype=np.float64)
+        return _sigmoid(z)
     return np.interp(prob, fit["x"], fit["y"])
 
 
 def apply(calibration: dict | None, prob: np.ndarray, curator: bool = True,
-          cold: np.ndarray | bool | None = None) -> np.ndarray:
+          cold: np.ndarray | bool | None = None,
+          context: np.ndarray | float | None = None) -> np.ndarray:
     """Calibrated confidence of ranker probabilities (the probabilities themselves without a
     calibration): the fold's map — its map for pages without links where `cold` and the
-    calibration has one — then the curators' correction when the calibration has one (and
+    calibration has one, which may weigh each source's `context` (per pair, `named`; see
+    context_of) — then the curators' correction when the calibration has one (and
     `curator`)."""
     prob = np.asarray(prob, dtype=np.float64)
     if not calibration or not ("a" in calibration or calibration.get("x")):
         return prob
-    est = _mapped(calibration, prob)
+    est = _mapped(calibration, prob, context)
     own = calibration.get("cold")
     if own and cold is not None and np.any(cold):
         mask = np.broadcast_to(np.asarray(cold, dtype=bool), prob.shape)
-        est = np.where(mask, _mapped(own, prob), est)
+        est = np.where(mask, _mapped(own, prob, context), est)
     fix = calibration.get("curator") if curator else None
     return est if not fix else corrected(fix, est)
 
@@ -242,10 +269,11 @@ def curator_correction(est: np.ndarray, label: np.ndarray, minimum: int = MIN_RE
 
 
 def reliability(prob: np.ndarray, label: np.ndarray, calibration: dict, bins: int = 10,
-                weight: np.ndarray | None = None) -> list[dict]:
+                weight: np.ndarray | None = None, context: np.ndarray | None = None
+                ) -> list[dict]:
     """Per bin of estimated confidence: its mean estimate, the observed (weighted) share, the
     number of pairs."""
-    est = apply(calibration, prob)
+    est = apply(calibration, prob, context=context)
     weight = np.ones(len(est)) if weight is None else np.asarray(weight, dtype=np.float64)
     edges = np.linspace(0, 1, bins + 1)
     out = []
@@ -309,29 +337,35 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
     their best candidates are far likelier links than a linked page's (a new note lacks all
     its links), and one map for both puts the two at one rate."""
     import torch
-    cold_src = features.graph.cold() if features is not None else None
     with torch.no_grad():
-        prob, label, cold = fold_pairs(q, ranker, cold=cold_src)
+        prob, label, src = fold_pairs(q, ranker)
         weight = np.ones(len(prob))
         if features is not None and sources is not None and len(sources):
             n = min(len(sources), max(1, q.x.shape[0]))
             pick = np.sort(np.random.default_rng(seed).choice(sources, n, replace=False))
-            other, other_cold = other_pairs(features, known, ranker, pick, cold=cold_src,
-                                            candidates=q.columns is not None)
+            other, other_src = other_pairs(features, known, ranker, pick,
+                                           candidates=q.columns is not None)
             prob = np.concatenate([prob, other])
             label = np.concatenate([label, np.zeros(len(other))])
             weight = np.concatenate([weight, np.full(len(other), len(sources) / n)])
-            cold = np.concatenate([cold, other_cold])
+            src = np.concatenate([src, other_src])
+    cold = np.zeros(len(prob), dtype=bool)
+    if features is not None:
+        cold = (src >= 0) & features.graph.cold()[np.maximum(src, 0)]
     split = label[cold].sum() >= MIN_COLD and label[~cold].sum() >= MIN_COLD
     rest = ~cold if split else np.ones(len(prob), dtype=bool)
     cal = fit_calibration(prob[rest], label[rest], weight[rest])
     cal["reliability"] = reliability(prob[rest], label[rest], cal, weight=weight[rest])
     if split:
-        own = fit_calibration(prob[cold], label[cold], weight[cold])
+        # a page without links that names many particles is a note that lacks its links; one
+        # that names few, a page with nothing to link (cyberwiki's tag pages)
+        ctx = named(features.graph)[src[cold]]
+        own = fit_calibration(prob[cold], label[cold], weight[cold], context=ctx)
         cal["cold"] = {**own, "reliability": reliability(prob[cold], label[cold], own,
-                                                         weight=weight[cold])}
+                                                         weight=weight[cold], context=ctx)}
         say(f"calibration: pages without links get their own map ({own['positives']} true "
-            f"links among {own['pairs']} of their top candidates)")
+            f"links among {own['pairs']} of their top candidates"
+            + (f"; {own['c']:+.2f} per log particle their text names)" if "c" in own else ")"))
     fix = curator_correction(*curator) if curator is not None else None
     if fix:
         cal["curator"] = fix

@@ -192,8 +192,11 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     # probability over many likely targets, so by score alone its proposals (the likeliest
     # of all: its map says so) would never reach the top K.
     cal = ranker.fit.get("calibration")
-    from loop.calibrate import apply
-    conf = apply(cal, np.exp(vals), cold=cold[src]) if cal else np.zeros(len(vals))
+    from loop.calibrate import apply, context_of
+    context = context_of(cal, graph)                  # (P,) or None: what the maps weigh
+    at = (lambda rows: None) if context is None else (lambda rows: context[rows])
+    conf = (apply(cal, np.exp(vals), cold=cold[src], context=at(src)) if cal
+            else np.zeros(len(vals)))
     order = _capped(np.lexsort((dst, src, -vals, -conf)), dst, cfg.per_target, cfg.top_k)
     if scan == "candidates" and len(order):                # log-probabilities, as shown
         fvals[order] = feats.pairs(src[order], dst[order], names)
@@ -204,8 +207,10 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     alike = linking_neighbours(feats, src[order], dst[order]) if "text_neighbours" in names \
         else [[] for _ in order]
     tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
-    confidence = apply(cal, np.exp(vals[order]), cold=cold[src[order]])       # (k,)
-    fold_only = apply(cal, np.exp(vals[order]), curator=False, cold=cold[src[order]])
+    confidence = apply(cal, np.exp(vals[order]), cold=cold[src[order]],
+                       context=at(src[order]))                                   # (k,)
+    fold_only = apply(cal, np.exp(vals[order]), curator=False, cold=cold[src[order]],
+                      context=at(src[order]))
     out = []
     for n, i in enumerate(order):
         qk, delta = heads[n] if heads[n] is not None else (None, None)

@@ -73,7 +73,7 @@ def suggest(store: Store, db: Path, name: str, markdown: str, flavor: str = "obs
     are left out."""
     import torch
 
-    from loop.calibrate import apply
+    from loop.calibrate import apply, context_of
     from loop.cycle import cycle_folder
     from loop.evaluate import load_graph
     from loop.rank import Features, Ranker
@@ -103,7 +103,10 @@ def suggest(store: Store, db: Path, name: str, markdown: str, flavor: str = "obs
     prob /= prob.sum()
     best = np.argsort(-score, kind="stable")[:min(top, int(cand.sum()))]
     cold = bool(graph.cold()[p]) and not own_links       # no [[link]] in the note either
-    confidence = apply(ranker.fit.get("calibration"), prob[best], cold=cold)
+    cal = ranker.fit.get("calibration")
+    context = context_of(cal, graph)                    # the note's own, when the map asks
+    confidence = apply(cal, prob[best], cold=cold,
+                       context=None if context is None else context[p])
     shares = ranker.contributions(x[best].astype(np.float64))
     names = dict(store.query("SELECT particle, name FROM particles"))
     alike = (linking_neighbours(feats, np.full(len(best), p), best)

@@ -37,8 +37,8 @@ def test_fold_pairs_label_each_sources_top_candidates():
     mask = torch.tensor([[False, True, True, True, True], [True, True, True, True, False]])
     q = FitQueries(("indegree",), x, row=torch.tensor([0, 1]), target=torch.tensor([3, 0]),
                    mask=mask)
-    prob, label, cold = fold_pairs(q, Ranker(("indegree",), (1.0,)), top=2)
-    assert not cold.any()                                      # no cold map asked for
+    prob, label, src = fold_pairs(q, Ranker(("indegree",), (1.0,)), top=2)
+    assert (src == -1).all()                                   # the queries record no sources
     # source 0: candidates 1..4, best 2 (5) then 3 (4); source 1: 0..3 (4 is not a candidate)
     e = np.exp([5., 4., 2., 1.])
     f = np.exp([3., 2., 1., 0.])
@@ -149,3 +149,21 @@ def test_review_re_estimates_the_queue_from_every_decision_so_far(tmp_path):
         stored = dict(store.query("SELECT id, confidence FROM proposals WHERE id IN "
                                   f"({', '.join(map(str, ids[40:]))})"))
         np.testing.assert_allclose([stored[i] for i in ids[40:]], corrected(fix, fold[40:]))
+
+
+def test_the_cold_map_weighs_how_much_a_page_names():
+    from loop.calibrate import _logit, _sigmoid
+    rng = np.random.default_rng(1)
+    prob = rng.uniform(0.01, 0.99, 20000)
+    names = np.log1p(rng.integers(0, 40, 20000))          # log(1 + particles the text names)
+    # a page naming nothing has nothing to link; one naming many lacks its links
+    label = (rng.random(20000) < _sigmoid(_logit(prob) + 1.5 * names - 4)).astype(float)
+    own = fit_calibration(prob, label, context=names)
+    assert abs(own["a"] - 1) < 0.15 and abs(own["c"] - 1.5) < 0.15 and abs(own["b"] + 4) < 0.3
+    cal = {**fit_calibration(prob, label), "cold": own}
+    at = np.array([0.9, 0.9, 0.9])
+    tag_page, note, linked = apply(cal, at, cold=np.array([True, True, False]),
+                                   context=np.log1p([0, 30, 30]))
+    assert tag_page < 0.2 < 0.8 < note and linked == apply(cal, at[:1])[0]
+    with pytest.raises(ValueError, match="context"):
+        apply(cal, at, cold=True)
