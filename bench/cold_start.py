@@ -8,7 +8,7 @@ estimated precision (mean confidence), the measured precision against the remove
 the cycle's eval of them (graft against unlinked mentions).
 
 Usage: python bench/cold_start.py --work W [--seed 1] [--precision 0.8]
-       [--fold-pages 0,0.05]                                          (needs ../shared)
+       [--fold-pages 0,0.05] [--per-source 5]                          (needs ../shared)
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from graph.store import Store  # noqa: E402
 CYBERWIKI = ROOT.parent / "shared" / "data" / "cyberwiki"
 
 
-def run(work: Path, seed: int, precision: float, fold_pages: float) -> dict:
+def run(work: Path, seed: int, precision: float, fold_pages: float,
+        per_source: int = 5) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     db, log = work / "g.duckdb", open(work / "log.txt", "w")
@@ -44,7 +45,7 @@ def run(work: Path, seed: int, precision: float, fold_pages: float) -> dict:
     graft("cycle", "--cycles", "1", "--out", str(work / "out"), "--corpus",
           str(CYBERWIKI / "corpus.txt"), "--holdout", str(work / "cold.jsonl"),
           "--accept-precision", str(precision), "--fold-pages", str(fold_pages),
-          "--max-steps", "150", "--top-k", "500")
+          "--max-steps", "150", "--top-k", "500", "--per-source", str(per_source))
     removed = {(r["from"], r["to"]) for r in map(json.loads,
                                                  (work / "cold.jsonl").read_text().splitlines())}
     pages = {s for s, _ in removed}
@@ -79,10 +80,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--precision", type=float, default=0.8)
     ap.add_argument("--fold-pages", default="0,0.05")
+    ap.add_argument("--per-source", type=int, default=5, help="`graft cycle --per-source`: "
+                    "proposals one page may get (5 caps recall at 200 of the ~610 removed)")
     args = ap.parse_args()
     if not CYBERWIKI.is_dir():
         sys.exit(f"{CYBERWIKI} missing: this bench needs ../shared")
-    rows = [run(args.work / f"fold-pages-{f}", args.seed, args.precision, float(f))
+    rows = [run(args.work / f"fold-pages-{f}", args.seed, args.precision, float(f),
+                args.per_source)
             for f in args.fold_pages.split(",")]
     print(f"| --fold-pages | accepted | from cold pages | estimated | measured | recall of "
           f"{rows[0]['removed']} removed links ({rows[0]['pages']} pages) | cold map | "

@@ -85,7 +85,8 @@ def cmd_cycle(args, say, emit) -> None:
                                       sampled=args.sampled),
                       extract=ExtractConfig(top_k=args.top_k, beta=args.beta, docs=args.docs,
                                             device=args.device, scan=args.scan,
-                                            sources=args.sources),
+                                            sources=args.sources,
+                                            per_source=args.per_source),
                       fold=args.fold, eval_queries=args.eval_queries,
                       ranker_kind=args.ranker_kind, fold_token=args.fold_token,
                       fold_inverse=args.fold_inverse, fold_pages=args.fold_pages,
@@ -207,6 +208,8 @@ def add_commands(command) -> None:
                    "page's text, then the pages it links: loop/linkrows.py) per text row in "
                    "every tuning batch")
     p.add_argument("--top-k", type=int, default=100, help="proposals per cycle")
+    p.add_argument("--per-source", type=int, default=5, help="at most this many proposals "
+                   "from one source per cycle (a new note lacks many links)")
     p.add_argument("--scan", default="auto", choices=["auto", "all", "candidates"],
                    help=SCAN_HELP)
     p.add_argument("--sources", default="auto", choices=["auto", "all", "text"],
