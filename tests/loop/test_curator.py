@@ -171,13 +171,18 @@ def test_curator_decisions_correct_the_next_calibration_and_show_in_the_report(c
 
 def test_decisions_that_do_not_order_the_estimates_move_only_their_level():
     rng = np.random.default_rng(1)
-    est = rng.uniform(0.2, 0.3, 200)
-    label = (rng.random(200) < 0.1).astype(float)                # 10% accepted, whatever est
+    est = rng.uniform(0.2, 0.3, 80)
+    label = (rng.random(80) < 0.1).astype(float)                 # 10% accepted, whatever est
     fix = curator_correction(est, label)
     cal = {"x": [0.0, 1.0], "y": [0.0, 1.0], "curator": fix}
     out = apply(cal, est)
-    assert abs(out.mean() - label.mean()) < 1e-3                 # the curators' level
+    from loop.calibrate import wilson_lower
+    assert fix["a"] == 1.0 and fix["level"] < label.mean()     # less one standard error
+    assert abs(fix["level"] - wilson_lower(label.sum(), 80)) < 1e-4
+    assert abs(out.mean() - fix["level"]) < 1e-3                 # the curators' level
     assert (np.diff(out[np.argsort(est)]) > 0).all()            # the fold's order, strictly
+    assert abs(wilson_lower(8, 10, z=1.96) - 0.4902) < 1e-4       # the textbook 95% interval
+    assert wilson_lower(0, 10) == 0.0
 
 
 def test_dpo_needs_a_lora_adapter_to_go_on_from(tmp_path):
