@@ -25,8 +25,8 @@ Per cycle it prints: reviewed, decided, accepted, the estimated precision of the
 the reviewed that are hidden links of either half (what a curator who knew them all would
 accept); how many pending proposals `--accept-precision 0.8` would have accepted and their
 precision against all the hidden links, and the same once the curator has worked the
-queue's top (`graft review --accept-precision` re-estimates the rest from every decision so
-far, this cycle's too); test MRR and Hits@10 beside unlinked mentions; the
+queue's top (`graft review --accept-precision` re-estimates the rest from the decisions on
+the cycle's proposals); test MRR and Hits@10 beside unlinked mentions; the
 approximation error at a document's first position and KL(tuned ‖ compiled); wall time.
 
 Usage:
@@ -119,7 +119,7 @@ def at_precision(store: Store, cycle: int, hidden: set[tuple[str, str]], p: floa
 def after_review(store: Store, cycle: int, hidden: set[tuple[str, str]], p: float) -> dict:
     """What `graft review --accept-precision p` would accept of the cycle's still pending
     proposals once the curator has worked the top of the queue: every confidence re-estimated
-    from the decisions so far, this cycle's too (loop.review.pending_confidence); nothing is
+    from the decisions on the cycle's proposals (loop.review.pending_confidence); nothing is
     written."""
     from loop.calibrate import accept_count
     from loop.review import pending_confidence
@@ -131,7 +131,7 @@ def after_review(store: Store, cycle: int, hidden: set[tuple[str, str]], p: floa
     return {"count": n, "estimated": round(sum(c for _, c in ranked[:n]) / n, 4) if n else None,
             "measured": round(hits / n, 4) if n else None,
             "max_confidence": round(ranked[0][1], 4) if ranked else 0.0,
-            "decisions": fix["reviewed"] if fix else 0}
+            "decisions": fix[cycle]["reviewed"] if cycle in fix else 0}
 
 
 def abstainer(kind: str, key: set[tuple[str, str]], hidden: set[tuple[str, str]],

@@ -70,7 +70,8 @@ PROPOSALS_BY_CONFIDENCE = """
 """
 # pending proposals with the fold's estimate each got (before any curator correction)
 PENDING_FOLD_CONFIDENCE = """
-    SELECT id, TRY_CAST(json_extract(evidence, '$.fold_confidence') AS DOUBLE), confidence, score
+    SELECT id, TRY_CAST(json_extract(evidence, '$.fold_confidence') AS DOUBLE), confidence, score,
+           cycle
     FROM proposals WHERE status = 'pending' AND ($cycle IS NULL OR cycle = $cycle)
 """
 PROPOSALS_SET_CONFIDENCE = """
@@ -137,7 +138,8 @@ CYCLE_CURATOR = """
 CURATOR_LABELS = """
     SELECT coalesce(TRY_CAST(json_extract(evidence, '$.fold_confidence') AS DOUBLE), confidence),
            CASE WHEN status = 'accepted' THEN 1 ELSE 0 END
-    FROM proposals WHERE status <> 'pending' AND coalesce(reviewer, '') <> 'auto' ORDER BY id
+    FROM proposals WHERE status <> 'pending' AND coalesce(reviewer, '') <> 'auto'
+    AND ($cycle IS NULL OR cycle = $cycle) ORDER BY id
 """
 # Pairs linked by the loop (origin extract): never candidates of a fit, like the extractor's.
 PREDICTED_PAIRS = "SELECT DISTINCT src, dst FROM cyberlinks WHERE origin = 'extract' AND valence >= 0"

@@ -50,10 +50,11 @@ def cmd_review(args, say, emit) -> None:
                             accept_precision=args.accept_precision,
                             reviewer=args.reviewer, neuron=args.neuron, token=args.token,
                             stake_scale=args.stake_scale)
-            fix = result.reestimated
-            emit(result.__dict__, (f"pending confidence re-estimated from {fix['reviewed']} "
-                                   f"curator decisions ({fix['observed']:.2f} accepted where "
-                                   f"the fold estimated {fix['estimated']:.2f})\n" if fix else "")
+            fixes = result.reestimated or {}
+            emit(result.__dict__, "".join(
+                f"cycle {n}: pending confidence re-estimated from {fix['reviewed']} curator "
+                f"decisions ({fix['observed']:.2f} accepted where the fold estimated "
+                f"{fix['estimated']:.2f})\n" for n, fix in fixes.items())
                  + f"decided {len(result.decided)} proposal(s); "
                    f"{result.staked} link(s) staked by {args.neuron}")
             return

@@ -284,7 +284,7 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     from graph.snapshot import take_snapshot
     from loop.evaluate import load_graph
     from loop.ablate import fit_subsets, save_rankers
-    from loop.calibrate import calibrate, curator_labels
+    from loop.calibrate import calibrate
     from loop.fold import hidden_positions, make_fold, not_candidates, positions, save_hidden
     from loop.fit import fit_kind, fit_queries
     from loop.rank import Features
@@ -332,8 +332,9 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
                           scan=cfg.extract.scan)
     ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=seed, say=say)
     others = np.setdiff1d(allowed, pairs[:, 0])
-    cal = calibrate(queries, ranker, folder, features, known, others,           # P(true link)
-                    seed, say, curator=curator_labels(store))
+    # P(true link), the fold's own: curators' decisions correct the queue they were made on
+    # (loop.review.pending_confidence), not the next fold — labels and hard negatives there
+    cal = calibrate(queries, ranker, folder, features, known, others, seed, say)
     ranker = replace(ranker, fit={**ranker.fit, "calibration": cal})
     path = ranker.save(folder / "ranker.json")
     subsets = fit_subsets(queries, ranker.kind, seed, say=say)   # groups' worth

@@ -28,7 +28,7 @@ EXTRACTOR = "graft-extractor"      # the neuron that signs accepted proposals
 class Decision:
     decided: list[int]             # proposal ids whose status changed
     staked: int                    # links written
-    reestimated: dict | None = None  # the curators' correction the pending were re-estimated by
+    reestimated: dict | None = None  # {cycle: the curators' correction its pending got}
 
 
 def add_proposals(store: Store, proposals: Iterable[Proposal], cycle: int, model: str,
@@ -103,6 +103,7 @@ def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
             ranked, fix = pending_confidence(store, cycle)
             if fix:                                 # what curators have decided, up to now
                 _set_confidence(store, ranked)
+            fix = fix or None
             ranked = [r for r in ranked if r[0] not in reject]
             accept += [i for i, _ in ranked[:accept_count([c for _, c in ranked],
                                                           accept_precision)]]
@@ -115,28 +116,30 @@ def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
 
 
 def pending_confidence(store: Store, cycle: int | None = None
-                       ) -> tuple[list[tuple[int, float]], dict | None]:
+                       ) -> tuple[list[tuple[int, float]], dict[int, dict]]:
     """([(id, confidence)] of the pending proposals (of `cycle`), most confident first, then
-    by score; the curators' correction used or None).
+    by score; {cycle: the curators' correction used}).
 
-    Each confidence is re-estimated from every curator decision so far — this cycle's too
+    Each confidence is re-estimated from the curator decisions on its own cycle's proposals
     (loop.calibrate.curator_correction of the fold's estimate each proposal got): a curator
-    who has worked the top of the queue has told the calibration what the fold could not
-    (its level), and the rest of the queue is then judged by it. With too few decisions, or
-    proposals without a fold's estimate, the stored confidence stands."""
+    who has worked the top of a cycle's queue has told its calibration what the fold could
+    not (its level), and the rest of that queue is then judged by it. A cycle with too few
+    decisions, and proposals without a fold's estimate, keep the stored confidence."""
     import numpy as np
 
     from loop.calibrate import corrected, curator_correction, curator_labels
     rows = store.query(sql_loop.PENDING_FOLD_CONFIDENCE, {"cycle": cycle})
-    fix = curator_correction(*curator_labels(store))
-    conf = {i: c for i, _, c, _ in rows}
-    if fix:
-        est = [(i, f) for i, f, _, _ in rows if f is not None]
-        if est:
+    conf = {i: c for i, _, c, _, _ in rows}
+    fixes = {}
+    for n in sorted({r[4] for r in rows}):
+        fix = curator_correction(*curator_labels(store, n))
+        est = [(i, f) for i, f, _, _, c in rows if c == n and f is not None]
+        if fix and est:
+            fixes[n] = fix
             new = corrected(fix, np.array([f for _, f in est], dtype=np.float64))
             conf.update((i, float(c)) for (i, _), c in zip(est, new))
     order = sorted(rows, key=lambda r: (-conf[r[0]], -r[3], r[0]))
-    return [(r[0], conf[r[0]]) for r in order], fix
+    return [(r[0], conf[r[0]]) for r in order], fixes
 
 
 def _set_confidence(store: Store, ranked: list[tuple[int, float]]) -> None:

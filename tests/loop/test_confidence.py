@@ -122,7 +122,7 @@ def test_a_fold_without_an_increasing_relation_gets_the_isotonic_map():
     assert (np.diff(est) >= 0).all() and 0 <= est.min() and est.max() <= 1
 
 
-def test_review_re_estimates_the_queue_from_every_decision_so_far(tmp_path):
+def test_review_re_estimates_a_cycles_queue_from_the_decisions_on_it(tmp_path):
     from graph.store import Store
     from loop.calibrate import corrected, curator_correction
     from loop.extract import Proposal
@@ -133,17 +133,23 @@ def test_review_re_estimates_the_queue_from_every_decision_so_far(tmp_path):
     with Store(tmp_path / "g.duckdb") as store:
         add_proposals(store, props, 1, "model", None)
         ids = [i for (i,) in store.query("SELECT id FROM proposals ORDER BY score DESC")]
-        assert pending_confidence(store, 1)[1] is None        # no decision yet: as stored
+        assert pending_confidence(store, 1)[1] == {}          # no decision yet: as stored
         # the curator works the top 40: 30 of them are links (the fold said 0.25)
         decide(store, accept=ids[:40:4] + ids[1:40:4] + ids[2:40:4], reject=ids[3:40:4],
                at=1)
-        ranked, fix = pending_confidence(store, 1)
+        ranked, fixes = pending_confidence(store, 1)
+        fix = fixes[1]
         assert fix == curator_correction(fold[:40], np.array([1., 1., 1., 0.] * 10))
         assert fix["a"] == 1.0 and fix["observed"] == 0.75   # 40 decisions: the level only
         assert [i for i, _ in ranked] == ids[40:]             # the fold's order kept
         np.testing.assert_allclose([c for _, c in ranked], corrected(fix, fold[40:]))
+        # the next cycle's queue keeps its own fold's estimates: no decision was made on it
+        add_proposals(store, [Proposal("n0", "m0", 0.0, 0.2, 0.0, 0.0, None, None,
+                                       {"fold_confidence": 0.2})], 2, "model", None)
+        every, fixes = pending_confidence(store)
+        assert set(fixes) == {1} and dict(every)[max(dict(every))] == 0.2
         result = decide(store, accept_precision=0.6, cycle=1, at=2)
-        assert result.reestimated == fix
+        assert result.reestimated == {1: fix}
         taken = accept_count([c for _, c in ranked], 0.6)
         assert 0 < taken < 60 and result.decided == sorted(ids[40:40 + taken])
         stored = dict(store.query("SELECT id, confidence FROM proposals WHERE id IN "

@@ -53,7 +53,7 @@ def test_the_curators_correction_maps_the_fold_to_what_they_accept():
     for p in (0.1, 0.2, 0.3):
         assert abs(apply(cal, np.array([p]))[0] - 2 * p) < 0.08
     np.testing.assert_allclose(apply(cal, grid, curator=False), grid)
-    assert curator_correction(est[:20], label[:20]) is None            # too few decisions
+    assert curator_correction(est[:19], label[:19]) is None            # too few decisions
     assert curator_correction(est, np.zeros(400)) is None                # one kind only
 
 
@@ -155,11 +155,16 @@ def test_accepted_pairs_are_hidden_labels_of_the_next_fold(curated):
     assert not set(accepted) & linked and auto in linked
 
 
-def test_curator_decisions_correct_the_next_calibration_and_show_in_the_report(curated):
+def test_curator_decisions_correct_their_own_queue_and_show_in_the_report(curated):
+    # cycle 1's decisions re-estimate cycle 1's pending proposals; cycle 2's fold is
+    # calibrated afresh (the accepted links are its labels), without cycle 1's correction
+    from loop.review import pending_confidence
     root, _, _, out = curated
     fit = json.loads((root / "out" / "cycle-2" / "ranker.json").read_text())["fit"]
-    fix = fit["calibration"]["curator"]
-    assert fix["reviewed"] == 40 and fix["accepted"] == 10
+    assert "curator" not in fit["calibration"]
+    with Store(root / "g.duckdb", create=False, read_only=True) as store:
+        _, fixes = pending_confidence(store)
+    assert set(fixes) == {1} and fixes[1]["reviewed"] == 40 and fixes[1]["accepted"] == 10
     first = out["cycles"][0]
     assert first["reviewed"] == 40 and first["curator_accepted"] == 10
     assert first["curator_precision"] == 0.25
