@@ -71,3 +71,16 @@ def test_a_balanced_curator_decides_a_seeded_half_of_the_wrong_pairs_too():
     assert not leave(pairs[0]) and leave(pairs[2])            # the key decided, the test left
     assert [leave(p) for p in pairs[3:]] == [not s for s in side[3:]]
     assert not any(abstainer("reject", key, key | test, seed=1)(p) for p in pairs[:10])
+
+
+def test_a_skipping_curator_decides_k_down_the_queue(tmp_path):
+    key = {("s0", "t3"), ("s1", "t4"), ("s2", "t8"), ("s0", "t0")}
+    test = {("s0", "t9"), ("s2", "t2")}
+    with _store(tmp_path / "g.duckdb") as store:
+        review = curator_review(store, 1, key, k=3, hidden=key | test,
+                                abstain=test.__contains__, skip=True)
+        status = dict(((s, d), st) for s, d, st in store.query(
+            "SELECT src, dst, status FROM proposals"))
+    # the queue: t4, t9, t3, t8, t2, ... — t9 passed over, t4 t3 t8 decided
+    assert review["decided"] == 3 and review["reviewed"] == 4 and review["accepted"] == 3
+    assert status[("s0", "t9")] == "pending" and status[("s2", "t8")] == "accepted"
