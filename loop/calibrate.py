@@ -201,7 +201,7 @@ def apply(calibration: dict | None, prob: np.ndarray, curator: bool = True,
     calibration): the fold's map — its map for pages without links where `cold` and the
     calibration has one, which may weigh each source's `context` (per pair, `named`; see
     context_of) — then the curators' correction when the calibration has one (and
-    `curator`)."""
+    `curator`: ranker files of cycles before corrections went per queue carry one)."""
     prob = np.asarray(prob, dtype=np.float64)
     if not calibration or not ("a" in calibration or calibration.get("x")):
         return prob
@@ -341,14 +341,13 @@ def accept_count(confidences: list[float], precision: float) -> int:
 
 
 def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, seed: int = 0,
-              say: Callable[[str], None] = lambda _: None,
-              curator: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+              say: Callable[[str], None] = lambda _: None) -> dict:
     """Fit the calibration of `ranker` on the fold: the top candidates of the sources with a
     hidden link (the queries `q`) and of a seeded sample of the fold's other `sources` (as many
     again, each standing for its share of all of them), through `features` and the fold's
-    `known` links; write the reliability plot to folder/reliability.png. With `curator`
-    decisions (curator_labels), add their correction. Returns the calibration with its
-    reliability table (in sample, on the fold).
+    `known` links; write the reliability plot to folder/reliability.png. Returns the
+    calibration with its reliability table (in sample, on the fold). Curators' decisions
+    correct a cycle's queue afterwards (loop.review.pending_confidence), not this map.
 
     Pages with no out-link in the fold — a new note's case, which a fold hiding whole pages
     (`--fold-pages`) makes — get a map of their own (and the main map is fitted on the other
@@ -385,11 +384,6 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
         say(f"calibration: pages without links get their own map ({own['positives']} true "
             f"links among {own['pairs']} of their top candidates"
             + (f"; {own['c']:+.2f} per log particle their text names)" if "c" in own else ")"))
-    fix = curator_correction(*curator) if curator is not None else None
-    if fix:
-        cal["curator"] = fix
-        say(f"calibration: {fix['reviewed']} curator decisions ({fix['observed']:.2f} accepted "
-            f"where the fold estimated {fix['estimated']:.2f}) correct the fold's estimate")
     plot = plot_reliability(cal["reliability"], Path(folder) / "reliability.png")
     say(f"calibration: {cal['positives']} true links among {cal['pairs']} top fold candidates"
         + (f"; reliability plot {plot}" if plot else ""))
