@@ -13,9 +13,9 @@ curator decides the top K of the key's side, passing over the test's, which stay
 for the evaluation. The decisions are then a fair sample of the queue: the share accepted
 estimates its precision against every hidden link. (Left pending but counted in the K, the
 test's side crowded later queues: the pairs it holds are proposed again every cycle, and the
-decisions fell from 31 to 16 to 7 on WordNet.) With `abstain` the curator leaves only the test's true links pending and
-rejects every wrong pair, so the share accepted counts a true link half as often as a wrong
-one (cyberwiki cycle 1: 0.46 accepted where 0.60 of the reviewed were hidden links), and the
+decisions fell from 31 to 16 to 7 on WordNet.) With `abstain` the curator leaves only the
+test's true links pending and rejects every wrong pair, so the share accepted counts a true
+link half as often as a wrong one (cyberwiki cycle 1: 0.46 accepted where 0.60 of the reviewed were hidden links), and the
 curators' correction learned that level; with `reject` test pairs are rejected, as the first
 version of this bench did — which taught the calibration that half of the true links are
 wrong (its estimates settled at the share of the key among true links, and nothing could
@@ -89,7 +89,8 @@ def curator_review(store: Store, cycle: int, key: set[tuple[str, str]], k: int,
     hidden links of either half — the precision a curator who knew every hidden link would
     measure."""
     from loop.review import decide, list_proposals
-    queue = list_proposals(store, status="pending", cycle=cycle, limit=2 ** 31 - 1 if skip else k)
+    queue = list_proposals(store, status="pending", cycle=cycle,
+                           limit=2 ** 31 - 1 if skip else k)
     decided = []
     for n, p in enumerate(queue):
         if (p["src"], p["dst"]) in key or not abstain((p["src"], p["dst"])):
@@ -253,7 +254,8 @@ def table(rows: list[dict], curated: list[dict], mentions: dict, p: float) -> st
         return "–" if x is None else f"{x:.{digits}f}"
     out = [f"| cycle | reviewed | decided | accepted | est. precision | measured | hidden share | "
            f"accepted at {p} | "
-           f"its est. | its measured | after review: at {p} | its est. | its measured | test MRR | Hits@10 | mentions MRR | approx. error "
+           f"its est. | its measured | after review: at {p} | its est. | its measured | "
+           "test MRR | Hits@10 | mentions MRR | approx. error "
            "(first) | KL(tuned ‖ compiled) | wall s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, c in zip(rows, curated):

@@ -41,7 +41,7 @@ import scipy.sparse as sp
 TOP = 5                        # candidates per fold source labelled (the extractor's per_source)
 PER_BIN = 100                  # fold pairs pooled per isotonic input point
 MIN_REVIEWED = 20              # curator decisions (of both kinds) before they correct the fold
-MIN_SLOPE = 100                # ... before the correction may change the fold's spread, not just its level
+MIN_SLOPE = 100                # ... before it may change the fold's spread, not just its level
 MIN_COLD = 10                  # true links among a fold's pages without links for their own map
 
 
@@ -140,16 +140,15 @@ def fit_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | No
     from sklearn.linear_model import LogisticRegression
     prob, label = np.asarray(prob, dtype=np.float64), np.asarray(label, dtype=np.float64)
     weight = np.ones(len(prob)) if weight is None else np.asarray(weight, dtype=np.float64)
-    counts = {"pairs": int(len(prob)), "positives": int(label.sum())}
     if label.min(initial=0) == label.max(initial=0):
-        return {**isotonic_calibration(prob, label, weight, per_bin), **counts}
+        return isotonic_calibration(prob, label, weight, per_bin)
     x = _logit(prob)[:, None] if context is None else np.c_[_logit(prob), context]
     fit = LogisticRegression(C=1e4, max_iter=1000).fit(x, label, sample_weight=weight)
     a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
     if a <= 0:
-        return {**isotonic_calibration(prob, label, weight, per_bin), **counts}
+        return isotonic_calibration(prob, label, weight, per_bin)
     return {"a": a, "b": b, **({} if context is None else {"c": float(fit.coef_[0, 1])}),
-            **counts}
+            "pairs": int(len(prob)), "positives": int(label.sum())}
 
 
 def isotonic_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None,

@@ -151,8 +151,9 @@ def add_commands(command) -> None:
     p.add_argument("--accept-above", type=float, metavar="X", help="accept pending with score ≥ X")
     p.add_argument("--accept-precision", type=float, metavar="P", help="accept the most "
                    "confident pending proposals while their mean calibrated confidence (the "
-                   "estimated precision) stays ≥ P; the pending are first re-estimated from "
-                   "every curator decision so far (30 or more)")
+                   "estimated precision) stays ≥ P; each cycle's pending are first "
+                   "re-estimated from the curator decisions on that cycle's proposals (20 or "
+                   "more)")
     p.add_argument("--status", choices=["pending", "accepted", "rejected", "all"],
                    default="pending")
     p.add_argument("--cycle", type=int, help="only this cycle's proposals")

@@ -194,8 +194,8 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     cal = ranker.fit.get("calibration")
     from loop.calibrate import apply, context_of
     context = context_of(cal, graph)                  # (P,) or None: what the maps weigh
-    at = (lambda rows: None) if context is None else (lambda rows: context[rows])
-    conf = (apply(cal, np.exp(vals), cold=cold[src], context=at(src)) if cal
+    ctx = None if context is None else context[src]   # per kept pair
+    conf = (apply(cal, np.exp(vals), cold=cold[src], context=ctx) if cal
             else np.zeros(len(vals)))
     order = _capped(np.lexsort((dst, src, -vals, -conf)), dst, cfg.per_target, cfg.top_k)
     if scan == "candidates" and len(order):                # log-probabilities, as shown
@@ -207,10 +207,10 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     alike = linking_neighbours(feats, src[order], dst[order]) if "text_neighbours" in names \
         else [[] for _ in order]
     tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
-    confidence = apply(cal, np.exp(vals[order]), cold=cold[src[order]],
-                       context=at(src[order]))                                   # (k,)
+    ctx = None if ctx is None else ctx[order]
+    confidence = apply(cal, np.exp(vals[order]), cold=cold[src[order]], context=ctx)  # (k,)
     fold_only = apply(cal, np.exp(vals[order]), curator=False, cold=cold[src[order]],
-                      context=at(src[order]))
+                      context=ctx)
     out = []
     for n, i in enumerate(order):
         qk, delta = heads[n] if heads[n] is not None else (None, None)

@@ -97,13 +97,12 @@ def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
         if accept_above is not None:
             accept += [i for (i,) in store.query(sql_loop.PROPOSALS_ABOVE, {
                 "threshold": accept_above, "cycle": cycle})]
-        fix = None
+        fixes = {}
         if accept_precision is not None:
             from loop.calibrate import accept_count
-            ranked, fix = pending_confidence(store, cycle)
-            if fix:                                 # what curators have decided, up to now
+            ranked, fixes = pending_confidence(store, cycle)
+            if fixes:                               # what curators have decided, up to now
                 _set_confidence(store, ranked)
-            fix = fix or None
             ranked = [r for r in ranked if r[0] not in reject]
             accept += [i for i, _ in ranked[:accept_count([c for _, c in ranked],
                                                           accept_precision)]]
@@ -112,7 +111,7 @@ def decide(store: Store, accept: Iterable[int] = (), reject: Iterable[int] = (),
                 decided += _set_status(store, ids, status, reviewer)
         scale = stake_scale or store.scalar(sql_loop.TRUTH_MEDIAN_AMOUNT)
         staked = _stake(store, neuron, token, scale, int(time.time()) if at is None else at)
-    return Decision(decided=sorted(decided), staked=staked, reestimated=fix)
+    return Decision(decided=sorted(decided), staked=staked, reestimated=fixes or None)
 
 
 def pending_confidence(store: Store, cycle: int | None = None
