@@ -23,7 +23,7 @@ import torch
 from graph.errors import GraftError
 from graph.runtime import block_pool
 from loop import candidates as cand
-from loop.rank import Features, Ranker
+from loop.rank import BOUNDED, Features, Ranker
 
 FIT_ENTRIES = 60_000_000          # score entries (sources × P × F) held while fitting
 FIT_SOURCES = 2000                # sources fitted on their candidates (a large graph)
@@ -208,7 +208,24 @@ def fit_on(q: FitQueries, names: tuple[str, ...] | None = None, l2: float = 1e-3
                "mrr": round(mrr_of(raw), 5),
                "mrr_alone": {n: round(mrr_of(x[..., i]), 5) for i, n in enumerate(names)}}
     say(f"ranker: fitted {len(names)} features, MRR on the fold {fit['mrr']:.4f}")
-    return Ranker(names, tuple(float(v) for v in weights), fit)
+    return Ranker(names, tuple(float(v) for v in weights), fit,
+                  bounds=feature_bounds(q, names))
+
+
+def feature_bounds(q: FitQueries, names: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """{feature: (least, greatest)} of each BOUNDED feature of `names` over the candidates
+    of q's fitted sources (their targets among them): the range a ranker fitted on q saw."""
+    if q.columns is not None:
+        seen = torch.as_tensor(q.columns >= 0)                                 # (S, C)
+    else:
+        seen = torch.zeros(q.x.shape[:2], dtype=torch.int32).index_add_(
+            0, q.row, q.mask.to(torch.int32)) > 0                              # (S, P)
+    out = {}
+    for name in names:
+        if name in BOUNDED:
+            v = q.x[..., q.names.index(name)][seen]
+            out[name] = (float(v.min()), float(v.max()))
+    return out
 
 
 def _packed(q: FitQueries) -> bool:

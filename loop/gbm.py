@@ -119,8 +119,7 @@ def choose(q, linear_fit: Callable, names: tuple[str, ...], seed: int = 0, share
     sub = replace(q, row=q.row[fit_rows], target=q.target[fit_rows], mask=q.mask[fit_rows])
     ranker = linear_fit(sub, names)
     cols = [q.names.index(n) for n in names]
-    w = torch.as_tensor(ranker.weights, dtype=torch.float32)
-    linear = (q.x[..., cols] @ w).numpy()                                     # (S, P)
+    linear = ranker.score(q.x[..., cols].numpy())     # (S, P), clipped to its fit's bounds
     model = fit_booster(q, names, linear, np.flatnonzero(~back), seed)
     boosted = predict(model, q.x[..., cols].numpy()[back])                   # (S_val, P)
     val_row = torch.as_tensor(np.searchsorted(np.flatnonzero(back), rows[val_rows]))

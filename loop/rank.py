@@ -67,33 +67,58 @@ COMPILED_FEATURES = ("in_model", "zero_layer", "compiled")
 TUNED_FEATURES = ("tuned", "tuned_context")
 MODEL_FEATURES = COMPILED_FEATURES + TUNED_FEATURES
 GROUPS = {"text": TEXT_FEATURES, "compiled": COMPILED_FEATURES, "tuned": TUNED_FEATURES}
+# features whose values mean the same on every path that scores them (the models' log P are
+# logits on a large graph's candidate path, loop/extract.py): a fitted ranker clips these to
+# the range its fit saw (Ranker.bounds)
+BOUNDED = TEXT_FEATURES + ("in_model", "zero_layer")
 
 
 @dataclass(frozen=True)
 class Ranker:
     """Feature weights; score(p, q) = Σ weights[i] · feature_i(p, q) — or, with `model` (a
     LightGBM lambdarank booster in its text format, loop/gbm.py), the booster's score; the
-    weights are then the linear fit it was chosen over."""
+    weights are then the linear fit it was chosen over.
+
+    `bounds`: {feature: (lo, hi)}, the range of each BOUNDED feature over the candidates the
+    fit ranked; a feature is clipped to it before it is weighed, so a linear ranker never
+    extrapolates. The case it is for: a link the loop staked is compiled into the next
+    model, whose E_p · H_q for it is then a memorised link's (WordNet: median 32, where the
+    fold's candidates reach 2.3 at their 99.9th percentile), and a ranker whose zero_layer
+    weight came out negative buried those pairs at evaluation (median rank 82)."""
 
     features: tuple[str, ...]
     weights: tuple[float, ...]
     fit: dict = field(default_factory=dict)     # how it was fitted and how well
     model: str = ""                             # a booster's text model, or "" (linear)
+    bounds: dict = field(default_factory=dict)  # feature → (lo, hi) it is clipped to
 
     @property
     def kind(self) -> str:
         return "lgbm" if self.model else "linear"
 
+    def clipped(self, x: np.ndarray) -> np.ndarray:
+        """(…, F) features in self.features order with the bounded ones clipped (a copy when
+        any is)."""
+        at = [(i, self.bounds[f]) for i, f in enumerate(self.features) if f in self.bounds]
+        if not at:
+            return x
+        x = np.array(x, dtype=np.float32)
+        for i, (lo, hi) in at:
+            np.clip(x[..., i], lo, hi, out=x[..., i])
+        return x
+
     def score(self, x: np.ndarray) -> np.ndarray:
         """(S, P) scores of (S, P, F) features in self.features order."""
+        x = self.clipped(x)
         if self.model:
             from loop import gbm
             return gbm.predict(self.model, x)
         return x @ np.asarray(self.weights, dtype=np.float32)
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
-        """(n, F) each feature's share of the score of n rows (n, F): weight × value, or the
-        booster's TreeSHAP values."""
+        """(n, F) each feature's share of the score of n rows (n, F): weight × value (clipped
+        as score() clips it), or the booster's TreeSHAP values."""
+        x = self.clipped(x)
         if self.model:
             from loop import gbm
             return gbm.contributions(self.model, x)
@@ -101,14 +126,18 @@ class Ranker:
 
     def __post_init__(self):
         unknown = [f for f in self.features if f not in TEXT_FEATURES + MODEL_FEATURES]
-        if unknown or len(self.features) != len(self.weights):
+        unbounded = [f for f in self.bounds if f not in BOUNDED or f not in self.features]
+        if unknown or unbounded or len(self.features) != len(self.weights):
             raise GraftError(f"bad ranker: features {list(self.features)}, "
-                             f"{len(self.weights)} weights (unknown: {unknown})")
+                             f"{len(self.weights)} weights (unknown: {unknown}; bounds of "
+                             f"features it cannot bound: {unbounded})")
 
     def save(self, path: Path) -> Path:
         path = Path(path)
         path.write_text(json.dumps({**asdict(self), "features": list(self.features),
-                                    "weights": list(self.weights)}, indent=2))
+                                    "weights": list(self.weights),
+                                    "bounds": {f: list(b) for f, b in self.bounds.items()}},
+                                   indent=2))
         return path
 
     @classmethod
@@ -117,7 +146,9 @@ class Ranker:
         try:
             raw = json.loads(path.read_text())
             return cls(tuple(raw["features"]), tuple(float(w) for w in raw["weights"]),
-                       raw.get("fit", {}), str(raw.get("model") or ""))
+                       raw.get("fit", {}), str(raw.get("model") or ""),
+                       {f: (float(lo), float(hi)) for f, (lo, hi)
+                        in (raw.get("bounds") or {}).items()})
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise GraftError(f"{path}: not a ranker file ({exc})") from None
 
@@ -216,7 +247,10 @@ class Features:
         have = self._kept(sources, self._checked(ranker.features))
         out = np.zeros((len(sources), len(self.graph.index)), dtype=np.float32)
         for name, w in zip(ranker.features, ranker.weights):
-            out += np.float32(w) * have[name]
+            x = have[name]
+            if name in ranker.bounds:
+                x = np.clip(x, *ranker.bounds[name])
+            out += np.float32(w) * x
         return out
 
     def _kept(self, sources: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -3,6 +3,7 @@ extract, review, stake — and no duplicates when it runs again."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -229,10 +230,13 @@ def test_scores_summed_feature_by_feature_equal_the_block_product(tuned):
         graph = load_graph(store)
     feats = Features(graph, tuned / "ckpt", tuned / "adapter")
     names = feats.names
-    ranker = Ranker(names, tuple(np.linspace(-1.5, 2.0, len(names)).tolist()))
+    ranker = Ranker(names, tuple(np.linspace(-1.5, 2.0, len(names)).tolist()),
+                    bounds={"zero_layer": (-0.05, 0.05), "indegree": (0.2, 0.9)})
     sources = np.array([0, 2, 5])
     by_block = ranker.score(feats.block(sources, names))
     np.testing.assert_allclose(feats.scores(sources, ranker), by_block, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(by_block, replace(ranker, bounds={}).score(
+        feats.block(sources, names)))                       # the bounds clipped something
     other = np.array([1, 4])                                  # a new memo: computed afresh
     np.testing.assert_allclose(feats.scores(other, ranker),
                                ranker.score(feats.block(other, names)), rtol=1e-5, atol=1e-5)

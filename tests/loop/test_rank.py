@@ -131,6 +131,50 @@ def test_ranker_file_round_trip_and_errors(tmp_path):
         Ranker(("telepathy",), (1.0,))
 
 
+def test_a_ranker_never_extrapolates_beyond_the_range_its_fit_saw(tmp_path):
+    """A staked link is compiled into the next model, whose E_p · H_q for it is a memorised
+    link's — far beyond any candidate a fold ranks. Clipped to its bounds, a bounded feature
+    scores as at the bound; the models' log P (logits on the candidate path) are never
+    bounded; the bounds survive the file."""
+    r = Ranker(("mention", "zero_layer", "compiled"), (1.0, -0.5, 2.0), {},
+               bounds={"zero_layer": (-1.0, 3.0)})
+    x = np.array([[[1.0, 40.0, -1.0], [1.0, 3.0, -1.0], [0.0, -9.0, -50.0]]], np.float32)
+    np.testing.assert_allclose(r.score(x), [[1 - 1.5 - 2, 1 - 1.5 - 2, 0.5 - 100]])
+    np.testing.assert_allclose(r.contributions(x[0])[:, 1], [-1.5, -1.5, 0.5])
+    assert x[0, 0, 1] == 40.0                              # the caller's features untouched
+    assert Ranker.load(r.save(tmp_path / "r.json")) == r
+    with pytest.raises(GraftError, match="cannot bound: \\['compiled'\\]"):
+        Ranker(("compiled",), (1.0,), bounds={"compiled": (-3.0, 0.0)})
+
+
+@pytest.mark.parametrize("scan", ["all", "candidates"])
+def test_a_fit_records_each_bounded_features_range_over_its_candidates(tmp_path, scan):
+    """The bounds are the least and greatest value over the candidates of the fitted sources
+    (their hidden targets among them), not over their known links — a fold's own links are
+    memorised, the very values the bounds keep out."""
+    from loop.fit import fit_on, fit_queries
+    graph, feats, pairs = fold_features(tmp_path)
+    q = fit_queries(feats, graph.known, pairs, scan=scan)
+    r = fit_on(q)
+    assert set(r.bounds) == {n for n in q.names if n not in ("compiled", "tuned",
+                                                             "tuned_context")}
+    sources = np.unique(pairs[:, 0])
+    x = feats.block(sources, q.names)                                          # (S, P, F)
+    seen = np.ones(x.shape[:2], bool)
+    seen[np.arange(len(sources)), sources] = False
+    r_, c_ = graph.known[sources].nonzero()
+    seen[r_, c_] = False
+    if scan == "candidates":                               # each source's own candidates
+        seen[:] = False
+        for i, cols in enumerate(q.columns):
+            seen[i, cols[cols >= 0]] = True
+    z = q.names.index("zero_layer")
+    assert r.bounds["zero_layer"] == pytest.approx((x[..., z][seen].min(),
+                                                    x[..., z][seen].max()), abs=1e-5)
+    linked = x[..., z][r_, c_]
+    assert linked.max() > r.bounds["zero_layer"][1]        # memorised links lie beyond them
+
+
 def test_fold_hides_the_share_and_keeps_the_rest(tmp_path):
     store, _ = wiki_store(tmp_path, pages=30)
     with store:
