@@ -56,6 +56,8 @@ MIGRATIONS: list[str] = [
     _loop.MIGRATION,
     # 3: the vault round trip — notes as last read or written, links written into them
     _vault.MIGRATION,
+    # 4: the pages without links at each cycle, which tell a new note from an old one
+    _loop.LINKLESS_MIGRATION,
 ]
 
 SCHEMA_VERSION_CREATE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

@@ -158,6 +158,22 @@ STEP_FORGET = "DELETE FROM cycle_steps WHERE cycle = $cycle AND step = $step"
 STEP_RECORD = """
     INSERT INTO cycle_steps (cycle, step, detail) VALUES ($cycle, $step, CAST($detail AS JSON))
 """
+# Pages with text and no link at a cycle's snapshot (loop/cycle.py new_pages): a page
+# without links that was not one at the previous cycle is a new note, not yet linked.
+LINKLESS_MIGRATION = """
+    CREATE TABLE cycle_linkless (
+        cycle INTEGER NOT NULL,
+        particle VARCHAR NOT NULL,
+        PRIMARY KEY (cycle, particle)
+    );
+"""
+LINKLESS_FORGET = "DELETE FROM cycle_linkless WHERE cycle = $cycle"
+LINKLESS_ADD = "INSERT INTO cycle_linkless SELECT $cycle, particle FROM linkless_view"
+LINKLESS_NEW = """
+    SELECT particle FROM cycle_linkless WHERE cycle = $cycle
+    EXCEPT SELECT particle FROM cycle_linkless WHERE cycle = $cycle - 1
+    ORDER BY particle
+"""
 STEPS_ALL = """
     SELECT cycle, step, CAST(detail AS VARCHAR), CAST(finished AS VARCHAR) FROM cycle_steps
     ORDER BY cycle, finished

@@ -114,8 +114,8 @@ def named(graph) -> np.ndarray:
 def context_of(calibration: dict | None, graph) -> np.ndarray | None:
     """(P,) the source context `apply` needs for `calibration` (its cold map's use of
     `named`), or None when it needs none."""
-    own = (calibration or {}).get("cold") or {}
-    return named(graph) if "c" in own else None
+    maps = [(calibration or {}).get(key) or {} for key in ("cold", "new")]
+    return named(graph) if any("c" in own for own in maps) else None
 
 
 def _top(score: np.ndarray, cand: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
@@ -195,20 +195,23 @@ def _mapped(fit: dict, prob: np.ndarray, context: np.ndarray | float | None = No
 
 def apply(calibration: dict | None, prob: np.ndarray, curator: bool = True,
           cold: np.ndarray | bool | None = None,
-          context: np.ndarray | float | None = None) -> np.ndarray:
+          context: np.ndarray | float | None = None,
+          new: np.ndarray | bool | None = None) -> np.ndarray:
     """Calibrated confidence of ranker probabilities (the probabilities themselves without a
     calibration): the fold's map — its map for pages without links where `cold` and the
-    calibration has one, which may weigh each source's `context` (per pair, `named`; see
-    context_of) — then the curators' correction when the calibration has one (and
-    `curator`: ranker files of cycles before corrections went per queue carry one)."""
+    calibration has one, and its map for new notes (pages the fold emptied) where `new` too,
+    each of which may weigh each source's `context` (per pair, `named`; see context_of) —
+    then the curators' correction when the calibration has one (and `curator`: ranker files
+    of cycles before corrections went per queue carry one)."""
     prob = np.asarray(prob, dtype=np.float64)
     if not calibration or not ("a" in calibration or calibration.get("x")):
         return prob
     est = _mapped(calibration, prob, context)
-    own = calibration.get("cold")
-    if own and cold is not None and np.any(cold):
-        mask = np.broadcast_to(np.asarray(cold, dtype=bool), prob.shape)
-        est = np.where(mask, _mapped(own, prob, context), est)
+    for key, where in (("cold", cold), ("new", new)):
+        own = calibration.get(key)
+        if own and where is not None and np.any(where):
+            mask = np.broadcast_to(np.asarray(where, dtype=bool), prob.shape)
+            est = np.where(mask, _mapped(own, prob, context), est)
     fix = calibration.get("curator") if curator else None
     return est if not fix else corrected(fix, est)
 
@@ -340,11 +343,12 @@ def accept_count(confidences: list[float], precision: float) -> int:
 
 
 def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, seed: int = 0,
-              say: Callable[[str], None] = lambda _: None) -> dict:
+              say: Callable[[str], None] = lambda _: None, top: int = TOP) -> dict:
     """Fit the calibration of `ranker` on the fold: the top candidates of the sources with a
     hidden link (the queries `q`) and of a seeded sample of the fold's other `sources` (as many
     again, each standing for its share of all of them), through `features` and the fold's
-    `known` links; write the reliability plot to folder/reliability.png. Returns the
+    `known` links, each source's `top` (the extractor's per_source); write the reliability
+    plot to folder/reliability.png. Returns the
     calibration with its reliability table (in sample, on the fold). Curators' decisions
     correct a cycle's queue afterwards (loop.review.pending_confidence), not this map.
 
@@ -352,15 +356,25 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
     (`--fold-pages`) makes — get a map of their own (and the main map is fitted on the other
     pages) when both hold MIN_COLD true links:
     their best candidates are far likelier links than a linked page's (a new note lacks all
-    its links), and one map for both puts the two at one rate."""
+    its links), and one map for both puts the two at one rate.
+
+    That map is fitted on every page without links, and most of those are the store's own —
+    cyberwiki's tag and stub pages, whose candidates are all negatives there (8,780 of a
+    fold's 10,520 such pairs) — so it reads a note the fold emptied low: its 40 test pages'
+    best 200 candidates were 0.81 links and read 0.12. The pages the fold emptied are known
+    to lack all their links, and a map fitted on them alone ("new", when they hold MIN_COLD
+    true links) is the one for a new note (loop/cycle.py new_pages; `graft suggest` on a
+    note without links) — never for a page that was already linkless, of which the store
+    says nothing."""
     import torch
     with torch.no_grad():
-        prob, label, src = fold_pairs(q, ranker)
+        prob, label, src = fold_pairs(q, ranker, top)
+        n_fold = len(prob)
         weight = np.ones(len(prob))
         if features is not None and sources is not None and len(sources):
             n = min(len(sources), max(1, q.x.shape[0]))
             pick = np.sort(np.random.default_rng(seed).choice(sources, n, replace=False))
-            other, other_src = other_pairs(features, known, ranker, pick,
+            other, other_src = other_pairs(features, known, ranker, pick, top,
                                            candidates=q.columns is not None)
             prob = np.concatenate([prob, other])
             label = np.concatenate([label, np.zeros(len(other))])
@@ -369,6 +383,8 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
     cold = np.zeros(len(prob), dtype=bool)
     if features is not None:
         cold = (src >= 0) & features.graph.cold()[np.maximum(src, 0)]
+    emptied = cold.copy()                   # pages the fold emptied: the queries' sources
+    emptied[n_fold:] = False
     split = label[cold].sum() >= MIN_COLD and label[~cold].sum() >= MIN_COLD
     rest = ~cold if split else np.ones(len(prob), dtype=bool)
     cal = fit_calibration(prob[rest], label[rest], weight[rest])
@@ -383,6 +399,14 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
         say(f"calibration: pages without links get their own map ({own['positives']} true "
             f"links among {own['pairs']} of their top candidates"
             + (f"; {own['c']:+.2f} per log particle their text names)" if "c" in own else ")"))
+        if label[emptied].sum() >= MIN_COLD:
+            ctx = named(features.graph)[src[emptied]]
+            own = fit_calibration(prob[emptied], label[emptied], weight[emptied], context=ctx)
+            cal["new"] = {**own, "reliability": reliability(
+                prob[emptied], label[emptied], own, weight=weight[emptied], context=ctx)}
+            say(f"calibration: new notes get the map of the pages the fold emptied "
+                f"({own['positives']} true links among {own['pairs']} of their top "
+                f"candidates)")
     plot = plot_reliability(cal["reliability"], Path(folder) / "reliability.png")
     say(f"calibration: {cal['positives']} true links among {cal['pairs']} top fold candidates"
         + (f"; reliability plot {plot}" if plot else ""))

@@ -227,9 +227,11 @@ def add_commands(command) -> None:
                    "when none has it")
     p.add_argument("--fold-inverse", action="store_true", help="the fold also hides each "
                    "hidden pair's reverse links (when the holdout dropped them too)")
-    p.add_argument("--fold-pages", type=float, default=0.0, metavar="F", help="the fold also "
-                   "hides every out-link of this share of the pages with ≥ 3 links (cold start: "
-                   "notes with text and no links)")
+    p.add_argument("--fold-pages", type=float, default=None, metavar="F", help="the fold also "
+                   "hides every out-link of this share of the pages with ≥ 3 links, and new "
+                   "notes (pages without links that were not such at the previous cycle) are "
+                   "calibrated on those pages (default: 0.05 when the cycle has new notes, "
+                   "else 0)")
     p.add_argument("--fold", type=float, default=0.1, help="share of links hidden to fit the "
                    "extractor's ranker each cycle (0: no fit, rank by the lift)")
 

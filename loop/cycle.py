@@ -40,6 +40,7 @@ from loop.linkrows import LinkRowConfig, tune_model
 
 STEPS = ("snapshot", "compile", "tune", "fit", "extract", "review", "eval")
 MIN_FOLD = 10               # hidden links needed to fit a ranker
+NEW_NOTE_PAGES = 0.05       # share of linked pages a fold empties when a cycle has new notes
 FAULT_ENV = "GRAFT_FAULT"   # "CYCLE:STEP": SIGKILL right after that step is done (tests)
 
 
@@ -60,7 +61,8 @@ class CycleConfig:
     same_fold: bool = False         # ... or fold_seed + 1 in every cycle: the same links hidden
     fold_token: str = "link"        # the links the fold hides (all links when none has it)
     fold_inverse: bool = False      # hide each hidden pair's reverse links too
-    fold_pages: float = 0.0         # also hide all out-links of this share of linked pages
+    fold_pages: float | None = None  # also hide all out-links of this share of linked pages
+                                    # (None: NEW_NOTE_PAGES when the cycle has new notes, else 0)
     link: LinkRowConfig = field(default_factory=LinkRowConfig)   # used when tune.link_rows > 0
     ranker_kind: str = "linear"     # linear, lgbm, or auto: the better on held-back fold sources
     warm_start: bool = False        # compile from the previous cycle's subspace (compiler/warm.py)
@@ -115,7 +117,7 @@ def _run_cycle(store: Store, cfg: CycleConfig, n: int, say) -> None:
         _fault(f"{n}:{name}")
         return detail
 
-    snap_id = step("snapshot", lambda: _snapshot(store))["snapshot"]
+    snap_id = step("snapshot", lambda: _snapshot(store, n))["snapshot"]
     first = cfg.out / "cycle-1" / "model"          # later cycles keep its d, depth and vocabulary
     compile_cfg = cfg.compile if n == 1 else _pinned(cfg.compile, first)
     previous = cfg.out / f"cycle-{n - 1}" / "model"
@@ -174,10 +176,38 @@ def _fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _snapshot(store: Store) -> dict:
+def _snapshot(store: Store, n: int) -> dict:
+    """Take the cycle's snapshot, and record the pages with text and no link (new_pages)."""
+    import pyarrow as pa
+
     from graph.snapshot import take_snapshot
+    from loop.evaluate import load_graph
     snap = take_snapshot(store)
-    return {"snapshot": snap.id, "links": snap.links}
+    graph = load_graph(store)
+    cold = graph.cold()
+    pages = sorted(graph.index[p] for p in graph.texts if cold[p])
+    with store.transaction():
+        store.execute(sql_loop.LINKLESS_FORGET, {"cycle": n})
+        store.register("linkless_view", pa.table({"particle": pa.array(pages, pa.string())}))
+        try:
+            store.execute(sql_loop.LINKLESS_ADD, {"cycle": n})
+        finally:
+            store.unregister("linkless_view")
+    return {"snapshot": snap.id, "links": snap.links, "linkless": len(pages)}
+
+
+def new_pages(store: Store, n: int) -> list[str]:
+    """The new notes of cycle n: pages with text and no link at its snapshot that were not
+    such pages at cycle n − 1's — added (or emptied) since. None at cycle 1, nor after a
+    cycle whose snapshot recorded no pages (a store older than the record): a page without
+    links that was already there is one its author may have left so (cyberwiki's 642 tag
+    and stub pages), and a cycle that took every such page for an unfinished note would
+    stake links on all of them."""
+    before = store.query(sql_loop.STEP_DONE, {"cycle": n - 1, "step": "snapshot"}) if n > 1 \
+        else []
+    if not before or "linkless" not in json.loads(before[0][0]):
+        return []
+    return [p for (p,) in store.query(sql_loop.LINKLESS_NEW, {"cycle": n})]
 
 
 def _pinned(cfg: CompileConfig, first: Path) -> CompileConfig:
@@ -296,9 +326,16 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     decided = store.query(sql_loop.CURATOR_DECISIONS)       # labels; the loop's own are not
     curated = [(s, d) for s, d, status in decided if status == "accepted"]
     rejected = [(s, d) for s, d, status in decided if status == "rejected"]
+    fold_pages = cfg.fold_pages
+    if fold_pages is None:          # new notes: their map is fitted on pages the fold empties
+        fresh = len(new_pages(store, n))
+        fold_pages = NEW_NOTE_PAGES if fresh else 0.0
+        if fresh:
+            say(f"cycle {n}: fit: {fresh} new notes without links: the fold also empties "
+                f"{fold_pages:.0%} of the linked pages")
     try:
         hidden = make_fold(store, fold / "fold.duckdb", cfg.fold, seed,
-                           cfg.fold_token, cfg.fold_inverse, cfg.fold_pages, curated=curated)
+                           cfg.fold_token, cfg.fold_inverse, fold_pages, curated=curated)
     except GraftError as exc:
         return {"ranker": None, "skipped": str(exc)}
     if len(hidden) < MIN_FOLD:
@@ -334,12 +371,14 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     others = np.setdiff1d(allowed, pairs[:, 0])
     # P(true link), the fold's own: curators' decisions correct the queue they were made on
     # (loop.review.pending_confidence), not the next fold — labels and hard negatives there
-    cal = calibrate(queries, ranker, folder, features, known, others, seed, say)
+    cal = calibrate(queries, ranker, folder, features, known, others, seed, say,
+                    top=cfg.extract.per_source)     # the fold's top candidates as proposed
     ranker = replace(ranker, fit={**ranker.fit, "calibration": cal})
     path = ranker.save(folder / "ranker.json")
     subsets = fit_subsets(queries, ranker.kind, seed, say=say)   # groups' worth
     save_rankers(subsets, folder)
     return {"ranker": str(path), "ranker_kind": ranker.kind, "fold_hidden": len(hidden),
+            "fold_pages": fold_pages,
             "curator_accepted_hidden": len(curated), "curator_rejected": len(rejected),
             "fold_mrr": ranker.fit["mrr"],
             "weights": dict(zip(ranker.features, ranker.weights)),
@@ -352,11 +391,15 @@ def _extract(store: Store, model: Path, adapter: Path, ranker: Path | None, n: i
     from loop.extract import extract
     from loop.rank import Ranker
     from loop.review import add_proposals
+    fresh = new_pages(store, n)
+    if fresh:
+        say(f"cycle {n}: extract: {len(fresh)} new notes without links get the map of pages "
+            f"the fold emptied")
     props = extract(store, model, cfg.extract, adapter=adapter,
                     ranker=Ranker.load(ranker) if ranker else None, corpus=cfg.corpus, say=say,
-                    embed_cache=cfg.embed_cache)
+                    embed_cache=cfg.embed_cache, new_pages=fresh)
     new = add_proposals(store, props, n, str(model.resolve()), str(adapter.resolve()))
-    return {"proposals": len(props), "new": new}
+    return {"proposals": len(props), "new": new, "new_notes": len(fresh)}
 
 
 def _review(store: Store, n: int, k: int, holdout: Path | None,

@@ -120,7 +120,8 @@ def lift_ranker(beta: float, adapter: bool):
 
 def extract(store, model_dir: Path, cfg: ExtractConfig = ExtractConfig(),
             adapter: Path | None = None, ranker=None, corpus: Path | None = None,
-            say: Callable[[str], None] = lambda _: None, embed_cache: Path | None = None) -> list:
+            say: Callable[[str], None] = lambda _: None, embed_cache: Path | None = None,
+            new_pages: list[str] = ()) -> list:
     """Top-k proposals (p, q) of particles of `store` that no link joins yet.
 
     Args:
@@ -131,16 +132,20 @@ def extract(store, model_dir: Path, cfg: ExtractConfig = ExtractConfig(),
         ranker: a loop.rank.Ranker (fitted on a fold by `graft cycle`), or None for the lift.
         corpus: text to quote as evidence (lines where both names occur).
         embed_cache: where text embeddings are cached (loop/embed.py), if the ranker uses them.
+        new_pages: new notes (loop/cycle.py new_pages): those still without links get the
+            calibration's map of pages the fold emptied, where it has one.
 
     Returns:
         Proposals, best first.
     """
     from graph.runtime import torch_threads
     with torch_threads(cfg.threads), torch.no_grad():
-        return _extract(store, Path(model_dir), cfg, adapter, ranker, corpus, say, embed_cache)
+        return _extract(store, Path(model_dir), cfg, adapter, ranker, corpus, say, embed_cache,
+                        new_pages)
 
 
-def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -> list:
+def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache,
+             new_pages) -> list:
     from graph import sql_loop
     from loop.evaluate import load_graph
     from loop.rank import Features
@@ -160,8 +165,12 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     pairs = np.asarray(linked, dtype=np.int64).reshape(-1, 2)
     masked = sp.csr_array((np.ones(len(pairs), dtype=bool), (pairs[:, 0], pairs[:, 1])),
                              shape=(size, size))                              # (P, P)
-    # pages that link nothing yet (a new note): calibrated on the fold's own such pages
+    # pages that link nothing yet: calibrated on the fold's own such pages, and a new note
+    # among them on the pages the fold emptied (loop/calibrate.py)
     cold = graph.cold()
+    new = np.zeros(size, dtype=bool)
+    new[[pos[p] for p in new_pages if p in pos]] = True
+    new &= cold
     names = tuple(dict.fromkeys(ranker.features + ("compiled",) + (
         ("tuned",) if adapter is not None else ())))
     used = [names.index(f) for f in ranker.features]
@@ -195,7 +204,7 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
     from loop.calibrate import apply, context_of
     context = context_of(cal, graph)                  # (P,) or None: what the maps weigh
     ctx = None if context is None else context[src]   # per kept pair
-    conf = (apply(cal, np.exp(vals), cold=cold[src], context=ctx) if cal
+    conf = (apply(cal, np.exp(vals), cold=cold[src], context=ctx, new=new[src]) if cal
             else np.zeros(len(vals)))
     order = _capped(np.lexsort((dst, src, -vals, -conf)), dst, cfg.per_target, cfg.top_k)
     if scan == "candidates" and len(order):                # log-probabilities, as shown
@@ -208,9 +217,10 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache) -
         else [[] for _ in order]
     tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
     ctx = None if ctx is None else ctx[order]
-    confidence = apply(cal, np.exp(vals[order]), cold=cold[src[order]], context=ctx)  # (k,)
-    fold_only = apply(cal, np.exp(vals[order]), curator=False, cold=cold[src[order]],
-                      context=ctx)
+    at = src[order]
+    confidence = apply(cal, np.exp(vals[order]), cold=cold[at], context=ctx, new=new[at])
+    fold_only = apply(cal, np.exp(vals[order]), curator=False, cold=cold[at], context=ctx,
+                      new=new[at])
     out = []
     for n, i in enumerate(order):
         qk, delta = heads[n] if heads[n] is not None else (None, None)

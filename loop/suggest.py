@@ -105,7 +105,8 @@ def suggest(store: Store, db: Path, name: str, markdown: str, flavor: str = "obs
     cold = bool(graph.cold()[p]) and not own_links       # no [[link]] in the note either
     cal = ranker.fit.get("calibration")
     context = context_of(cal, graph)                    # the note's own, when the map asks
-    confidence = apply(cal, prob[best], cold=cold,
+    # a note asked about that has no link yet is one its author is writing: a new note's map
+    confidence = apply(cal, prob[best], cold=cold, new=cold,
                        context=None if context is None else context[p])
     shares = ranker.contributions(x[best].astype(np.float64))
     names = dict(store.query("SELECT particle, name FROM particles"))

@@ -96,6 +96,46 @@ def test_pages_without_links_get_their_own_map():
     np.testing.assert_array_equal(apply(cal, at), apply(cal, at, cold=False))
 
 
+def test_a_new_note_gets_the_map_of_the_pages_the_fold_emptied():
+    """A page without links that was already one (a tag page) reads low on the cold map;
+    the same probability on a new note reads what the emptied pages showed."""
+    rng = np.random.default_rng(1)
+    prob = rng.random(3000)
+    label = (rng.random(3000) < prob).astype(float)            # emptied pages: P(link) = p
+    # linked pages: p / 10; pages without links: p / 5 (most of them have nothing to link)
+    cal = fit_calibration(prob, (rng.random(3000) < prob / 10).astype(float))
+    cal["cold"] = fit_calibration(prob, (rng.random(3000) < prob / 5).astype(float))
+    cal["new"] = fit_calibration(prob, label)
+    at = np.array([0.9, 0.9, 0.9])
+    linked, old, new = apply(cal, at, cold=np.array([False, True, True]),
+                             new=np.array([False, False, True]))
+    assert abs(new - 0.9) < 0.1 and old < 0.35 and linked < 0.2
+    without = {k: v for k, v in cal.items() if k != "new"}   # no emptied pages: the cold map
+    assert apply(without, at[:1], cold=True, new=True)[0] == old
+
+
+def test_calibrate_fits_the_new_note_map_on_the_pages_the_fold_emptied(tmp_path):
+    """calibrate() on a fold that emptied pages (fold_pages): the "new" map is fitted only on
+    the top candidates of fold sources without links that had hidden ones."""
+    from loop.calibrate import calibrate, fold_pairs
+    from loop.fit import fit_on, fit_queries
+    from graph.store import Store
+    from loop.fold import not_candidates
+    from tests.loop.test_rank import fold_features
+    graph, feats, pairs = fold_features(tmp_path, pages=60, fold_pages=0.3)
+    with Store(tmp_path / "fold.duckdb", read_only=True) as fs:
+        known = not_candidates(graph, fs)
+    q = fit_queries(feats, known, pairs)
+    ranker = fit_on(q)
+    sources = np.setdiff1d(np.arange(len(graph.index)), pairs[:, 0])
+    cal = calibrate(q, ranker, tmp_path, feats, known, sources, say=print, top=3)
+    prob, label, src = fold_pairs(q, ranker, 3)
+    emptied = graph.cold()[src]
+    assert emptied.any() and (~emptied).any()
+    assert "new" in cal and cal["new"]["pairs"] == emptied.sum()
+    assert cal["new"]["positives"] == label[emptied].sum()
+
+
 def test_the_fold_map_recovers_a_logistic_truth():
     from loop.calibrate import _logit, _sigmoid
     rng = np.random.default_rng(0)

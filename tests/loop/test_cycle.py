@@ -184,3 +184,43 @@ def test_a_graph_too_small_to_fold_falls_back_to_the_lift(setup):
     tuned = json.loads((root / "out" / "cycle-1" / "adapter" / "tune.json").read_text())
     assert tuned["corpus"] == str((root / "out" / "corpus.txt").resolve())
     assert tuned["coverage"]["sequences"] == 2 and tuned["rows"]["train"] > 0
+
+
+def test_a_note_added_between_cycles_is_a_new_note(tmp_path):
+    """Three pages arrive (text, no links) after cycle 1: cycle 2 records them as new notes,
+    its fold empties 5% of the linked pages to calibrate them, and extraction gives them
+    that map; a page that was already without links at cycle 1 is not new."""
+    from loop.cycle import new_pages
+    from tests.conftest import pid, write_jsonl, write_wiki
+    particles, links, corpus = write_wiki(tmp_path, pages=50)
+    rows = [json.loads(x) for x in particles.read_text().splitlines()]
+    late = {pid(f"page{i:02d}") for i in (3, 17, 31)}
+    write_jsonl(tmp_path / "old.jsonl", [r for r in rows if r["particle"] not in late]
+                + [{"particle": pid("tags"), "name": "tags", "text": "see page01 and page02."}])
+    write_jsonl(tmp_path / "new.jsonl", [r for r in rows if r["particle"] in late])
+    write_jsonl(tmp_path / "links.jsonl", [r for r in map(json.loads,
+                                                          links.read_text().splitlines())
+                                           if r["from"] not in late])
+    for kind, path in (("particles", tmp_path / "old.jsonl"), ("links", tmp_path / "links.jsonl")):
+        assert graft(tmp_path, "ingest", kind, str(path)).returncode == 0
+    cycle = ["cycle", "--max-steps", "5", "--top-k", "300", "--d", "16", "--layers", "1",
+             "--corpus", str(corpus), "--out", str(tmp_path / "out"), "--json"]
+    run = graft(tmp_path, *cycle, "--cycles", "1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert graft(tmp_path, "ingest", "particles", str(tmp_path / "new.jsonl")).returncode == 0
+    run = graft(tmp_path, *cycle, "--cycles", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "3 new notes without links" in run.stderr
+    with Store(tmp_path / "g.duckdb", create=False, read_only=True) as store:
+        assert new_pages(store, 1) == [] and new_pages(store, 2) == sorted(late)
+        linkless = {n: {p for (p,) in store.query(
+            "SELECT particle FROM cycle_linkless WHERE cycle = $n", {"n": n})} for n in (1, 2)}
+        detail = {(c, s): json.loads(d) for c, s, d in store.query(
+            "SELECT cycle, step, CAST(detail AS VARCHAR) FROM cycle_steps")}
+        new_props = store.query("SELECT count(*) FROM proposals WHERE cycle = 2 AND src IN "
+                                "(SELECT particle FROM cycle_linkless WHERE cycle = 2 AND "
+                                "particle <> $t)", {"t": pid("tags")})[0][0]
+    assert linkless == {1: {pid("tags")}, 2: {pid("tags")} | late}
+    assert detail[(1, "fit")]["fold_pages"] == 0.0 and detail[(2, "fit")]["fold_pages"] == 0.05
+    assert detail[(1, "extract")]["new_notes"] == 0 and detail[(2, "extract")]["new_notes"] == 3
+    assert new_props > 0                                     # the new notes get proposals

@@ -88,11 +88,12 @@ def test_features_match_the_checkpoint(wiki):
     np.testing.assert_array_equal(x[:, 0] > 0, mentioned)
 
 
-def fold_features(root, **kw):
-    """(fold graph, its Features, hidden (p, q) positions) of the wiki with 20% hidden."""
+def fold_features(root, fold_pages: float = 0.0, **kw):
+    """(fold graph, its Features, hidden (p, q) positions) of the wiki with 20% hidden (and
+    every link of `fold_pages` of its pages)."""
     store, _ = wiki_store(root, **kw)
     with store:
-        hidden = make_fold(store, root / "fold.duckdb", 0.2, seed=1)
+        hidden = make_fold(store, root / "fold.duckdb", 0.2, seed=1, pages=fold_pages)
     with Store(root / "fold.duckdb") as fold:
         compile_snapshot(fold, take_snapshot(fold), root / "fold-ckpt",
                          CompileConfig(d=16, layers=1, check_determinism=False))
