@@ -46,11 +46,13 @@ def run(work: Path, seed: int, precision: float, fold_pages: str,
     removed = {(r["from"], r["to"]) for r in map(json.loads,
                                                  (work / "cold.jsonl").read_text().splitlines())}
     pages = {s for s, _ in removed}
-    rows = (CYBERWIKI / "particles.jsonl").read_text().splitlines()
+    # split("\n"), not splitlines(): texts hold U+2028 and other line breaks of their own
+    rows = (CYBERWIKI / "particles.jsonl").read_text(encoding="utf-8").split("\n")
     later = [r for r in rows if r.strip() and json.loads(r)["particle"] in pages]
     (work / "particles_old.jsonl").write_text(
-        "".join(r + "\n" for r in rows if r.strip() and json.loads(r)["particle"] not in pages))
-    (work / "particles_new.jsonl").write_text("".join(r + "\n" for r in later))
+        "".join(r + "\n" for r in rows if r.strip() and json.loads(r)["particle"] not in pages),
+        encoding="utf-8")
+    (work / "particles_new.jsonl").write_text("".join(r + "\n" for r in later), encoding="utf-8")
     cycle = ["cycle", "--out", str(work / "out"), "--corpus", str(CYBERWIKI / "corpus.txt"),
              "--accept-precision", str(precision), "--max-steps", "150", "--top-k", "500",
              "--per-source", str(per_source)]
