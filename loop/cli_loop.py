@@ -89,7 +89,8 @@ def cmd_cycle(args, say, emit) -> None:
                                             sources=args.sources,
                                             per_source=args.per_source),
                       fold=args.fold, eval_queries=args.eval_queries,
-                      ranker_kind=args.ranker_kind, fold_token=args.fold_token,
+                      ranker_kind=args.ranker_kind, ranker_features=args.ranker_features,
+                      fold_token=args.fold_token,
                       fold_inverse=args.fold_inverse, fold_pages=args.fold_pages,
                       hard_negative=args.hard_negative, warm_start=args.warm_start,
                       same_fold=args.same_fold, text_embed=not args.no_text_embed,
@@ -217,6 +218,10 @@ def add_commands(command) -> None:
     p.add_argument("--sources", default="auto", choices=["auto", "all", "text"],
                    help=SOURCES_HELP)
     p.add_argument("--beta", type=float, default=0.5, help="the lift's β when no ranker is fitted")
+    p.add_argument("--ranker-features", default="auto", choices=["auto", "all"],
+                   help="auto: a linear ranker keeps the feature groups (text, compiled, "
+                   "tuned) that earn their place, cross-validated on the fold's sources — the "
+                   "fewest within one standard error of the best; all: every feature")
     p.add_argument("--ranker-kind", default="linear", choices=["linear", "lgbm", "auto"],
                    help="the extractor's ranker: listwise linear, LightGBM lambdarank, or auto "
                    "(whichever ranks a held-back quarter of the fold better)")

@@ -65,6 +65,8 @@ class CycleConfig:
                                     # (None: NEW_NOTE_PAGES when the cycle has new notes, else 0)
     link: LinkRowConfig = field(default_factory=LinkRowConfig)   # used when tune.link_rows > 0
     ranker_kind: str = "linear"     # linear, lgbm, or auto: the better on held-back fold sources
+    ranker_features: str = "auto"   # auto: the feature groups that earn their place on the
+                                    # fold (loop/ablate.py choose_subset; linear); all: every one
     warm_start: bool = False        # compile from the previous cycle's subspace (compiler/warm.py)
     hard_negative: float = 1.0      # a curator-rejected candidate counts as this many in the fit
     text_embed: bool = True         # the ranker may use the MiniLM features (when installed)
@@ -313,7 +315,7 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     from compiler.compile import compile_snapshot
     from graph.snapshot import take_snapshot
     from loop.evaluate import load_graph
-    from loop.ablate import fit_subsets, save_rankers
+    from loop.ablate import choose_subset, fit_subsets, save_rankers
     from loop.calibrate import calibrate
     from loop.fold import hidden_positions, make_fold, not_candidates, positions, save_hidden
     from loop.fit import fit_kind, fit_queries
@@ -367,7 +369,17 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     queries = fit_queries(features, known, pairs, seed=seed, say=say,
                           hard=positions(graph, rejected), hard_weight=cfg.hard_negative,
                           scan=cfg.extract.scan)
-    ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=seed, say=say)
+    if cfg.ranker_features not in ("auto", "all"):
+        raise GraftError(f"ranker features {cfg.ranker_features!r}: expected auto or all")
+    choice = None
+    if cfg.ranker_kind == "linear" and cfg.ranker_features == "auto":
+        subsets = fit_subsets(queries, "linear", seed, say=say)       # groups' worth
+        choice = choose_subset(queries, subsets, seed, say=say)
+        ranker = subsets[choice["subset"]]
+        ranker = replace(ranker, fit={**ranker.fit, "subset": choice})
+    else:
+        ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=seed, say=say)
+        subsets = fit_subsets(queries, ranker.kind, seed, say=say)   # groups' worth
     others = np.setdiff1d(allowed, pairs[:, 0])
     # P(true link), the fold's own: curators' decisions correct the queue they were made on
     # (loop.review.pending_confidence), not the next fold — labels and hard negatives there
@@ -375,7 +387,6 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
                     top=cfg.extract.per_source)     # the fold's top candidates as proposed
     ranker = replace(ranker, fit={**ranker.fit, "calibration": cal})
     path = ranker.save(folder / "ranker.json")
-    subsets = fit_subsets(queries, ranker.kind, seed, say=say)   # groups' worth
     save_rankers(subsets, folder)
     return {"ranker": str(path), "ranker_kind": ranker.kind, "fold_hidden": len(hidden),
             "fold_pages": fold_pages,
@@ -383,6 +394,8 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
             "fold_mrr": ranker.fit["mrr"],
             "weights": dict(zip(ranker.features, ranker.weights)),
             "fold_mrr_by_subset": {k: r.fit["mrr"] for k, r in subsets.items()},
+            **({"ranker_subset": choice["subset"], "cv_mrr_by_subset": choice["cv_mrr"]}
+               if choice else {}),
             "reliability": cal["reliability"], **({"fold_dpo": fold_dpo} if fold_dpo else {})}
 
 

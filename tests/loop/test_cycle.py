@@ -117,7 +117,8 @@ def test_a_cycle_fits_its_ranker_on_a_fold_and_ranks_with_it(tmp_path):
         assert graft(tmp_path, "ingest", kind, str(path)).returncode == 0
     run = graft(tmp_path, "cycle", "--cycles", "1", "--max-steps", "5", "--top-k", "10",
                 "--auto-accept", "3", "--d", "16", "--layers", "1", "--corpus", str(corpus),
-                "--out", str(tmp_path / "out"), "--holdout", str(tmp_path / "h.jsonl"), "--json")
+                "--out", str(tmp_path / "out"), "--holdout", str(tmp_path / "h.jsonl"), "--json",
+                "--ranker-features", "all")
     assert run.returncode == 0, run.stderr[-3000:]
     row = json.loads(run.stdout)["cycles"][0]
     assert row["steps"] == ["snapshot", "compile", "tune", "fit", "extract", "review", "eval"]

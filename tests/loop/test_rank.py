@@ -176,6 +176,49 @@ def test_a_fit_records_each_bounded_features_range_over_its_candidates(tmp_path,
     assert linked.max() > r.bounds["zero_layer"][1]        # memorised links lie beyond them
 
 
+def _queries_where(signal: str, seed: int = 0):
+    """FitQueries over 300 sources × 30 candidates with text, compiled and tuned features:
+    `mention` marks the target and 4 decoys; `signal` (a feature name, or "") also tells the
+    target from the decoys; the other features are noise."""
+    from loop.fit import FitQueries
+    rng = np.random.default_rng(seed)
+    names = ("mention", "indegree", "zero_layer", "compiled", "tuned", "tuned_context")
+    x = rng.normal(size=(300, 30, len(names))).astype(np.float32)
+    x[..., 0] = 0.0
+    target = rng.integers(0, 30, size=300)
+    for s, t in enumerate(target):
+        named = np.r_[t, rng.choice(np.setdiff1d(np.arange(30), [t]), 4, replace=False)]
+        x[s, named, 0] = 1.0
+        if signal:
+            x[s, t, names.index(signal)] += 2.5
+    return FitQueries(names, torch.from_numpy(x), torch.arange(300), torch.as_tensor(target),
+                      torch.ones(300, 30, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("signal, chosen", [("zero_layer", "text+compiled"),
+                                            ("tuned", "text+tuned")])
+def test_a_feature_group_is_kept_only_when_it_earns_its_place(signal, chosen):
+    """Cross-validated on the fold's sources: a group that tells links apart is kept, and the
+    groups of pure noise beside it are left out (the fewest features within one standard
+    error of the best)."""
+    from loop.ablate import choose_subset, fit_subsets
+    q = _queries_where(signal, seed=1)
+    choice = choose_subset(q, fit_subsets(q, "linear"), seed=1)
+    assert choice["subset"] == chosen, choice
+    assert choice["cv_mrr"][chosen] > choice["cv_mrr"]["text"] + 0.1
+
+
+def test_groups_of_noise_are_left_out():
+    """Noise beside the mentions: text alone in most draws (a one-standard-error rule lets
+    noise in now and then; here it would let it in at most once in five)."""
+    from loop.ablate import choose_subset, fit_subsets
+    chosen = []
+    for seed in range(5):
+        q = _queries_where("", seed)
+        chosen.append(choose_subset(q, fit_subsets(q, "linear"), seed=seed)["subset"])
+    assert chosen.count("text") >= 4, chosen
+
+
 def test_fold_hides_the_share_and_keeps_the_rest(tmp_path):
     store, _ = wiki_store(tmp_path, pages=30)
     with store:
