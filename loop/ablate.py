@@ -73,10 +73,7 @@ def choose_subset(queries: FitQueries, rankers: dict[str, Ranker], seed: int = 0
             fitted = fit_on(sub, ranker.features)
             cols = [queries.names.index(f) for f in ranker.features]
             score = fitted.score(queries.x[torch.as_tensor(sources)][..., cols].numpy())[at]
-            t = score[np.arange(len(at)), target][:, None]
-            above = ((score > t) & mask).sum(1)
-            ties = ((score == t) & mask).sum(1) - 1
-            recip[name][out] = 1.0 / (1.0 + above + 0.5 * ties)
+            recip[name][out] = 1.0 / evaluate.rank_targets(score, target, mask)[0]
     mean = {name: float(r.mean()) for name, r in recip.items()}
     best = max(mean, key=mean.get)
     se = {name: float(np.std(recip[best] - r, ddof=1) / np.sqrt(len(r))) if len(r) > 1 else 0.0
