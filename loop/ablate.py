@@ -54,7 +54,6 @@ def choose_subset(queries: FitQueries, rankers: dict[str, Ranker], seed: int = 0
 
     Returns {"subset", "cv_mrr": {subset: mean}, "se": {subset: paired standard error
     against the best}, "folds"}."""
-    from dataclasses import replace
     rows = queries.row.numpy()
     part = np.random.default_rng(seed).permutation(queries.x.shape[0]) % folds   # by source
     recip = {name: np.zeros(len(rows)) for name in rankers}
@@ -62,9 +61,7 @@ def choose_subset(queries: FitQueries, rankers: dict[str, Ranker], seed: int = 0
         out = part[rows] == k
         if not out.any() or out.all():
             continue
-        keep = torch.as_tensor(~out)
-        sub = replace(queries, row=queries.row[keep], target=queries.target[keep],
-                      mask=queries.mask[keep])
+        sub = queries.only(~out)
         sources = np.unique(rows[out])
         at = np.searchsorted(sources, rows[out])
         target = queries.target.numpy()[out]

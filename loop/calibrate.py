@@ -392,18 +392,19 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
     if split:
         # a page without links that names many particles is a note that lacks its links; one
         # that names few, a page with nothing to link (cyberwiki's tag pages)
-        ctx = named(features.graph)[src[cold]]
-        own = fit_calibration(prob[cold], label[cold], weight[cold], context=ctx)
-        cal["cold"] = {**own, "reliability": reliability(prob[cold], label[cold], own,
-                                                         weight=weight[cold], context=ctx)}
+        ctx = named(features.graph)[np.maximum(src, 0)]                     # per pair
+
+        def own_map(where: np.ndarray) -> dict:
+            own = fit_calibration(prob[where], label[where], weight[where], context=ctx[where])
+            return {**own, "reliability": reliability(prob[where], label[where], own,
+                                                      weight=weight[where], context=ctx[where])}
+
+        own = cal["cold"] = own_map(cold)
         say(f"calibration: pages without links get their own map ({own['positives']} true "
             f"links among {own['pairs']} of their top candidates"
             + (f"; {own['c']:+.2f} per log particle their text names)" if "c" in own else ")"))
         if label[emptied].sum() >= MIN_COLD:
-            ctx = named(features.graph)[src[emptied]]
-            own = fit_calibration(prob[emptied], label[emptied], weight[emptied], context=ctx)
-            cal["new"] = {**own, "reliability": reliability(
-                prob[emptied], label[emptied], own, weight=weight[emptied], context=ctx)}
+            own = cal["new"] = own_map(emptied)
             say(f"calibration: new notes get the map of the pages the fold emptied "
                 f"({own['positives']} true links among {own['pairs']} of their top "
                 f"candidates)")

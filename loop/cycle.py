@@ -74,6 +74,10 @@ class CycleConfig:
                                     # the tune step goes on with DPO on them (0: never)
     dpo_steps: int = 50             # DPO steps per cycle
 
+    def __post_init__(self):
+        if self.ranker_features not in ("auto", "all"):
+            raise GraftError(f"ranker features {self.ranker_features!r}: expected auto or all")
+
     @property
     def embed_cache(self) -> Path:
         return self.out / "embeddings.safetensors"
@@ -369,14 +373,12 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
     queries = fit_queries(features, known, pairs, seed=seed, say=say,
                           hard=positions(graph, rejected), hard_weight=cfg.hard_negative,
                           scan=cfg.extract.scan)
-    if cfg.ranker_features not in ("auto", "all"):
-        raise GraftError(f"ranker features {cfg.ranker_features!r}: expected auto or all")
     choice = None
     if cfg.ranker_kind == "linear" and cfg.ranker_features == "auto":
         subsets = fit_subsets(queries, "linear", seed, say=say)       # groups' worth
         choice = choose_subset(queries, subsets, seed, say=say)
-        ranker = subsets[choice["subset"]]
-        ranker = replace(ranker, fit={**ranker.fit, "subset": choice})
+        chosen = subsets[choice["subset"]]
+        ranker = replace(chosen, fit={**chosen.fit, "subset": choice})
     else:
         ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=seed, say=say)
         subsets = fit_subsets(queries, ranker.kind, seed, say=say)   # groups' worth

@@ -44,6 +44,12 @@ class FitQueries:
     columns: np.ndarray | None = None   # (S, C) the particle of each candidate slot (−1:
                                         # none); None: the slots are the whole index
 
+    def only(self, keep) -> FitQueries:
+        """The queries `keep` (n,) bool selects, over the same features and sources."""
+        from dataclasses import replace
+        keep = torch.as_tensor(keep)
+        return replace(self, row=self.row[keep], target=self.target[keep], mask=self.mask[keep])
+
 
 def source_lists(q: FitQueries):
     """(row of q.x, candidates (P,) bool, hidden targets (k,)) of each fitted source, the

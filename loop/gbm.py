@@ -105,8 +105,6 @@ def choose(q, linear_fit: Callable, names: tuple[str, ...], seed: int = 0, share
            say: Callable[[str], None] = lambda _: None) -> dict:
     """Fit the linear ranker and the booster on (1 − share) of the fold's sources, score both
     on the rest, and say which ranks better: {"kind", "mrr": {"linear", "lgbm"}}."""
-    from dataclasses import replace
-
     from loop.fit import _mrr
     if not available():
         raise GraftError("--ranker-kind lgbm needs lightgbm: pip install lightgbm")
@@ -116,8 +114,7 @@ def choose(q, linear_fit: Callable, names: tuple[str, ...], seed: int = 0, share
     back[rng.choice(n_src, max(1, int(share * n_src)), replace=False)] = True
     rows = q.row.numpy()
     fit_rows, val_rows = ~back[rows], back[rows]
-    sub = replace(q, row=q.row[fit_rows], target=q.target[fit_rows], mask=q.mask[fit_rows])
-    ranker = linear_fit(sub, names)
+    ranker = linear_fit(q.only(fit_rows), names)
     cols = [q.names.index(n) for n in names]
     linear = ranker.score(q.x[..., cols].numpy())     # (S, P), clipped to its fit's bounds
     model = fit_booster(q, names, linear, np.flatnonzero(~back), seed)
