@@ -31,7 +31,7 @@ CYBERWIKI = ROOT.parent / "shared" / "data" / "cyberwiki"
 
 
 def run(work: Path, seed: int, precision: float, fold_pages: str,
-        per_source: int = 20) -> dict:
+        per_source: int = 20, more: tuple[str, ...] = ()) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     db, log = work / "g.duckdb", open(work / "log.txt", "w")
@@ -55,7 +55,7 @@ def run(work: Path, seed: int, precision: float, fold_pages: str,
     (work / "particles_new.jsonl").write_text("".join(r + "\n" for r in later), encoding="utf-8")
     cycle = ["cycle", "--out", str(work / "out"), "--corpus", str(CYBERWIKI / "corpus.txt"),
              "--accept-precision", str(precision), "--max-steps", "150", "--top-k", "500",
-             "--per-source", str(per_source)]
+             "--per-source", str(per_source), *more]
     if fold_pages != "auto":
         cycle += ["--fold-pages", fold_pages]
     graft("ingest", "particles", str(work / "particles_old.jsonl"))
@@ -105,11 +105,12 @@ def main() -> None:
                     "--fold-pages` settings, each its own run (auto: the cycle's default)")
     ap.add_argument("--per-source", type=int, default=20, help="`graft cycle --per-source`: "
                     "proposals one page may get (5 caps recall at 200 of the ~610 removed)")
+    ap.add_argument("cycle_args", nargs="*", help="more `graft cycle` flags (after --)")
     args = ap.parse_args()
     if not CYBERWIKI.is_dir():
         sys.exit(f"{CYBERWIKI} missing: this bench needs ../shared")
-    rows = [run(args.work / f"fold-pages-{f}", args.seed, args.precision, f, args.per_source)
-            for f in args.fold_pages.split(",")]
+    rows = [run(args.work / f"fold-pages-{f}", args.seed, args.precision, f, args.per_source,
+                tuple(args.cycle_args)) for f in args.fold_pages.split(",")]
     print(f"{rows[0]['removed']} links removed from {rows[0]['pages']} pages; the second "
           f"cycle's links accepted at --accept-precision {args.precision}:\n"
           "| --fold-pages (used) | new-note map (its true links) | accepted | estimated | "

@@ -5,6 +5,7 @@
 # the cycles and the per-cycle eval table beside the baselines (bench/loop_table.py).
 # Usage: bash bench/loop_cyberwiki.sh [WORKDIR] [CYCLES] [AUTO_ACCEPT] [SPLIT_SEED]   (needs ../shared)
 #   AUTO_ACCEPT 0: accept by calibrated confidence instead (--accept-precision, default 0.8)
+#   CYCLE_ARGS (env): more `graft cycle` flags, e.g. "--folds 3"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/graft-loop-cyberwiki}; N=${2:-3}; K=${3:-50}; SEED=${4:-1}
@@ -18,5 +19,5 @@ graft --db "$W/g.duckdb" eval --holdout "$W/holdout.jsonl" --json \
       --methods popularity,focus,adamic_adar,ppmi,spectral,mentions,pykeen > "$W/baselines.json"
 graft --db "$W/g.duckdb" cycle --cycles "$N" --corpus "$CW/corpus.txt" --out "$W/out" \
       --holdout "$W/holdout.jsonl" --auto-accept "$K" --max-steps 150 --top-k 500 \
-      | tee "$W/cycles.txt"
+      ${CYCLE_ARGS:-} | tee "$W/cycles.txt"
 python bench/loop_table.py --db "$W/g.duckdb" --baselines "$W/baselines.json" | tee "$W/table.md"

@@ -55,7 +55,10 @@ def choose_subset(queries: FitQueries, rankers: dict[str, Ranker], seed: int = 0
     Returns {"subset", "cv_mrr": {subset: mean}, "se": {subset: paired standard error
     against the best}, "folds"}."""
     rows = queries.row.numpy()
-    part = np.random.default_rng(seed).permutation(queries.x.shape[0]) % folds   # by source
+    # by page: a page that several folds fit on (loop/fit.py pooled) stays in one part
+    pages = queries.pages if queries.pages is not None else np.arange(queries.x.shape[0])
+    unique, page_of = np.unique(pages, return_inverse=True)
+    part = (np.random.default_rng(seed).permutation(len(unique)) % folds)[page_of]
     recip = {name: np.zeros(len(rows)) for name in rankers}
     for k in range(folds):
         out = part[rows] == k

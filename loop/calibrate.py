@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -342,15 +343,26 @@ def accept_count(confidences: list[float], precision: float) -> int:
     return int(ok[-1] + 1) if len(ok) else 0
 
 
-def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, seed: int = 0,
+class Fold(NamedTuple):
+    """What calibration reads of one fold: its fitting queries, and (to add the fold's other
+    sources, all negatives) its Features, not-candidate links and those other sources."""
+
+    q: object                       # loop.fit.FitQueries
+    features: object = None         # loop.rank.Features
+    known: sp.csr_array | None = None
+    sources: np.ndarray | None = None
+
+
+def calibrate(folds: list[Fold], ranker, folder: Path, seed: int = 0,
               say: Callable[[str], None] = lambda _: None, top: int = TOP) -> dict:
-    """Fit the calibration of `ranker` on the fold: the top candidates of the sources with a
-    hidden link (the queries `q`) and of a seeded sample of the fold's other `sources` (as many
-    again, each standing for its share of all of them), through `features` and the fold's
-    `known` links, each source's `top` (the extractor's per_source); write the reliability
-    plot to folder/reliability.png. Returns the
-    calibration with its reliability table (in sample, on the fold). Curators' decisions
-    correct a cycle's queue afterwards (loop.review.pending_confidence), not this map.
+    """Fit the calibration of `ranker` on the folds: the top candidates of the sources with a
+    hidden link (each fold's queries) and of a seeded sample of each fold's other sources (as
+    many again, each standing for its share of all of them), through the fold's features
+    and not-candidate links, each source's `top` (the extractor's per_source); write the
+    reliability plot to folder/reliability.png. Several folds of a cycle (`--folds`) pool
+    their pairs. Returns the calibration with its reliability table (in sample, on the
+    folds). Curators' decisions correct a cycle's queue afterwards
+    (loop.review.pending_confidence), not this map.
 
     Pages with no out-link in the fold — a new note's case, which a fold hiding whole pages
     (`--fold-pages`) makes — get a map of their own (and the main map is fitted on the other
@@ -366,25 +378,9 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
     true links) is the one for a new note (loop/cycle.py new_pages; `graft suggest` on a
     note without links) — never for a page that was already linkless, of which the store
     says nothing."""
-    import torch
-    with torch.no_grad():
-        prob, label, src = fold_pairs(q, ranker, top)
-        n_fold = len(prob)
-        weight = np.ones(len(prob))
-        if features is not None and sources is not None and len(sources):
-            n = min(len(sources), max(1, q.x.shape[0]))
-            pick = np.sort(np.random.default_rng(seed).choice(sources, n, replace=False))
-            other, other_src = other_pairs(features, known, ranker, pick, top,
-                                           candidates=q.columns is not None)
-            prob = np.concatenate([prob, other])
-            label = np.concatenate([label, np.zeros(len(other))])
-            weight = np.concatenate([weight, np.full(len(other), len(sources) / n)])
-            src = np.concatenate([src, other_src])
-    cold = np.zeros(len(prob), dtype=bool)
-    if features is not None:
-        cold = (src >= 0) & features.graph.cold()[np.maximum(src, 0)]
-    emptied = cold.copy()                   # pages the fold emptied: the queries' sources
-    emptied[n_fold:] = False
+    parts = [_fold_calibration_pairs(fold, ranker, seed + j, top)
+             for j, fold in enumerate(folds)]
+    prob, label, weight, src, cold, emptied = (np.concatenate(a) for a in zip(*parts))
     split = label[cold].sum() >= MIN_COLD and label[~cold].sum() >= MIN_COLD
     rest = ~cold if split else np.ones(len(prob), dtype=bool)
     cal = fit_calibration(prob[rest], label[rest], weight[rest])
@@ -392,7 +388,8 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
     if split:
         # a page without links that names many particles is a note that lacks its links; one
         # that names few, a page with nothing to link (cyberwiki's tag pages)
-        ctx = named(features.graph)[np.maximum(src, 0)]                     # per pair
+        ctx = np.concatenate([named(fold.features.graph)[np.maximum(part[3], 0)]
+                              for fold, part in zip(folds, parts)])            # per pair
 
         def own_map(where: np.ndarray) -> dict:
             own = fit_calibration(prob[where], label[where], weight[where], context=ctx[where])
@@ -410,5 +407,34 @@ def calibrate(q, ranker, folder: Path, features=None, known=None, sources=None, 
                 f"candidates)")
     plot = plot_reliability(cal["reliability"], Path(folder) / "reliability.png")
     say(f"calibration: {cal['positives']} true links among {cal['pairs']} top fold candidates"
+        + (f" ({len(folds)} folds)" if len(folds) > 1 else "")
         + (f"; reliability plot {plot}" if plot else ""))
     return cal
+
+
+def _fold_calibration_pairs(fold: Fold, ranker, seed: int, top: int) -> tuple[np.ndarray, ...]:
+    """(probability, label, weight, source, cold, emptied) (n,) of one fold's labelled pairs:
+    its queries' sources' `top` candidates, then a seeded sample of its other sources'; cold:
+    the source has no out-link in the fold; emptied: ... and is a query's source (a page the
+    fold emptied)."""
+    import torch
+    with torch.no_grad():
+        prob, label, src = fold_pairs(fold.q, ranker, top)
+        n_fold = len(prob)
+        weight = np.ones(len(prob))
+        sources = fold.sources
+        if fold.features is not None and sources is not None and len(sources):
+            n = min(len(sources), max(1, fold.q.x.shape[0]))
+            pick = np.sort(np.random.default_rng(seed).choice(sources, n, replace=False))
+            other, other_src = other_pairs(fold.features, fold.known, ranker, pick, top,
+                                           candidates=fold.q.columns is not None)
+            prob = np.concatenate([prob, other])
+            label = np.concatenate([label, np.zeros(len(other))])
+            weight = np.concatenate([weight, np.full(len(other), len(sources) / n)])
+            src = np.concatenate([src, other_src])
+    cold = np.zeros(len(prob), dtype=bool)
+    if fold.features is not None:
+        cold = (src >= 0) & fold.features.graph.cold()[np.maximum(src, 0)]
+    emptied = cold.copy()                   # pages the fold emptied: the queries' sources
+    emptied[n_fold:] = False
+    return prob, label, weight, src, cold, emptied

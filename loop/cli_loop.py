@@ -88,7 +88,7 @@ def cmd_cycle(args, say, emit) -> None:
                                             device=args.device, scan=args.scan,
                                             sources=args.sources,
                                             per_source=args.per_source),
-                      fold=args.fold, eval_queries=args.eval_queries,
+                      fold=args.fold, folds=args.folds, eval_queries=args.eval_queries,
                       ranker_kind=args.ranker_kind, ranker_features=args.ranker_features,
                       fold_token=args.fold_token,
                       fold_inverse=args.fold_inverse, fold_pages=args.fold_pages,
@@ -239,6 +239,9 @@ def add_commands(command) -> None:
                    "else 0)")
     p.add_argument("--fold", type=float, default=0.1, help="share of links hidden to fit the "
                    "extractor's ranker each cycle (0: no fit, rank by the lift)")
+    p.add_argument("--folds", type=int, default=1, metavar="K", help="fit and calibrate the "
+                   "ranker on K disjoint folds (each compiled and tuned), pooled: a steadier "
+                   "ranker and calibration for K times the fit step's compile and tune")
 
     p = command("suggest", cmd_suggest, "proposed links for one note (new, or without "
                 "links yet) from the latest cycle's model and ranker")

@@ -207,15 +207,17 @@ def split_links(path: Path, fraction: float, seed: int, train: Path, holdout: Pa
 
 
 def cold_sources(pairs: list[tuple[str, str]], share: float, min_links: int,
-                 rng: np.random.Generator) -> set[str]:
+                 rng: np.random.Generator, exclude: set[str] = frozenset()) -> set[str]:
     """A seeded `share` of the sources with at least `min_links` distinct targets in `pairs`:
-    pages whose links are then all hidden (cold start)."""
+    pages whose links are then all hidden (cold start); none of `exclude` (pages an earlier
+    draw took), as many as when none is excluded (or all that are left)."""
     targets: dict[str, set] = {}
     for src, dst in pairs:
         targets.setdefault(src, set()).add(dst)
     linked = sorted(p for p, t in targets.items() if len(t) >= min_links)
-    return {linked[i] for i in rng.choice(len(linked), round(share * len(linked)),
-                                          replace=False)}
+    n = round(share * len(linked))
+    linked = [p for p in linked if p not in exclude]
+    return {linked[i] for i in rng.choice(len(linked), min(n, len(linked)), replace=False)}
 
 
 @dataclass(frozen=True)

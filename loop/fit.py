@@ -43,12 +43,56 @@ class FitQueries:
     sources: np.ndarray | None = None   # (S,) index position of each fitted source
     columns: np.ndarray | None = None   # (S, C) the particle of each candidate slot (−1:
                                         # none); None: the slots are the whole index
+    pages: np.ndarray | None = None     # (S,) each source's particle id: the same page
+                                        # across pooled folds, whose indexes may differ
 
     def only(self, keep) -> FitQueries:
         """The queries `keep` (n,) bool selects, over the same features and sources."""
         from dataclasses import replace
         keep = torch.as_tensor(keep)
         return replace(self, row=self.row[keep], target=self.target[keep], mask=self.mask[keep])
+
+
+def pooled(parts: list[FitQueries]) -> FitQueries:
+    """One FitQueries of several folds' queries, each fold's sources kept apart (a page that
+    two folds fit on is two sources, each with its own fold's features and candidates);
+    candidate slots, or index positions, are padded to the widest fold's (no query's
+    candidate). A fold's index may be shorter than another's (a link type that is no
+    link's end there is no particle), so `sources` and `columns` are positions in each
+    source's own fold; `pages` names the page."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if any(q.names != first.names for q in parts):
+        raise GraftError(f"folds computed different features: {[q.names for q in parts]}")
+    if len({q.columns is None for q in parts}) > 1:
+        raise GraftError("folds disagree on candidate slots (dense and candidate scans)")
+    if len({q.hard_weight for q in parts}) > 1:
+        raise GraftError("folds weigh rejected pairs differently")
+    width = max(q.x.shape[1] for q in parts)
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:        # (·, C, …) → (·, width, …)
+        shape = (t.shape[0], width - t.shape[1], *t.shape[2:])
+        return torch.cat([t, torch.full(shape, value, dtype=t.dtype)], 1)
+
+    offsets = np.cumsum([0] + [q.x.shape[0] for q in parts])
+    hard = None
+    if any(q.hard is not None for q in parts):
+        hard = torch.cat([pad(q.hard if q.hard is not None else
+                              torch.zeros(q.x.shape[:2], dtype=torch.bool), False)
+                          for q in parts])
+    return FitQueries(
+        first.names, torch.cat([pad(q.x, 0.0) for q in parts]),
+        torch.cat([q.row + int(o) for q, o in zip(parts, offsets)]),
+        torch.cat([q.target for q in parts]), torch.cat([pad(q.mask, False) for q in parts]),
+        hard, first.hard_weight,
+        None if any(q.sources is None for q in parts) else np.concatenate(
+            [q.sources for q in parts]),
+        None if first.columns is None else np.concatenate(
+            [np.pad(q.columns, ((0, 0), (0, width - q.columns.shape[1])), constant_values=-1)
+             for q in parts]),
+        None if any(q.pages is None for q in parts) else np.concatenate(
+            [q.pages for q in parts]))
 
 
 def source_lists(q: FitQueries):
@@ -103,7 +147,8 @@ def fit_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed
         rejected &= candidates
         say(f"ranker: {int(rejected.sum())} rejected pairs as hard negatives "
             f"(× {hard_weight:g})")
-    return FitQueries(names, x, row, target, mask, rejected, hard_weight, sources)
+    return FitQueries(names, x, row, target, mask, rejected, hard_weight, sources,
+                      pages=np.asarray(features.graph.index, dtype=object)[sources])
 
 
 def _candidate_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed: int,
@@ -159,7 +204,8 @@ def _candidate_queries(features: Features, known: sp.csr_array, pairs: np.ndarra
             f"(× {hard_weight:g})")
     return FitQueries(names, torch.from_numpy(x), torch.as_tensor(row),
                       torch.as_tensor(target), valid[torch.as_tensor(row)], rejected,
-                      hard_weight, sources, columns)
+                      hard_weight, sources, columns,
+                      np.asarray(features.graph.index, dtype=object)[sources])
 
 
 def fit_ranker(features: Features, known: sp.csr_array, pairs: np.ndarray,

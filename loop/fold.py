@@ -25,7 +25,7 @@ from loop.evaluate import TRUTH, cold_sources
 
 def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = "link",
               inverse: bool = False, pages: float = 0.0, min_links: int = 3,
-              curated: list[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+              curated: list[tuple[str, str]] = (), part: int = 0) -> list[tuple[str, str]]:
     """Write the fold store at `out` (replaced if present) and return the hidden pairs.
 
     Args:
@@ -45,6 +45,9 @@ def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = 
             left out of the fold), so the ranker learns from them as links the extractor
             should find, scored by models that never saw them. Links the loop accepted on
             its own are never hidden: they are predictions, not answers.
+        part: which of the seed's disjoint folds: part j hides `fraction` of the links and
+            `pages` of the pages that parts 0 … j−1 left (part 0 is the seed's one fold), so
+            a cycle fitting on several folds ranks every hidden link once.
 
     Returns:
         The hidden (src, dst) pairs, sorted; every link between them is left out of the fold.
@@ -68,11 +71,20 @@ def make_fold(store: Store, out: Path, fraction: float, seed: int, token: str = 
     if k == 0:
         raise GraftError(f"the store has {len(eligible)} ground-truth link pairs: too few to "
                          f"hide a share of {fraction}")
+    if (part + 1) * k > len(eligible):
+        raise GraftError(f"fold part {part + 1} of a share of {fraction}: more than the store's "
+                         f"{len(eligible)} ground-truth link pairs")
     rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(eligible), size=k, replace=False))
+    free = np.arange(len(eligible))
+    taken_pages: set[str] = set()
+    for _ in range(part + 1):           # the earlier parts' draws, then this one's
+        chosen = np.sort(free[rng.choice(len(free), size=k, replace=False)])
+        free = np.setdiff1d(free, chosen)
+        cold = (cold_sources(eligible, pages, min_links, rng, exclude=taken_pages)
+                if pages > 0 else set())
+        taken_pages |= cold
     hidden = [eligible[i] for i in chosen]
-    if pages > 0:
-        cold = cold_sources(eligible, pages, min_links, rng)
+    if cold:
         hidden = sorted(set(hidden) | {pair for pair in eligible if pair[0] in cold})
     if curated:
         linked = set(zip(src, dst))

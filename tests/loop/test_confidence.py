@@ -117,7 +117,7 @@ def test_a_new_note_gets_the_map_of_the_pages_the_fold_emptied():
 def test_calibrate_fits_the_new_note_map_on_the_pages_the_fold_emptied(tmp_path):
     """calibrate() on a fold that emptied pages (fold_pages): the "new" map is fitted only on
     the top candidates of fold sources without links that had hidden ones."""
-    from loop.calibrate import calibrate, fold_pairs
+    from loop.calibrate import Fold, calibrate, fold_pairs
     from loop.fit import fit_on, fit_queries
     from graph.store import Store
     from loop.fold import not_candidates
@@ -128,12 +128,15 @@ def test_calibrate_fits_the_new_note_map_on_the_pages_the_fold_emptied(tmp_path)
     q = fit_queries(feats, known, pairs)
     ranker = fit_on(q)
     sources = np.setdiff1d(np.arange(len(graph.index)), pairs[:, 0])
-    cal = calibrate(q, ranker, tmp_path, feats, known, sources, say=print, top=3)
+    cal = calibrate([Fold(q, feats, known, sources)], ranker, tmp_path, say=print, top=3)
     prob, label, src = fold_pairs(q, ranker, 3)
     emptied = graph.cold()[src]
     assert emptied.any() and (~emptied).any()
     assert "new" in cal and cal["new"]["pairs"] == emptied.sum()
     assert cal["new"]["positives"] == label[emptied].sum()
+    twice = calibrate([Fold(q, feats, known, sources)] * 2, ranker, tmp_path, top=3)
+    assert twice["new"]["pairs"] == 2 * cal["new"]["pairs"]      # folds pool their pairs
+    assert twice["new"]["positives"] == 2 * cal["new"]["positives"]
 
 
 def test_the_fold_map_recovers_a_logistic_truth():

@@ -171,6 +171,32 @@ def test_a_cycle_fits_its_ranker_on_a_fold_and_ranks_with_it(tmp_path):
     assert "| 1: peak GB so far |" in table.stdout
 
 
+def test_a_cycle_can_fit_its_ranker_on_several_disjoint_folds(tmp_path):
+    """--folds 2: two folds, each compiled and tuned, hide disjoint links; the ranker and its
+    calibration are fitted on both folds' queries at once."""
+    from tests.conftest import write_wiki
+    particles, links, corpus = write_wiki(tmp_path, pages=50)
+    for kind, path in (("particles", particles), ("links", links)):
+        assert graft(tmp_path, "ingest", kind, str(path)).returncode == 0
+    run = graft(tmp_path, "cycle", "--cycles", "1", "--max-steps", "5", "--top-k", "10",
+                "--d", "16", "--layers", "1", "--corpus", str(corpus), "--folds", "2",
+                "--out", str(tmp_path / "out"), "--json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    row = json.loads(run.stdout)["cycles"][0]
+    assert row["folds"] == 2 and row["fold_hidden_each"] == [20, 20]
+    assert row["fold_hidden"] == 40
+    cycle = tmp_path / "out" / "cycle-1"
+    one, two = (json.loads((cycle / f / "hidden.json").read_text()) for f in ("fold", "fold-2"))
+    assert len(one) == len(two) == 20 and not {tuple(p) for p in one} & {tuple(p) for p in two}
+    assert (cycle / "fold-2" / "adapter").is_dir() and (cycle / "fold-2" / "model").is_dir()
+    ranker = json.loads((cycle / "ranker.json").read_text())
+    assert ranker["fit"]["queries"] == 40                   # both folds' hidden links
+    assert ranker["fit"]["calibration"]["pairs"] > 0
+    bad = graft(tmp_path, "cycle", "--cycles", "1", "--folds", "10", "--out",
+                str(tmp_path / "bad"), "--corpus", str(corpus))
+    assert bad.returncode != 0 and "--folds 10 of a share of 0.1" in bad.stderr
+
+
 def test_a_graph_too_small_to_fold_falls_back_to_the_lift(setup):
     """… and without --corpus, tunes on the particles' own texts in the store."""
     root = setup

@@ -277,6 +277,68 @@ def test_fold_can_hide_whole_pages_for_cold_start(tmp_path):
     assert not left & whole
 
 
+def test_a_cycles_folds_are_disjoint_parts_of_its_seed(tmp_path):
+    """Part 0 is the seed's one fold; parts 1, 2 hide as many other links, and empty other
+    pages; asking for more parts than the links allow is an error."""
+    store, _ = wiki_store(tmp_path, pages=30)
+    with store:
+        parts = [make_fold(store, tmp_path / f"p{j}.duckdb", 0.2, seed=5, part=j)
+                 for j in range(3)]
+        assert parts[0] == make_fold(store, tmp_path / "one.duckdb", 0.2, seed=5)
+        assert parts[1] == make_fold(store, tmp_path / "again.duckdb", 0.2, seed=5, part=1)
+        paged = [make_fold(store, tmp_path / f"c{j}.duckdb", 0.1, seed=5, pages=0.2, part=j)
+                 for j in range(2)]
+        assert paged[0] == make_fold(store, tmp_path / "c.duckdb", 0.1, seed=5, pages=0.2)
+        pairs = store.query("SELECT DISTINCT src, dst FROM cyberlinks WHERE origin = 'ingest'")
+        with pytest.raises(GraftError, match="fold part 6 of a share of 0.2"):
+            make_fold(store, tmp_path / "x.duckdb", 0.2, seed=5, part=5)
+    assert all(len(p) == round(0.2 * len(pairs)) for p in parts)
+    assert not set(parts[0]) & set(parts[1]) and not set(parts[1]) & set(parts[2])
+    assert not set(parts[0]) & set(parts[2])
+
+    def emptied(hidden):
+        return {s for s, _ in pairs if all((s, d) in set(hidden) for t, d in pairs if t == s)}
+
+    a, b = emptied(paged[0]), emptied(paged[1])
+    assert len(a) >= 6 and len(b) >= 6 and not a & b
+
+
+@pytest.mark.parametrize("scan", ["all", "candidates"])
+def test_pooled_folds_rank_each_query_as_its_own_fold_did(tmp_path, scan):
+    """Pooling two folds' queries (their candidate slots padded to the wider) leaves every
+    query's rank under a ranker as it was in its own fold, and pooling a fold with itself
+    fits the same weights as the fold alone."""
+    from loop.evaluate import rank_targets
+    from loop.fit import fit_on, fit_queries, pooled
+    graph, feats, pairs = fold_features(tmp_path)
+    full = fit_queries(feats, graph.known, pairs, scan=scan)
+    narrow = full.sources[(full.columns >= 0).sum(1).argmin()] if scan == "candidates" \
+        else pairs[0, 0]                                   # a source with few candidates
+    a = fit_queries(feats, graph.known, pairs[pairs[:, 0] != narrow], scan=scan)
+    b = fit_queries(feats, graph.known, pairs[pairs[:, 0] == narrow], scan=scan)
+    both = pooled([a, b])
+    assert len(both.row) == len(a.row) + len(b.row)
+    assert list(both.pages) == list(a.pages) + list(b.pages) and narrow not in set(a.sources)
+    assert set(b.pages) == {graph.index[narrow]}
+    assert both.x.shape[0] == a.x.shape[0] + b.x.shape[0]
+    w = np.random.default_rng(0).normal(size=len(a.names)).astype(np.float32)
+
+    def ranks(q):
+        score = (q.x.numpy() @ w)[q.row.numpy()]
+        return rank_targets(score, q.target.numpy(), q.mask.numpy())[0]
+
+    np.testing.assert_array_equal(ranks(both), np.concatenate([ranks(a), ranks(b)]))
+    if scan == "candidates":
+        assert a.x.shape[1] > b.x.shape[1]              # the narrower one was padded
+        np.testing.assert_array_equal(both.sources, np.concatenate([a.sources, b.sources]))
+    one, twice = fit_on(a), fit_on(pooled([a, a]))
+    # the same objective (weights alike only up to its flat, collinear directions)
+    assert twice.fit["loss"] == pytest.approx(one.fit["loss"], abs=1e-4)
+    assert twice.fit["mrr"] == pytest.approx(one.fit["mrr"], abs=2e-3)
+    assert twice.fit["queries"] == 2 * one.fit["queries"]
+    assert twice.bounds == one.bounds
+
+
 def test_text_neighbours_and_their_evidence(wiki):
     from loop import embed
     from loop.extract import linking_neighbours
