@@ -240,8 +240,8 @@ def add_commands(command) -> None:
     p.add_argument("--fold", type=float, default=0.1, help="share of links hidden to fit the "
                    "extractor's ranker each cycle (0: no fit, rank by the lift)")
     p.add_argument("--folds", type=int, default=1, metavar="K", help="fit and calibrate the "
-                   "ranker on K disjoint folds (each compiled and tuned), pooled: a steadier "
-                   "ranker and calibration for K times the fit step's compile and tune")
+                   "ranker on K disjoint folds (each compiled and tuned), pooled; K times the "
+                   "fit step's work (measured: no steadier on cyberwiki or WordNet; README)")
 
     p = command("suggest", cmd_suggest, "proposed links for one note (new, or without "
                 "links yet) from the latest cycle's model and ranker")
