@@ -388,8 +388,8 @@ def calibrate(folds: list[Fold], ranker, folder: Path, seed: int = 0,
     if split:
         # a page without links that names many particles is a note that lacks its links; one
         # that names few, a page with nothing to link (cyberwiki's tag pages)
-        ctx = np.concatenate([named(fold.features.graph)[np.maximum(part[3], 0)]
-                              for fold, part in zip(folds, parts)])            # per pair
+        ctx = np.concatenate([named(fold.features.graph)[np.maximum(fold_src, 0)]
+                              for fold, (_, _, _, fold_src, _, _) in zip(folds, parts)])
 
         def own_map(where: np.ndarray) -> dict:
             own = fit_calibration(prob[where], label[where], weight[where], context=ctx[where])

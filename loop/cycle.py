@@ -342,13 +342,14 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
                 f"{fold_pages:.0%} of the linked pages")
     folds, hidden, dpo = [], [], []
     for part in range(cfg.folds):
-        made = _make_fold(store, folder / fold_folder(part), n, part, cfg, seed, fold_pages,
-                          curated, rejected, say)
-        if isinstance(made, str):
-            return {"ranker": None, "skipped": made}
-        folds.append(made[0])
-        hidden.append(made[1])
-        dpo.append(made[2])
+        try:
+            fold, n_hidden, fold_dpo = _make_fold(store, folder / fold_folder(part), n, part,
+                                                  cfg, seed, fold_pages, curated, rejected, say)
+        except GraftError as exc:           # too few links to hide: rank by the lift
+            return {"ranker": None, "skipped": str(exc)}
+        folds.append(fold)
+        hidden.append(n_hidden)
+        dpo.append(fold_dpo)
     queries = pooled([f.q for f in folds])
     choice = None
     if cfg.ranker_kind == "linear" and cfg.ranker_features == "auto":
@@ -388,7 +389,7 @@ def _make_fold(store: Store, fold: Path, n: int, part: int, cfg: CycleConfig, se
                fold_pages: float, curated: list, rejected: list, say):
     """Fold `part` of cycle n in `fold`: the store less its hidden links, compiled and tuned
     as the cycle was, and its fitting queries. Returns (calibrate.Fold, links hidden, its
-    DPO record or None), or why there is no fit."""
+    DPO record or None); GraftError says why there is no fit."""
     import numpy as np
 
     from compiler.compile import compile_snapshot
@@ -402,13 +403,10 @@ def _make_fold(store: Store, fold: Path, n: int, part: int, cfg: CycleConfig, se
     from loop.rank import Features
     folder = fold.parent
     fold.mkdir(parents=True, exist_ok=True)
-    try:
-        hidden = make_fold(store, fold / "fold.duckdb", cfg.fold, seed, cfg.fold_token,
-                           cfg.fold_inverse, fold_pages, curated=curated, part=part)
-    except GraftError as exc:
-        return str(exc)
+    hidden = make_fold(store, fold / "fold.duckdb", cfg.fold, seed, cfg.fold_token,
+                       cfg.fold_inverse, fold_pages, curated=curated, part=part)
     if len(hidden) < MIN_FOLD:
-        return f"{len(hidden)} hidden links (< {MIN_FOLD})"
+        raise GraftError(f"{len(hidden)} hidden links (< {MIN_FOLD})")
     which = f" {part + 1} of {cfg.folds}" if cfg.folds > 1 else ""
     with Store(fold / "fold.duckdb") as fs:
         say(f"cycle {n}: fit: compiling and tuning the fold{which} ({len(hidden)} links "
@@ -429,8 +427,8 @@ def _make_fold(store: Store, fold: Path, n: int, part: int, cfg: CycleConfig, se
     pairs = hidden_positions(graph, fold)
     pairs = pairs[np.isin(pairs[:, 0], allowed)]
     if len(pairs) < MIN_FOLD:
-        return (f"{len(pairs)} hidden links from sources extraction proposes from "
-                f"(< {MIN_FOLD})")
+        raise GraftError(f"{len(pairs)} hidden links from sources extraction proposes from "
+                         f"(< {MIN_FOLD})")
     features = Features(graph, fold / "model", fold / "adapter", embed_cache=cfg.embed_cache,
                         embed=cfg.text_embed, device=cfg.extract.device)
     queries = fit_queries(features, known, pairs, seed=seed + part, say=say,

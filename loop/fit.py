@@ -81,18 +81,18 @@ def pooled(parts: list[FitQueries]) -> FitQueries:
         hard = torch.cat([pad(q.hard if q.hard is not None else
                               torch.zeros(q.x.shape[:2], dtype=torch.bool), False)
                           for q in parts])
+    def joined(arrays: list) -> np.ndarray | None:         # (S, …) per fold, or None
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
     return FitQueries(
         first.names, torch.cat([pad(q.x, 0.0) for q in parts]),
         torch.cat([q.row + int(o) for q, o in zip(parts, offsets)]),
         torch.cat([q.target for q in parts]), torch.cat([pad(q.mask, False) for q in parts]),
-        hard, first.hard_weight,
-        None if any(q.sources is None for q in parts) else np.concatenate(
-            [q.sources for q in parts]),
-        None if first.columns is None else np.concatenate(
-            [np.pad(q.columns, ((0, 0), (0, width - q.columns.shape[1])), constant_values=-1)
-             for q in parts]),
-        None if any(q.pages is None for q in parts) else np.concatenate(
-            [q.pages for q in parts]))
+        hard, first.hard_weight, joined([q.sources for q in parts]),
+        joined([None if q.columns is None else np.pad(
+            q.columns, ((0, 0), (0, width - q.columns.shape[1])), constant_values=-1)
+            for q in parts]),
+        joined([q.pages for q in parts]))
 
 
 def source_lists(q: FitQueries):
@@ -148,7 +148,7 @@ def fit_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed
         say(f"ranker: {int(rejected.sum())} rejected pairs as hard negatives "
             f"(× {hard_weight:g})")
     return FitQueries(names, x, row, target, mask, rejected, hard_weight, sources,
-                      pages=np.asarray(features.graph.index, dtype=object)[sources])
+                      pages=_pages(features, sources))
 
 
 def _candidate_queries(features: Features, known: sp.csr_array, pairs: np.ndarray, seed: int,
@@ -204,8 +204,12 @@ def _candidate_queries(features: Features, known: sp.csr_array, pairs: np.ndarra
             f"(× {hard_weight:g})")
     return FitQueries(names, torch.from_numpy(x), torch.as_tensor(row),
                       torch.as_tensor(target), valid[torch.as_tensor(row)], rejected,
-                      hard_weight, sources, columns,
-                      np.asarray(features.graph.index, dtype=object)[sources])
+                      hard_weight, sources, columns, _pages(features, sources))
+
+
+def _pages(features: Features, sources: np.ndarray) -> np.ndarray:
+    """(S,) the particle id of each fitted source (FitQueries.pages)."""
+    return np.asarray(features.graph.index, dtype=object)[sources]
 
 
 def fit_ranker(features: Features, known: sp.csr_array, pairs: np.ndarray,
