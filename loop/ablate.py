@@ -86,6 +86,18 @@ def choose_subset(queries: FitQueries, rankers: dict[str, Ranker], seed: int = 0
             "se": {n: round(v, 5) for n, v in se.items()}, "folds": folds}
 
 
+def fixed_mrr(queries: FitQueries, ranker: Ranker) -> float | None:
+    """The mean reciprocal rank of the fold's hidden links under a ranker fitted elsewhere
+    (no refit: every query is out of its sample), or None when the fold lacks one of its
+    features."""
+    if any(f not in queries.names for f in ranker.features):
+        return None
+    cols = [queries.names.index(f) for f in ranker.features]
+    score = ranker.score(queries.x[..., cols].numpy())[queries.row.numpy()]       # (n, P)
+    ranks = evaluate.rank_targets(score, queries.target.numpy(), queries.mask.numpy())[0]
+    return float(np.mean(1.0 / ranks))
+
+
 def save_rankers(rankers: dict[str, Ranker], folder: Path) -> Path:
     folder = Path(folder) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)

@@ -249,5 +249,12 @@ def test_a_note_added_between_cycles_is_a_new_note(tmp_path):
                                 "particle <> $t)", {"t": pid("tags")})[0][0]
     assert linkless == {1: {pid("tags")}, 2: {pid("tags")} | late}
     assert detail[(1, "fit")]["fold_pages"] == 0.0 and detail[(2, "fit")]["fold_pages"] == 0.05
+    # cycle 2 weighed cycle 1's ranker against its new fit and extracts with the better
+    kept = detail[(2, "fit")]["incumbent"]
+    assert kept["from_cycle"] == 1 and "incumbent" not in detail[(1, "fit")]
+    rankers = [json.loads((tmp_path / "out" / f"cycle-{n}" / "ranker.json").read_text())
+               for n in (1, 2)]
+    assert (rankers[0]["weights"] == rankers[1]["weights"]) == kept["kept"]
+    assert rankers[1]["fit"]["cycle"] == (1 if kept["kept"] else 2)
     assert detail[(1, "extract")]["new_notes"] == 0 and detail[(2, "extract")]["new_notes"] == 3
     assert new_props > 0                                     # the new notes get proposals

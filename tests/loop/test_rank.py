@@ -219,6 +219,55 @@ def test_groups_of_noise_are_left_out():
     assert chosen.count("text") >= 4, chosen
 
 
+def test_a_fixed_rankers_mrr_on_a_fold_by_hand():
+    """Two sources × three candidates: targets ranked 1st and 3rd → (1 + 1/3) / 2; a ranker
+    fitted on the queries scores them as its own fit did; a missing feature gives None."""
+    from loop.ablate import fixed_mrr
+    from loop.fit import FitQueries, fit_on
+    x = torch.tensor([[[3.0], [1.0], [2.0]], [[3.0], [1.0], [2.0]]])
+    q = FitQueries(("mention",), x, torch.tensor([0, 1]), torch.tensor([0, 1]),
+                   torch.ones(2, 3, dtype=torch.bool))
+    assert fixed_mrr(q, Ranker(("mention",), (1.0,))) == pytest.approx((1 + 1 / 3) / 2)
+    assert fixed_mrr(q, Ranker(("indegree",), (1.0,))) is None
+    q = _queries_where("zero_layer", seed=2)
+    fitted = fit_on(q)
+    assert fixed_mrr(q, fitted) == pytest.approx(fitted.fit["mrr"], abs=1e-5)
+
+
+def test_the_previous_ranker_is_kept_only_when_it_ranks_the_new_fold_better(tmp_path):
+    """Champion/challenger: cycle 2 weighs cycle 1's ranker (read from the journal) on its
+    fold's hidden links against the new fit's cross-validated MRR; the better one extracts,
+    and a kept ranker says which cycle fitted it."""
+    from dataclasses import replace
+
+    from graph import sql_loop
+    from loop.ablate import choose_subset, fit_subsets, fixed_mrr
+    from loop.cycle import _incumbent
+    q = _queries_where("zero_layer", seed=1)            # the target stands out in zero_layer
+    subsets = fit_subsets(q, "linear", seed=1)
+    choice = {**choose_subset(q, subsets, seed=1), "subset": "text"}     # a blind challenger
+    challenger = replace(subsets["text"], fit={**subsets["text"].fit, "subset": choice,
+                                               "cycle": 2})
+    seeing = Ranker(("mention", "zero_layer"), (4.0, 1.0), {"cycle": 1, "mrr": 0.5})
+    blind = Ranker(("mention",), (-1.0,), {"cycle": 1})
+    with Store(tmp_path / "g.duckdb") as store:
+        assert _incumbent(store, 2, q, challenger, print) is challenger     # no cycle 1 yet
+        for old, kept in ((seeing, True), (blind, False)):
+            path = old.save(tmp_path / "ranker.json")
+            store.execute("DELETE FROM cycle_steps")
+            store.execute(sql_loop.STEP_RECORD, {"cycle": 1, "step": "fit",
+                                                 "detail": json.dumps({"ranker": str(path)})})
+            used = _incumbent(store, 2, q, challenger, print)
+            record = used.fit["incumbent"]
+            assert record["kept"] is kept and record["from_cycle"] == 1
+            assert record["incumbent_mrr"] == pytest.approx(fixed_mrr(q, old), abs=1e-5)
+            assert record["challenger_cv_mrr"] == choice["cv_mrr"]["text"]
+            assert used.features == (old if kept else challenger).features
+            assert used.weights == (old if kept else challenger).weights
+        assert used.fit["cycle"] == 2
+        assert _incumbent(store, 1, q, challenger, print) is challenger     # cycle 1: new
+
+
 def test_fold_hides_the_share_and_keeps_the_rest(tmp_path):
     store, _ = wiki_store(tmp_path, pages=30)
     with store:
