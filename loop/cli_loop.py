@@ -90,7 +90,7 @@ def cmd_cycle(args, say, emit) -> None:
                                             per_source=args.per_source),
                       fold=args.fold, folds=args.folds, eval_queries=args.eval_queries,
                       ranker_kind=args.ranker_kind, ranker_features=args.ranker_features,
-                      keep_ranker=not args.always_refit,
+                      previous_ranker=args.previous_ranker,
                       fold_token=args.fold_token,
                       fold_inverse=args.fold_inverse, fold_pages=args.fold_pages,
                       hard_negative=args.hard_negative, warm_start=args.warm_start,
@@ -223,10 +223,11 @@ def add_commands(command) -> None:
                    help="auto: a linear ranker keeps the feature groups (text, compiled, "
                    "tuned) that earn their place, cross-validated on the fold's sources — the "
                    "fewest within one standard error of the best; all: every feature")
-    p.add_argument("--always-refit", action="store_true", help="extract with each cycle's "
-                   "new ranker; by default (with --ranker-features auto) a cycle keeps the "
-                   "previous cycle's ranker when that ranks the new fold's hidden links better "
-                   "than the new fit does cross-validated")
+    p.add_argument("--previous-ranker", default="keep", choices=["refit", "keep", "average"],
+                   help="with --ranker-features auto, from cycle 2 on: refit (extract with "
+                   "the new fit), keep (the previous cycle's ranker stays when it ranks the "
+                   "new fold's hidden links better than the new fit does cross-validated) or "
+                   "average (the previous ranker's and the new fit's weights averaged)")
     p.add_argument("--ranker-kind", default="linear", choices=["linear", "lgbm", "auto"],
                    help="the extractor's ranker: listwise linear, LightGBM lambdarank, or auto "
                    "(whichever ranks a held-back quarter of the fold better)")

@@ -41,6 +41,7 @@ from loop.linkrows import LinkRowConfig, tune_model
 STEPS = ("snapshot", "compile", "tune", "fit", "extract", "review", "eval")
 MIN_FOLD = 10               # hidden links needed to fit a ranker
 NEW_NOTE_PAGES = 0.05       # share of linked pages a fold empties when a cycle has new notes
+PREVIOUS_RANKER = ("refit", "keep", "average")   # CycleConfig.previous_ranker
 FAULT_ENV = "GRAFT_FAULT"   # "CYCLE:STEP": SIGKILL right after that step is done (tests)
 
 
@@ -68,8 +69,9 @@ class CycleConfig:
     ranker_kind: str = "linear"     # linear, lgbm, or auto: the better on held-back fold sources
     ranker_features: str = "auto"   # auto: the feature groups that earn their place on the
                                     # fold (loop/ablate.py choose_subset; linear); all: every one
-    keep_ranker: bool = True        # with auto features: keep the previous cycle's ranker
-                                    # when it ranks the new fold better (_incumbent)
+    previous_ranker: str = "keep"   # with auto features, what the previous cycle's ranker
+                                    # does: refit (nothing), keep (it stays when it ranks the
+                                    # new fold better) or average (with the new fit); _previous
     warm_start: bool = False        # compile from the previous cycle's subspace (compiler/warm.py)
     hard_negative: float = 1.0      # a curator-rejected candidate counts as this many in the fit
     text_embed: bool = True         # the ranker may use the MiniLM features (when installed)
@@ -78,6 +80,9 @@ class CycleConfig:
     dpo_steps: int = 50             # DPO steps per cycle
 
     def __post_init__(self):
+        if self.previous_ranker not in PREVIOUS_RANKER:
+            raise GraftError(f"previous ranker {self.previous_ranker!r}: expected one of "
+                             f"{', '.join(PREVIOUS_RANKER)}")
         if self.ranker_features not in ("auto", "all"):
             raise GraftError(f"ranker features {self.ranker_features!r}: expected auto or all")
         if self.folds < 1 or (self.fold > 0 and self.folds * self.fold >= 1):
@@ -359,8 +364,8 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
         choice = choose_subset(queries, subsets, seed, say=say)
         chosen = subsets[choice["subset"]]
         ranker = replace(chosen, fit={**chosen.fit, "subset": choice, "cycle": n})
-        if cfg.keep_ranker:
-            ranker = _incumbent(store, n, queries, ranker, say)
+        if cfg.previous_ranker != "refit":
+            ranker = _previous(store, n, queries, ranker, cfg.previous_ranker, say)
     else:
         ranker = fit_kind(queries, kind=cfg.ranker_kind, seed=seed, say=say)
         subsets = fit_subsets(queries, ranker.kind, seed, say=say)   # groups' worth
@@ -385,16 +390,16 @@ def _fit(store: Store, folder: Path, n: int, cfg: CycleConfig, say) -> dict:
             **({"fold_dpo": dpo[0] if cfg.folds == 1 else dpo} if any(dpo) else {})}
 
 
-def _incumbent(store: Store, n: int, queries, challenger, say):
-    """The ranker cycle n extracts with: the previous cycle's (the incumbent) when it ranks
-    this cycle's fold — hidden links it never saw — better than the new fit (the challenger)
-    does cross-validated on the same queries; else the challenger. A kept ranker is
-    recalibrated on the new fold like a new one, and may be kept again.
+def _previous(store: Store, n: int, queries, challenger, mode: str, say):
+    """The ranker cycle n extracts with, given the previous cycle's (the incumbent) and the new
+    fit (the challenger). `keep`: the incumbent when it ranks this cycle's fold — hidden
+    links it never saw — better than the challenger does cross-validated on the same
+    queries, else the challenger. `average`: their weights averaged (Ranker.blended), so a
+    ranker is a running mean over the cycles' folds with the newest weighing half. Either way
+    the result is recalibrated on the new fold like a new fit.
 
     Why: a refit moves with its fold's draw as much as a cycle moves the graph, so a cycle
-    could swap a ranker for a worse one. Measured post hoc on the four 25% curator benches'
-    eight decisions (README, "Keeping the previous ranker"): it kept the old ranker twice,
-    both rightly (WordNet artifacts cycle 3: test MRR 0.7690 against 0.7664)."""
+    could swap a ranker for a worse one (README, "The previous cycle's ranker")."""
     from loop.ablate import fixed_mrr
     from loop.rank import Ranker
     if n == 1:
@@ -407,19 +412,30 @@ def _incumbent(store: Store, n: int, queries, challenger, say):
     old = Ranker.load(path)
     held = fixed_mrr(queries, old)
     new = challenger.fit["subset"]["cv_mrr"][challenger.fit["subset"]["subset"]]
-    if held is None:
-        say(f"cycle {n}: fit: cycle {n - 1}'s ranker needs features this fold lacks: new one")
+    if held is None or old.model:
+        say(f"cycle {n}: fit: cycle {n - 1}'s ranker needs features this fold lacks, or is "
+            f"a booster: the new one")
         return challenger
+    record = {"mode": mode, "from_cycle": old.fit.get("cycle", n - 1),
+              "incumbent_mrr": round(held, 5), "challenger_cv_mrr": new,
+              "challenger_subset": challenger.fit["subset"]["subset"]}
+    if mode == "average":
+        ranker = old.blended(challenger)
+        mrr = fixed_mrr(queries, ranker)
+        say(f"cycle {n}: fit: the previous ranker and the new one averaged (on this fold: "
+            f"previous {held:.4f}, new {new:.4f} cross-validated, average {mrr:.4f} partly "
+            f"in sample)")
+        return replace(ranker, fit={**ranker.fit, "mrr": round(mrr, 5),
+                                    "incumbent": {**record, "kept": False}})
     kept = held > new
-    record = {"from_cycle": old.fit.get("cycle", n - 1), "incumbent_mrr": round(held, 5),
-              "challenger_cv_mrr": new, "challenger_subset": challenger.fit["subset"]["subset"],
-              "kept": kept}
     say(f"cycle {n}: fit: on this fold the previous ranker (cycle {record['from_cycle']}) "
         f"ranks {held:.4f}, the new one {new:.4f} cross-validated → "
         + ("keep the previous" if kept else "take the new"))
     if not kept:
-        return replace(challenger, fit={**challenger.fit, "incumbent": record})
-    return replace(old, fit={**old.fit, "mrr": round(held, 5), "incumbent": record})
+        return replace(challenger, fit={**challenger.fit,
+                                        "incumbent": {**record, "kept": False}})
+    return replace(old, fit={**old.fit, "mrr": round(held, 5),
+                             "incumbent": {**record, "kept": True}})
 
 
 def fold_folder(part: int) -> str:

@@ -124,6 +124,24 @@ class Ranker:
             return gbm.contributions(self.model, x)
         return x * np.asarray(self.weights)[None, :]
 
+    def blended(self, other: Ranker, share: float = 0.5) -> Ranker:
+        """(1 − share) · self + share · other: two linear rankers' weights averaged over the
+        union of their features (a feature one of them lacks weighs 0 in it), each bounded
+        feature clipped to the union of their ranges. Its `fit` is other's."""
+        if self.model or other.model:
+            raise GraftError("only linear rankers blend (a booster has no weights to average)")
+        names = tuple(dict.fromkeys(self.features + other.features))
+        mine, theirs = dict(zip(self.features, self.weights)), dict(zip(other.features,
+                                                                        other.weights))
+        weights = tuple((1 - share) * mine.get(f, 0.0) + share * theirs.get(f, 0.0)
+                        for f in names)
+        bounds = {}
+        for f in names:
+            ranges = [r.bounds[f] for r in (self, other) if f in r.bounds]
+            if ranges:
+                bounds[f] = (min(lo for lo, _ in ranges), max(hi for _, hi in ranges))
+        return Ranker(names, weights, dict(other.fit), bounds=bounds)
+
     def __post_init__(self):
         unknown = [f for f in self.features if f not in TEXT_FEATURES + MODEL_FEATURES]
         unbounded = [f for f in self.bounds if f not in BOUNDED or f not in self.features]

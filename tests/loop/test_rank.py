@@ -242,7 +242,7 @@ def test_the_previous_ranker_is_kept_only_when_it_ranks_the_new_fold_better(tmp_
 
     from graph import sql_loop
     from loop.ablate import choose_subset, fit_subsets, fixed_mrr
-    from loop.cycle import _incumbent
+    from loop.cycle import _previous
     q = _queries_where("zero_layer", seed=1)            # the target stands out in zero_layer
     subsets = fit_subsets(q, "linear", seed=1)
     choice = {**choose_subset(q, subsets, seed=1), "subset": "text"}     # a blind challenger
@@ -251,13 +251,13 @@ def test_the_previous_ranker_is_kept_only_when_it_ranks_the_new_fold_better(tmp_
     seeing = Ranker(("mention", "zero_layer"), (4.0, 1.0), {"cycle": 1, "mrr": 0.5})
     blind = Ranker(("mention",), (-1.0,), {"cycle": 1})
     with Store(tmp_path / "g.duckdb") as store:
-        assert _incumbent(store, 2, q, challenger, print) is challenger     # no cycle 1 yet
+        assert _previous(store, 2, q, challenger, "keep", print) is challenger     # no cycle 1 yet
         for old, kept in ((seeing, True), (blind, False)):
             path = old.save(tmp_path / "ranker.json")
             store.execute("DELETE FROM cycle_steps")
             store.execute(sql_loop.STEP_RECORD, {"cycle": 1, "step": "fit",
                                                  "detail": json.dumps({"ranker": str(path)})})
-            used = _incumbent(store, 2, q, challenger, print)
+            used = _previous(store, 2, q, challenger, "keep", print)
             record = used.fit["incumbent"]
             assert record["kept"] is kept and record["from_cycle"] == 1
             assert record["incumbent_mrr"] == pytest.approx(fixed_mrr(q, old), abs=1e-5)
@@ -265,7 +265,31 @@ def test_the_previous_ranker_is_kept_only_when_it_ranks_the_new_fold_better(tmp_
             assert used.features == (old if kept else challenger).features
             assert used.weights == (old if kept else challenger).weights
         assert used.fit["cycle"] == 2
-        assert _incumbent(store, 1, q, challenger, print) is challenger     # cycle 1: new
+        assert _previous(store, 1, q, challenger, "keep", print) is challenger     # cycle 1: new
+        mean = _previous(store, 2, q, challenger, "average", print)    # blind and text, halved
+        assert mean.features == ("mention", "indegree")
+        assert mean.weights == pytest.approx((0.5 * (-1.0 + challenger.weights[0]),
+                                              0.5 * challenger.weights[1]))
+        assert mean.fit["incumbent"]["mode"] == "average" and mean.fit["cycle"] == 2
+        assert mean.fit["mrr"] == pytest.approx(fixed_mrr(q, mean), abs=1e-5)
+
+
+def test_two_rankers_blend_by_hand():
+    """Weights averaged over the union of features (0 where one lacks it), ranges united, the
+    score the average of the two scores; a booster does not blend."""
+    a = Ranker(("mention", "zero_layer"), (2.0, 4.0), {"cycle": 1}, bounds={"zero_layer": (0, 1)})
+    b = Ranker(("mention", "indegree"), (1.0, 3.0), {"cycle": 2},
+               bounds={"indegree": (0, 9)})
+    c = a.blended(b)
+    assert c.features == ("mention", "zero_layer", "indegree")
+    assert c.weights == (1.5, 2.0, 1.5) and c.fit == {"cycle": 2}
+    assert c.bounds == {"zero_layer": (0, 1), "indegree": (0, 9)}
+    x = np.random.default_rng(0).uniform(0, 1, size=(4, 5, 3)).astype(np.float32)
+    assert c.score(x) == pytest.approx(0.5 * a.score(x[..., [0, 1]]) + 0.5 * b.score(x[..., [0, 2]]),
+                                       abs=1e-6)
+    assert a.blended(b, 0.25).weights == (1.75, 3.0, 0.75)
+    with pytest.raises(GraftError, match="only linear rankers blend"):
+        a.blended(Ranker(("mention",), (1.0,), model="tree"))
 
 
 def test_fold_hides_the_share_and_keeps_the_rest(tmp_path):
