@@ -256,8 +256,8 @@ def table(rows: list[dict], curated: list[dict], mentions: dict, p: float) -> st
            f"accepted at {p} | "
            f"its est. | its measured | after review: at {p} | its est. | its measured | "
            "test MRR | Hits@10 | mentions MRR | approx. error "
-           "(first) | KL(tuned ‖ compiled) | wall s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "(first) | KL(tuned ‖ compiled) | ranker | wall s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, c in zip(rows, curated):
         rv, ap, af = c["review"], c["at_precision"], c["after_review"]
         out.append(f"| {r['cycle']} | {rv['reviewed']} | {rv.get('decided', '–')} | "
@@ -268,8 +268,19 @@ def table(rows: list[dict], curated: list[dict], mentions: dict, p: float) -> st
                    f"{f(af['estimated'], 2)} | {f(af['measured'], 2)} | {f(r.get('eval_mrr'))} | "
                    f"{f(r.get('eval_hits10'))} | {f(mentions['mrr'])} | "
                    f"{f(r.get('approximation_error_first'))} | {f(r.get('kl_tuned_compiled'))} | "
-                   f"{c['cycle_seconds']:.0f} |")
+                   f"{which_ranker(r)} | {c['cycle_seconds']:.0f} |")
     return "\n".join(out)
+
+
+def which_ranker(row: dict) -> str:
+    """The ranker the cycle extracted with (loop/cycle.py _previous): its subset, and whether
+    it is the new fit, the previous cycle's kept, or their average."""
+    prev, subset = row.get("incumbent"), row.get("ranker_subset", "–")
+    if not prev:
+        return f"new {subset}"
+    if prev["mode"] == "average":
+        return f"average of cycle {prev['from_cycle']}'s and new {prev['challenger_subset']}"
+    return f"kept from cycle {prev['from_cycle']}" if prev["kept"] else f"new {subset}"
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """bench/curator.py: the key/test split and the simulated curator are deterministic."""
 from __future__ import annotations
 
-from bench.curator import abstainer, curator_review, key_side, split_key
+from bench.curator import abstainer, curator_review, key_side, split_key, which_ranker
 from graph.store import Store
 from loop.extract import Proposal
 from loop.review import add_proposals
@@ -84,3 +84,12 @@ def test_a_skipping_curator_decides_k_down_the_queue(tmp_path):
     # the queue: t4, t9, t3, t8, t2, ... — t9 passed over, t4 t3 t8 decided
     assert review["decided"] == 3 and review["reviewed"] == 4 and review["accepted"] == 3
     assert status[("s0", "t9")] == "pending" and status[("s2", "t8")] == "accepted"
+
+
+def test_the_table_names_the_ranker_each_cycle_extracted_with():
+    kept = {"mode": "keep", "kept": True, "from_cycle": 1, "challenger_subset": "all"}
+    assert which_ranker({"ranker_subset": "text"}) == "new text"
+    assert which_ranker({"ranker_subset": "text", "incumbent": kept}) == "kept from cycle 1"
+    assert which_ranker({"ranker_subset": "all", "incumbent": {**kept, "kept": False}}) == "new all"
+    assert which_ranker({"incumbent": {**kept, "mode": "average", "kept": False}}) == \
+        "average of cycle 1's and new all"
