@@ -410,9 +410,9 @@ def _previous(store: Store, n: int, queries, challenger, mode: str, say):
         say(f"cycle {n}: fit: no ranker of cycle {n - 1} to weigh the new one against")
         return challenger
     old = Ranker.load(path)
-    held = fixed_mrr(queries, old)
+    held = None if old.model else fixed_mrr(queries, old)     # a booster has no weights
     new = challenger.fit["subset"]["cv_mrr"][challenger.fit["subset"]["subset"]]
-    if held is None or old.model:
+    if held is None:
         say(f"cycle {n}: fit: cycle {n - 1}'s ranker needs features this fold lacks, or is "
             f"a booster: the new one")
         return challenger
