@@ -256,8 +256,8 @@ def table(rows: list[dict], curated: list[dict], mentions: dict, p: float) -> st
            f"accepted at {p} | "
            f"its est. | its measured | after review: at {p} | its est. | its measured | "
            "test MRR | Hits@10 | mentions MRR | approx. error "
-           "(first) | KL(tuned ‖ compiled) | ranker | wall s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "(first) | KL(tuned ‖ compiled) | raw KL | ranker | wall s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, c in zip(rows, curated):
         rv, ap, af = c["review"], c["at_precision"], c["after_review"]
         out.append(f"| {r['cycle']} | {rv['reviewed']} | {rv.get('decided', '–')} | "
@@ -268,7 +268,7 @@ def table(rows: list[dict], curated: list[dict], mentions: dict, p: float) -> st
                    f"{f(af['estimated'], 2)} | {f(af['measured'], 2)} | {f(r.get('eval_mrr'))} | "
                    f"{f(r.get('eval_hits10'))} | {f(mentions['mrr'])} | "
                    f"{f(r.get('approximation_error_first'))} | {f(r.get('kl_tuned_compiled'))} | "
-                   f"{which_ranker(r)} | {c['cycle_seconds']:.0f} |")
+                   f"{f(r.get('kl_tuned_compiled_raw'))} | {which_ranker(r)} | {c['cycle_seconds']:.0f} |")
     return "\n".join(out)
 
 

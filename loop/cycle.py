@@ -257,13 +257,15 @@ def _tune(store: Store, model: Path, adapter: Path, cfg: CycleConfig, reference:
     approx = approximation_error(model, reference, cfg.corpus, cfg.tune, adapter=adapter)
     say(f"approximation error {approx['error']:.4f} over cycle 1's vocabulary "
         f"(first position of a document {approx['first']}, the rest {approx['rest']}); "
-        f"KL(tuned ‖ compiled) there {approx['kl']}")
+        f"KL(tuned ‖ compiled) there {approx['kl']} (against the compiled logits as they "
+        f"are, unscaled: {approx['kl_raw']})")
     return {"adapter": str(adapter),
             "approximation_error": approx["error"],
             "approximation_error_first": approx["first"],
             "approximation_error_rest": approx["rest"],
             "approximation_tokens": approx["tokens"],
             "kl_tuned_compiled": approx["kl"],
+            "kl_tuned_compiled_raw": approx["kl_raw"],
             "approximation_error_own_vocab": r["before"]["heldout_loss_tempered"],
             "approximation_error_raw": r["before"]["heldout_loss"],
             "temperature": r["before"]["temperature"],

@@ -9,6 +9,7 @@ from pathlib import Path
 COLUMNS = (("cycle", "cycle"), ("approximation_error", "approximation error (nats)"),
            ("approximation_error_first", "… at a document's first position"),
            ("kl_tuned_compiled", "KL(tuned ‖ compiled) there"),
+           ("kl_tuned_compiled_raw", "… against the unscaled compiled logits"),
            ("tuned_heldout_loss", "tuned held-out loss"), ("graph_mrr_after", "graph MRR"),
            ("fold_mrr", "ranker MRR on its fold"), ("proposals", "proposals"),
            ("accepted", "accepted"), ("estimated_precision", "estimated precision"),

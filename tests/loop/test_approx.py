@@ -117,14 +117,18 @@ def test_particles_the_model_lacks_are_dropped_not_scored_as_unk(two):
 
 def test_kl_of_tuned_against_compiled_at_first_positions_by_hand(two, tmp_path):
     """KL(tuned ‖ compiled) after each held-out document's first particle, over the
-    reference's particles, both as they are. A fresh adapter changes nothing: KL 0."""
+    reference's particles: the tuned model as it is, the compiled logits at the scale that
+    brings them closest (found here by scipy), and raw. A fresh adapter changes nothing: 0
+    both ways, at scale 1."""
     from finetune.tune import tune
     from peft import PeftModel
+    from scipy.optimize import minimize_scalar
     root, ref, later = two
     fresh = TuneConfig(holdout=0.5, seed=3, max_steps=1, lr=1e-12, eval_every=1)
     tune(later, root / "corpus.txt", tmp_path / "fresh", fresh)
-    assert approximation_error(later, ref, root / "corpus.txt", CFG,
-                               adapter=tmp_path / "fresh")["kl"] == pytest.approx(0, abs=1e-6)
+    got = approximation_error(later, ref, root / "corpus.txt", CFG, adapter=tmp_path / "fresh")
+    assert got["kl"] == pytest.approx(0, abs=1e-6) and got["kl_raw"] == pytest.approx(0, abs=1e-6)
+    assert got["kl_scale"] == pytest.approx(1, rel=0.02)
     moved = TuneConfig(holdout=0.5, seed=3, max_steps=10, lr=5e-2, eval_every=5)
     tune(later, root / "corpus.txt", tmp_path / "moved", moved)
     got = approximation_error(later, ref, root / "corpus.txt", CFG, adapter=tmp_path / "moved")
@@ -135,14 +139,21 @@ def test_kl_of_tuned_against_compiled_at_first_positions_by_hand(two, tmp_path):
     cols = torch.tensor([0, 1, 2, 3] + [own[p] for p in ref_ids])
     compiled = model_of(later)
     tuned = PeftModel.from_pretrained(model_of(later), str(tmp_path / "moved")).eval()
-    kls = []
+    ts, zs = [], []
     with torch.no_grad():
         for doc in held_docs:
             ids = torch.tensor([[int(cols[doc[0]])]])
-            t = torch.log_softmax(tuned(input_ids=ids).logits[0, -1, cols], -1)
-            c = torch.log_softmax(compiled(input_ids=ids).logits[0, -1, cols], -1)
-            kls.append(float((t.exp() * (t - c)).sum()))
-    assert got["kl"] == pytest.approx(np.mean(kls), abs=1e-5) and got["kl"] > 0.01
+            ts.append(torch.log_softmax(tuned(input_ids=ids).logits[0, -1, cols], -1))
+            zs.append(compiled(input_ids=ids).logits[0, -1, cols])
+
+    def kl(s: float) -> float:
+        return float(np.mean([float((t.exp() * (t - torch.log_softmax(s * z, -1))).sum())
+                              for t, z in zip(ts, zs)]))
+    best = minimize_scalar(kl, bounds=(0.02, 50), method="bounded", options={"xatol": 1e-6})
+    assert got["kl_raw"] == pytest.approx(kl(1.0), abs=1e-5) and got["kl_raw"] > 0.01
+    assert got["kl"] == pytest.approx(best.fun, abs=1e-5) and got["kl"] < got["kl_raw"]
+    assert got["kl_scale"] == pytest.approx(best.x, rel=0.01)
+    assert kl(got["kl_scale"]) == pytest.approx(got["kl"], abs=1e-5)
 
 
 def test_a_large_vocabulary_scores_seeded_whole_documents_within_the_budget():

@@ -77,6 +77,8 @@ def test_cycles_resume_after_a_kill_without_duplicates(setup):
     rows = json.loads(done.stdout)["cycles"]
     assert [r["cycle"] for r in rows] == [1, 2]
     assert all(r["approximation_error"] > 0 and r["accepted"] == 2 for r in rows)
+    # the KL against the compiled logits at their best scale can only be the smaller
+    assert all(0 <= r["kl_tuned_compiled"] <= r["kl_tuned_compiled_raw"] for r in rows)
     assert (root / "out" / "report.html").exists()
     again = graft(root, *args)                             # everything recorded: no-op
     assert again.returncode == 0 and state(root)["extract_links"] == 4
