@@ -139,13 +139,12 @@ def _measure(store: Store, model: Path, base: Path, corpus: Path, seed: int | No
     adapter = model.parent / f"{model.name}-adapter-{seed}"
     shutil.rmtree(adapter, ignore_errors=True)
     record = tune_model(store, model, corpus, adapter, cfg, LinkRowConfig())
-    # measured at the cycle's positions: the held-out documents follow the default seed
-    result = approximation_error(model, base, corpus, TuneConfig(max_steps=150),
-                                 adapter=adapter)
+    # at the cycle's positions: the held-out documents follow the default tuning seed
+    result = approximation_error(model, base, corpus, adapter=adapter)
     return {**result, "best_step": record["best_step"]}
 
 
-def _row(src: str, dst: str, i: int, token: str = "link") -> dict:
+def _row(src: str, dst: str, i: int, token: str) -> dict:
     return {"neuron": "control", "from": src, "to": dst, "token": token, "amount": 1,
             "valence": 1, "time": 1_900_000_000 + i}
 
