@@ -201,10 +201,11 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache,
     # probability over many likely targets, so by score alone its proposals (the likeliest
     # of all: its map says so) would never reach the top K.
     cal = ranker.fit.get("calibration")
-    from loop.calibrate import apply, context_of
+    from loop.calibrate import apply, context_of, gaps
     context = context_of(cal, graph)                  # (P,) or None: what the maps weigh
     ctx = None if context is None else context[src]   # per kept pair
-    conf = (apply(cal, np.exp(vals), cold=cold[src], context=ctx, new=new[src]) if cal
+    gap = gaps(src, vals)                             # each source's best among its kept
+    conf = (apply(cal, np.exp(vals), cold=cold[src], context=ctx, new=new[src], gap=gap) if cal
             else np.zeros(len(vals)))
     order = _capped(np.lexsort((dst, src, -vals, -conf)), dst, cfg.per_target, cfg.top_k)
     if scan == "candidates" and len(order):                # log-probabilities, as shown
@@ -218,9 +219,9 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache,
     tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
     ctx = None if ctx is None else ctx[order]
     at = src[order]
-    confidence = apply(cal, np.exp(vals[order]), cold=cold[at], context=ctx, new=new[at])
+    confidence = conf[order] if cal else apply(cal, np.exp(vals[order]))
     fold_only = apply(cal, np.exp(vals[order]), curator=False, cold=cold[at], context=ctx,
-                      new=new[at])
+                      new=new[at], gap=gap[order])
     out = []
     for n, i in enumerate(order):
         qk, delta = heads[n] if heads[n] is not None else (None, None)

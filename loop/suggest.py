@@ -107,7 +107,8 @@ def suggest(store: Store, db: Path, name: str, markdown: str, flavor: str = "obs
     context = context_of(cal, graph)                    # the note's own, when the map asks
     # a note asked about that has no link yet is one its author is writing: a new note's map
     confidence = apply(cal, prob[best], cold=cold, new=cold,
-                       context=None if context is None else context[p])
+                       context=None if context is None else context[p],
+                       gap=score[best] - score[best[:1]])
     shares = ranker.contributions(x[best].astype(np.float64))
     names = dict(store.query("SELECT particle, name FROM particles"))
     alike = (linking_neighbours(feats, np.full(len(best), p), best)

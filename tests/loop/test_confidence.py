@@ -96,6 +96,41 @@ def test_pages_without_links_get_their_own_map():
     np.testing.assert_array_equal(apply(cal, at), apply(cal, at, cold=False))
 
 
+def test_gaps_measure_each_candidate_from_its_pages_best():
+    from loop.calibrate import gaps
+    src = np.array([3, 3, 5, 5, 5, 9])
+    logp = np.array([-1.0, -2.0, -0.5, -3.0, -0.5, -4.0])
+    np.testing.assert_array_equal(gaps(src, logp), [0.0, -1.0, 0.0, -2.5, 0.0, 0.0])
+    assert gaps(np.zeros(0), np.zeros(0)).shape == (0,)
+
+
+def test_the_new_note_map_weighs_the_gap_and_stays_monotone_within_a_page():
+    """A note lacking many links spreads its softmax: its 10th candidate has a small share and
+    is still a link. The map learns that from the gap to the page's best (an exact answer on
+    data drawn from the model), orders each page's candidates as the ranker does, asks for
+    the gap it was fitted with, and drops a gap that would invert a page's order."""
+    from loop.calibrate import _logit, _sigmoid, gaps
+    rng = np.random.default_rng(2)
+    pages, per = 4000, 5
+    src = np.repeat(np.arange(pages), per)
+    logp = np.sort(np.log(rng.dirichlet(np.full(30, 0.3), pages)[:, :per]), axis=1)[:, ::-1]
+    logp = logp.ravel()
+    prob, gap = np.exp(logp), gaps(src, logp)
+    names = np.log1p(rng.integers(0, 40, pages * per))
+    label = (rng.random(pages * per) < _sigmoid(0.5 * _logit(prob) + 0.5 * names
+                                                + 1.5 * gap - 0.5)).astype(float)
+    own = fit_calibration(prob, label, context=names, gap=gap)
+    assert abs(own["a"] - 0.5) < 0.1 and abs(own["c"] - 0.5) < 0.1
+    assert abs(own["g"] - 1.5) < 0.2 and abs(own["b"] + 0.5) < 0.3
+    cal = {**fit_calibration(prob, label), "new": own, "cold": own}
+    est = apply(cal, prob, cold=True, new=True, context=names[0], gap=gap).reshape(pages, per)
+    assert (np.diff(est, axis=1) <= 0).all()                # each page best first, as ranked
+    with pytest.raises(ValueError, match="gap"):
+        apply(cal, prob, cold=True, new=True, context=names)
+    flipped = fit_calibration(prob, label, context=names, gap=-4 * gap)
+    assert "g" not in flipped and set(flipped) >= {"a", "b", "c"}
+
+
 def test_a_new_note_gets_the_map_of_the_pages_the_fold_emptied():
     """A page without links that was already one (a tag page) reads low on the cold map;
     the same probability on a new note reads what the emptied pages showed."""
