@@ -154,9 +154,13 @@ def fit_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | No
     map is σ(a·logit(p) + c·context + b) ({"a", "b", "c"}); with `gap` (n,) — each pair's
     log p − log p_best of its source (`gaps`) — also + g·gap ({"g"}). Where the fit finds no
     increasing relation with p (a ≤ 0), the isotonic map of `isotonic_calibration` instead
-    ({"x", "y"}), so the map is monotone in p either way; where it finds g < 0 (a page's
-    lower candidates likelier), the map without the gap, so it stays monotone in p within a
-    page."""
+    ({"x", "y"}), so the map is monotone in p either way. With the gap, a page's candidates
+    stay in the ranker's order when a ≥ 0 and g ≥ 0 (both rise with its score): where the
+    free fit leaves that region, the fit constrained to it (`_fit_nonnegative`) — a = 0 is
+    then a map that reads a note's candidates by their gap alone (a fold of cyberwiki's
+    emptied pages did: the free fit gave the share a ≤ 0 once the gap was in, and the
+    isotonic map of the share it fell back to lost both gap and names) — and where that
+    puts no weight on the gap, the map without it."""
     from sklearn.linear_model import LogisticRegression
     prob, label = np.asarray(prob, dtype=np.float64), np.asarray(label, dtype=np.float64)
     weight = np.ones(len(prob)) if weight is None else np.asarray(weight, dtype=np.float64)
@@ -167,12 +171,37 @@ def fit_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | No
                                                         sample_weight=weight)
     coef = [float(c) for c in fit.coef_[0]]
     a, b = coef[0], float(fit.intercept_[0])
-    if gap is not None and coef[-1] < 0:
-        return fit_calibration(prob, label, weight, per_bin, context)
-    if a <= 0:
+    if gap is not None and (a <= 0 or coef[-1] < 0):
+        coef, b = _fit_nonnegative(np.c_[tuple(cols)], label, weight, (0, len(cols) - 1))
+        a = coef[0]
+        if coef[-1] < 1e-6:                         # at its bound: the gap says nothing
+            return fit_calibration(prob, label, weight, per_bin, context)
+    elif a <= 0:
         return isotonic_calibration(prob, label, weight, per_bin)
     own = dict(zip([k for k, c in (("c", context), ("g", gap)) if c is not None], coef[1:]))
     return {"a": a, "b": b, **own, "pairs": int(len(prob)), "positives": int(label.sum())}
+
+
+def _fit_nonnegative(x: np.ndarray, label: np.ndarray, weight: np.ndarray,
+                     nonneg: tuple[int, ...], c: float = 1e4) -> tuple[list[float], float]:
+    """(coefficients, intercept) of the weighted logistic regression fit_calibration runs (the
+    same L2 penalty ‖β‖² / 2c) with the coefficients at `nonneg` held ≥ 0 (scipy's L-BFGS-B;
+    the loss is convex, so where the free optimum satisfies the bounds this is it)."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+    n, k = x.shape
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = x @ theta[:k] + theta[k]
+        # Σ w·(log(1 + e^z) − y·z), stably
+        value = float(weight @ (np.logaddexp(0.0, z) - label * z)) + theta[:k] @ theta[:k] / (2 * c)
+        r = weight * (expit(z) - label)
+        return value, np.r_[x.T @ r + theta[:k] / c, r.sum()]
+
+    bounds = [(0.0, None) if i in nonneg else (None, None) for i in range(k)] + [(None, None)]
+    found = minimize(loss, np.zeros(k + 1), jac=True, method="L-BFGS-B", bounds=bounds,
+                     options={"maxiter": 2000, "gtol": 1e-9})
+    return [float(v) for v in found.x[:k]], float(found.x[k])
 
 
 def isotonic_calibration(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None,

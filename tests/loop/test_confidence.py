@@ -129,6 +129,14 @@ def test_the_new_note_map_weighs_the_gap_and_stays_monotone_within_a_page():
         apply(cal, prob, cold=True, new=True, context=names)
     flipped = fit_calibration(prob, label, context=names, gap=-4 * gap)
     assert "g" not in flipped and set(flipped) >= {"a", "b", "c"}
+    # a fold where, once the gap is in, the share counts against a link (a free fit: a < 0):
+    # the map constrained to a ≥ 0 keeps the gap and the names, not an isotonic map of p alone
+    against = (rng.random(pages * per) < _sigmoid(-0.4 * _logit(prob) + 0.5 * names
+                                                  + 1.5 * gap - 2)).astype(float)
+    held = fit_calibration(prob, against, context=names, gap=gap)
+    assert held["a"] == 0 and held["g"] > 1 and held["c"] > 0.3
+    est = apply({**cal, "new": held}, prob, cold=True, new=True, context=names[0], gap=gap)
+    assert (np.diff(est.reshape(pages, per), axis=1) <= 0).all()
 
 
 def test_a_new_note_gets_the_map_of_the_pages_the_fold_emptied():
