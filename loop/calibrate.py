@@ -189,12 +189,12 @@ def _fit_nonnegative(x: np.ndarray, label: np.ndarray, weight: np.ndarray,
     the loss is convex, so where the free optimum satisfies the bounds this is it)."""
     from scipy.optimize import minimize
     from scipy.special import expit
-    n, k = x.shape
+    k = x.shape[1]
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         z = x @ theta[:k] + theta[k]
-        # Σ w·(log(1 + e^z) − y·z), stably
-        value = float(weight @ (np.logaddexp(0.0, z) - label * z)) + theta[:k] @ theta[:k] / (2 * c)
+        # Σ w·(log(1 + e^z) − y·z), stably, + the penalty
+        value = float(weight @ (np.logaddexp(0.0, z) - label * z) + theta[:k] @ theta[:k] / (2 * c))
         r = weight * (expit(z) - label)
         return value, np.r_[x.T @ r + theta[:k] / c, r.sum()]
 
