@@ -438,12 +438,12 @@ def calibrate(folds: list[Fold], ranker, folder: Path, seed: int = 0,
     The new-note map also weighs each candidate's gap from its page's best (`gaps`): a note
     lacking 15 links spreads its softmax over them, so the share of its 10th is small where
     its distance from the best is not, and the share alone ranks a note with one link above
-    a note with fifteen. On the cold-start bench's three seeds (bench/cold_start.py; an
-    analysis of the fold's pairs and cycle 2's new-note candidates) the map fitted with the
-    gap puts its weight there (g ≈ 0.9–1.2 per nat, a ≈ 0.1–0.6 on the share's logit), and
-    the new notes' candidates ordered by it reach precision 0.84 / 0.94 / 0.88 at recall 0.3
-    against 0.82 / 0.88 / 0.82 by the map without it. The other maps keep the share alone:
-    the gap was measured for new notes only."""
+    a note with fifteen. On the cold-start bench (bench/cold_start.py) the folds of seeds
+    1–3 and 5 put their weight there (g ≈ 0.9–1.2 per nat, a ≈ 0–0.6 on the share's logit;
+    seed 4's fold g = 0.03), and the new notes' proposals ordered by it reach precision
+    0.85 / 0.94 / 0.88 / 0.83 / 0.92 at recall 0.3 on seeds 1–5 against 0.82 / 0.88 / 0.82 /
+    0.83 / 0.91 without it (README, "The gap from the note's best"). The other maps keep the
+    share alone: the gap was measured for new notes only."""
     parts = [_fold_calibration_pairs(fold, ranker, seed + j, top)
              for j, fold in enumerate(folds)]
     prob, label, weight, src, cold, emptied = (np.concatenate(a) for a in zip(*parts))

@@ -219,7 +219,7 @@ def _extract(store, model_dir, cfg, adapter, ranker, corpus, say, embed_cache,
     tuned_col = names.index("tuned") if "tuned" in names else names.index("compiled")
     ctx = None if ctx is None else ctx[order]
     at = src[order]
-    confidence = conf[order] if cal else apply(cal, np.exp(vals[order]))
+    confidence = conf[order] if cal else np.exp(vals[order])   # no calibration: P_ranker
     fold_only = apply(cal, np.exp(vals[order]), curator=False, cold=cold[at], context=ctx,
                       new=new[at], gap=gap[order])
     out = []
